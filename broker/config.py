@@ -1,0 +1,47 @@
+"""Broker settings, one immutable object passed to the registry and the SSE handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BrokerConfig"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Limits and timings of the broker. Every field has a sensible default."""
+
+    max_events_per_stream: int = 10_000
+    """Replay buffer cap, in events, of each stream."""
+    max_bytes_per_stream: int = 8 * MiB
+    """Replay buffer cap, in bytes, of each stream."""
+    max_total_bytes: int | None = 512 * MiB
+    """Process-wide cap on bytes held by all replay buffers (``None``: unbounded). When it
+    is exceeded, retained (closed) streams are dropped oldest first, then the publishing
+    stream evicts its own oldest events."""
+    retention: float = 300.0
+    """Seconds a closed stream stays available for late joiners and resumes."""
+    max_streams: int | None = None
+    """Streams open or retained at once (``None``: unbounded). Retained streams are
+    dropped oldest first to make room before a new stream is refused."""
+    max_subscribers_per_stream: int | None = None
+    max_subscribers: int | None = None
+    """Subscribers across all streams (``None``: unbounded)."""
+    keepalive: float = 15.0
+    """Seconds between ``: ping`` comments on every subscription."""
+    high_water: int = 256 * KiB
+    """A subscriber whose transport buffer holds more than this is paused until it drains."""
+    stall_timeout: float = 30.0
+    """A paused subscriber that does not drain within this many seconds is disconnected
+    (it can resume with its cursor)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_events_per_stream", "max_bytes_per_stream", "high_water"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("retention", "keepalive", "stall_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")

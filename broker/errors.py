@@ -1,0 +1,46 @@
+"""Exceptions raised by the broker. Every one derives from :class:`BrokerError`."""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base class of every error the broker raises."""
+
+
+class InvalidCursor(BrokerError):
+    """A cursor (``Last-Event-ID`` / ``last_event_id``) is not an event id of the stream.
+
+    Either it is not a non-negative integer, or it is ahead of the stream's head.
+    HTTP layers answer it with ``400``.
+    """
+
+    def __init__(self, message: str, *, param: str = "last_event_id") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class StreamNotFound(BrokerError):
+    """No stream is registered (or retained) under the requested key."""
+
+
+class StreamExists(BrokerError):
+    """A stream with this key is already registered."""
+
+
+class StreamClosed(BrokerError):
+    """Publishing to a stream that has been closed."""
+
+
+class InvalidEvent(BrokerError):
+    """An event name or payload that cannot be framed safely as SSE."""
+
+
+class LimitExceeded(BrokerError):
+    """A configured limit refused a subscription or a stream.
+
+    ``limit`` names the setting that refused it, so the answer can say how to raise it.
+    """
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit

@@ -1,0 +1,150 @@
+"""The event record and its Server-Sent-Events framings.
+
+Pure and synchronous. An :class:`Event` is encoded to SSE frame bytes at most once per
+framing; the bytes are cached on the event and shared by every subscriber that uses that
+framing ("encode once").
+
+Two framings exist (see ``shared/spec/protocol.md``, "Event stream framing"):
+
+* :attr:`Framing.DEFAULT` — no ``event:`` line; ``data:`` holds an envelope
+  ``{"event": <name>, "data": <payload>}``, so a browser ``EventSource`` listening for
+  ``message`` receives every event.
+* :attr:`Framing.OPENAI` — OpenAI's own: ``event: <name>`` and ``data: <payload>``, the
+  stream ending with ``event: done`` / ``data: [DONE]``.
+
+Field injection is impossible by construction: names are restricted to a safe ASCII
+alphabet, ids are integers, and payloads are single-line JSON (``orjson`` never emits a
+raw line break; pre-encoded payloads are checked for ``\\r`` and ``\\n``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any, Final
+
+import orjson
+
+from .errors import InvalidEvent
+
+__all__ = [
+    "DONE_FRAME",
+    "PING_FRAME",
+    "Event",
+    "Framing",
+    "encode_frame",
+]
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,200}\Z")
+
+PING_FRAME: Final = b": ping\n\n"
+"""A comment line: ignored by every SSE parser, it keeps proxies and clients from timing out."""
+
+DONE_FRAME: Final = b"event: done\ndata: [DONE]\n\n"
+"""The OpenAI framing's end-of-stream sentinel."""
+
+
+class Framing(enum.Enum):
+    """How events are laid out on the wire."""
+
+    DEFAULT = "default"
+    OPENAI = "openai"
+
+    @classmethod
+    def parse(cls, value: str | None) -> Framing:
+        """Framing from a ``format`` query parameter (absent means :attr:`DEFAULT`)."""
+        if value is None or value == "" or value == "default":
+            return cls.DEFAULT
+        if value == "openai":
+            return cls.OPENAI
+        raise InvalidEvent(f"unknown stream format {value!r}; expected 'default' or 'openai'")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise InvalidEvent(
+            f"event name {name!r} must be 1-200 characters of letters, digits and '_.:-'"
+        )
+
+
+def encode_frame(framing: Framing, event_id: int | None, name: str, data: bytes) -> bytes:
+    """Encode one SSE frame. ``data`` is a single line of JSON; ``name`` is already checked."""
+    id_line = b"" if event_id is None else b"id: %d\n" % event_id
+    if framing is Framing.DEFAULT:
+        return b'%sdata: {"event":"%s","data":%s}\n\n' % (id_line, name.encode(), data)
+    return b"%sevent: %s\ndata: %s\n\n" % (id_line, name.encode(), data)
+
+
+class Event:
+    """One event of a stream: its id (``None`` for synthetic events), name and JSON payload.
+
+    Immutable by convention. Frames are computed lazily and cached per framing; the cache
+    is not thread-safe, which is fine because only the event loop touches events.
+    """
+
+    __slots__ = ("id", "name", "data", "_default", "_openai")
+
+    id: int | None
+    name: str
+    data: bytes
+
+    def __init__(self, id: int | None, name: str, data: bytes) -> None:
+        _check_name(name)
+        if b"\n" in data or b"\r" in data:
+            raise InvalidEvent("event data must be a single line of JSON")
+        if id is not None and id < 1:
+            raise InvalidEvent(f"event ids start at 1, got {id}")
+        self.id = id
+        self.name = name
+        self.data = data
+        self._default: bytes | None = None
+        self._openai: bytes | None = None
+
+    @classmethod
+    def create(cls, id: int | None, name: str, payload: Any) -> Event:
+        """Build an event from a JSON-serialisable payload (encoded once, with ``orjson``)."""
+        try:
+            data = orjson.dumps(payload)
+        except TypeError as exc:
+            raise InvalidEvent(f"payload of {name!r} is not JSON-serialisable: {exc}") from exc
+        return cls(id, name, data)
+
+    def frame(self, framing: Framing) -> bytes:
+        """The event's SSE frame in ``framing``; encoded on first use, then cached."""
+        if framing is Framing.DEFAULT:
+            frame = self._default
+            if frame is None:
+                frame = self._default = encode_frame(framing, self.id, self.name, self.data)
+            return frame
+        frame = self._openai
+        if frame is None:
+            frame = self._openai = encode_frame(framing, self.id, self.name, self.data)
+        return frame
+
+    def with_id(self, id: int | None) -> Event:
+        """A copy carrying another id (used to stamp the last event of a snapshot)."""
+        return Event(id, self.name, self.data)
+
+    def payload(self) -> Any:
+        """The decoded payload (for tests and tools; the hot path never decodes)."""
+        return orjson.loads(self.data)
+
+    @property
+    def size(self) -> int:
+        """Bytes this event accounts for in a replay buffer.
+
+        A fixed estimate of the payload plus one cached frame and the object overhead, so
+        that it does not change when frames are encoded later.
+        """
+        return 2 * (len(self.data) + len(self.name)) + 120
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id!r}, name={self.name!r}, data={self.data[:60]!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.id, self.name, self.data) == (other.id, other.name, other.data)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.name, self.data))

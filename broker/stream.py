@@ -1,0 +1,351 @@
+"""A live stream of events and its subscriptions (asyncio, no sockets).
+
+Concurrency model
+-----------------
+Everything here runs on one event loop thread; nothing is locked. :meth:`Stream.publish`
+is synchronous and never awaits a subscriber: it appends the event to the replay buffer
+and, if none is pending, schedules one flush with ``loop.call_soon``. The flush runs on
+the next loop turn and writes every pending frame of every subscriber in one write each.
+A burst of publishes is therefore batched, and a lone event goes out on the next turn
+without any added delay.
+
+Subscriptions are cursors into the shared buffer, not queues. Subscribers at the same
+cursor with the same framing share the bytes of a batch, encoded once.
+
+Backpressure
+------------
+After a write, a sink above its high-water mark is *paused*: the stream stops writing to
+it and wakes its owner (see :meth:`Subscription.wait`), who waits for the transport to
+drain (or gives up after a stall timeout and drops the connection) and then calls
+:meth:`Stream.resume`. The subscriber then catches up from its cursor; if the buffer has
+moved past it, it receives a ``thread.stream.gap`` event and the publisher's snapshot.
+A stalled subscriber costs one cursor and its transport's buffer, never the agent's time
+or the other subscribers'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Sequence
+
+from .buffer import ByteBudget, Gap, ReplayBuffer
+from .errors import StreamClosed
+from .events import DONE_FRAME, Event, Framing
+from .types import Sink, SnapshotFn, StreamStats
+
+__all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "Tally"]
+
+logger = logging.getLogger(__name__)
+
+GAP_EVENT = "thread.stream.gap"
+
+
+class Tally:
+    """A count shared by several streams (the registry's total of subscribers)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class SubState(enum.Enum):
+    LIVE = "live"
+    """Written to as events arrive."""
+    PAUSED = "paused"
+    """Its sink is above the high-water mark; waiting for its owner to resume it."""
+    DONE = "done"
+    """It has received the whole stream (the stream is closed and it is at the end)."""
+    DROPPED = "dropped"
+    """It was removed before the end: its sink closed, it unsubscribed, or the stream was
+    discarded. The owner should close the connection; the client may resume."""
+
+
+class Subscription:
+    """One subscriber's position in a stream. Created by :meth:`Stream.subscribe`."""
+
+    __slots__ = ("stream", "sink", "framing", "cursor", "state", "_waiter")
+
+    def __init__(self, stream: Stream, sink: Sink, framing: Framing, cursor: int) -> None:
+        self.stream = stream
+        self.sink = sink
+        self.framing = framing
+        self.cursor = cursor
+        self.state = SubState.LIVE
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> SubState:
+        """Wait until the subscription needs its owner: paused, done or dropped.
+
+        Returns at once if it already does. Cancel-safe: cancelling the wait leaves the
+        subscription as it was (the owner should then :meth:`Stream.unsubscribe`).
+        """
+        while self.state is SubState.LIVE:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.state
+
+    def _set_state(self, state: SubState) -> None:
+        self.state = state
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def lag(self) -> int:
+        return self.stream.head - self.cursor
+
+
+class Stream:
+    """An append-only sequence of events with ids ``1, 2, 3, …`` and its subscribers.
+
+    Must be created and used on the event loop thread. See the module docstring for the
+    concurrency and backpressure contract.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        snapshot: SnapshotFn | None = None,
+        max_events: int | None = None,
+        max_bytes: int | None = None,
+        budget: ByteBudget | None = None,
+        on_over_budget: Callable[[Stream], None] | None = None,
+        on_close: Callable[[Stream], None] | None = None,
+        subscriber_tally: Tally | None = None,
+    ) -> None:
+        kwargs = {}
+        if max_events is not None:
+            kwargs["max_events"] = max_events
+        if max_bytes is not None:
+            kwargs["max_bytes"] = max_bytes
+        self.key = key
+        self.buffer = ReplayBuffer(budget=budget, **kwargs)
+        self._budget = budget
+        self._on_over_budget = on_over_budget
+        self._snapshot = snapshot
+        self._on_close = on_close
+        self._tally = subscriber_tally
+        self._subs: dict[Subscription, None] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._loop = asyncio.get_running_loop()
+        self.closed = False
+        self.closed_at: float | None = None
+
+    # -- publishing ------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        return self.buffer.head
+
+    def publish(self, name: str, payload: object) -> Event:
+        """Append an event and schedule its delivery. Never awaits; never blocks.
+
+        Raises :class:`StreamClosed` after :meth:`close`, and ``InvalidEvent`` for a bad
+        name or a payload that is not JSON-serialisable (nothing is appended then).
+        """
+        if self.closed:
+            raise StreamClosed(f"stream {self.key!r} is closed")
+        event = Event.create(self.buffer.head + 1, name, payload)
+        self.buffer.append(event)
+        budget = self._budget
+        if budget is not None and budget.over and self._on_over_budget is not None:
+            self._on_over_budget(self)
+        if self._subs and self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+        return event
+
+    def close(self) -> None:
+        """Mark the end of the stream. Subscribers receive what is left, then finish."""
+        if self.closed:
+            return
+        self.closed = True
+        self.closed_at = self._loop.time()
+        if self._subs and self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def discard(self) -> None:
+        """Drop the stream: release the buffer and drop every subscriber (they may resume)."""
+        self.closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        for sub in list(self._subs):
+            self._remove(sub, SubState.DROPPED)
+        self.buffer.release()
+
+    # -- subscribing -----------------------------------------------------------------
+
+    def check_cursor(self, cursor: int | None) -> None:
+        """Raise :class:`InvalidCursor` when ``cursor`` is ahead of the stream."""
+        if cursor is not None:
+            self.buffer.check_cursor(cursor)
+
+    def at_end(self, cursor: int | None) -> bool:
+        """True when the stream is closed and ``cursor`` has seen all of it."""
+        return self.closed and cursor is not None and cursor >= self.head
+
+    def subscribe(
+        self,
+        sink: Sink,
+        cursor: int | None = None,
+        framing: Framing = Framing.DEFAULT,
+        *,
+        snapshot: bool = False,
+    ) -> Subscription:
+        """Attach a sink and write its backlog to it at once (one write).
+
+        With ``snapshot=True`` and a cursor, the backlog starts with the publisher's
+        snapshot as of the cursor (for a client that lost its state), then the exact tail.
+        The returned subscription may already be paused or done.
+        """
+        start = 0 if cursor is None else cursor
+        self.buffer.check_cursor(start)
+        sub = Subscription(self, sink, framing, start)
+        self._subs[sub] = None
+        if self._tally is not None:
+            self._tally.n += 1
+        prefix = b""
+        if snapshot and start > 0 and self._snapshot is not None:
+            if not isinstance(self.buffer.since(start), Gap):
+                prefix = self._snapshot_frames(start, framing, ())
+        self._deliver(sub, prefix)
+        return sub
+
+    def resume(self, sub: Subscription) -> None:
+        """Resume a paused subscription once its sink has drained: it catches up at once."""
+        if sub.state is SubState.PAUSED:
+            sub.state = SubState.LIVE
+            self._deliver(sub)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Detach a subscription (idempotent). Its sink is not closed here."""
+        if sub in self._subs:
+            self._remove(sub, SubState.DROPPED)
+
+    # -- delivery --------------------------------------------------------------------
+
+    def _remove(self, sub: Subscription, state: SubState) -> None:
+        if sub in self._subs:
+            del self._subs[sub]
+            if self._tally is not None:
+                self._tally.n -= 1
+        sub._set_state(state)
+
+    def _snapshot_frames(self, at: int, framing: Framing, lead: Sequence[Event]) -> bytes:
+        """``lead`` events then the publisher's snapshot as of ``at``; the last carries ``at``."""
+        events = list(lead)
+        if self._snapshot is not None:
+            try:
+                events.extend(Event.create(None, name, data) for name, data in self._snapshot(at))
+            except Exception:
+                logger.exception("snapshot of stream %r failed; sending the gap alone", self.key)
+                events = list(lead)
+        if not events:
+            return b""
+        events[-1] = events[-1].with_id(at)
+        return b"".join(e.frame(framing) for e in events)
+
+    def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int]:
+        """SSE bytes that take a subscriber from ``cursor`` to the head, and the new cursor."""
+        found = self.buffer.since(cursor)
+        if isinstance(found, Gap):
+            head = self.buffer.head
+            if self._snapshot is not None:
+                gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": head + 1})
+                return self._snapshot_frames(head, framing, (gap,)), head
+            # No snapshot to offer: say what is missing and go on from what is buffered.
+            gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": found.first_buffered})
+            tail = self.buffer.since(found.first_buffered - 1)
+            assert not isinstance(tail, Gap)
+            frames = [gap.frame(framing)]
+            frames.extend(e.frame(framing) for e in tail)
+            return b"".join(frames), head
+        if not found:
+            return b"", cursor
+        if len(found) == 1:
+            return found[0].frame(framing), cursor + 1
+        return b"".join([e.frame(framing) for e in found]), cursor + len(found)
+
+    def _deliver(self, sub: Subscription, prefix: bytes = b"") -> None:
+        """Write one subscriber's pending frames, in one write."""
+        if sub.state is not SubState.LIVE:
+            return
+        sink = sub.sink
+        if sink.is_closing():
+            self._remove(sub, SubState.DROPPED)
+            return
+        data, sub.cursor = self._batch(sub.cursor, sub.framing)
+        data = prefix + data
+        finished = self.closed and sub.cursor >= self.buffer.head
+        if finished and sub.framing is Framing.OPENAI:
+            data += DONE_FRAME
+        if data:
+            sink.write(sink.wire(data))
+        self._after_write(sub, finished)
+
+    def _after_write(self, sub: Subscription, finished: bool) -> None:
+        if finished:
+            self._remove(sub, SubState.DONE)
+        elif not sub.sink.writable():
+            sub._set_state(SubState.PAUSED)
+
+    def _flush(self) -> None:
+        """Bring every live subscriber to the head; subscribers at the same cursor,
+        framing and wire share one encoded batch."""
+        self._flush_handle = None
+        head = self.buffer.head
+        closed = self.closed
+        batches: dict[tuple[int, Framing, object], tuple[bytes, int]] = {}
+        for sub in list(self._subs):
+            if sub.state is not SubState.LIVE:
+                continue
+            if sub.cursor >= head and not closed:
+                continue
+            sink = sub.sink
+            if sink.is_closing():
+                self._remove(sub, SubState.DROPPED)
+                continue
+            key = (sub.cursor, sub.framing, sink.wire)
+            batch = batches.get(key)
+            if batch is None:
+                data, cursor = self._batch(sub.cursor, sub.framing)
+                if closed and sub.framing is Framing.OPENAI:
+                    data += DONE_FRAME
+                batch = batches[key] = (sink.wire(data) if data else b"", cursor)
+            wire_bytes, sub.cursor = batch
+            if wire_bytes:
+                sink.write(wire_bytes)
+            self._after_write(sub, closed)
+
+    # -- introspection ---------------------------------------------------------------
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs)
+
+    def stats(self) -> StreamStats:
+        subs = self._subs
+        head = self.buffer.head
+        return StreamStats(
+            key=self.key,
+            subscribers=len(subs),
+            paused_subscribers=sum(1 for s in subs if s.state is SubState.PAUSED),
+            head_id=head,
+            oldest_buffered_id=self.buffer.first_id,
+            buffered_events=len(self.buffer),
+            buffered_bytes=self.buffer.nbytes,
+            slowest_lag=max((head - s.cursor for s in subs), default=0),
+            closed=self.closed,
+        )

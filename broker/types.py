@@ -1,0 +1,61 @@
+"""Shared vocabulary of the broker: callbacks, sinks and statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["SnapshotFn", "SnapshotItem", "Sink", "StreamStats", "Wire", "plain_wire"]
+
+SnapshotItem = tuple[str, Any]
+"""One event of a snapshot: its name and JSON-serialisable payload."""
+
+SnapshotFn = Callable[[int], Sequence[SnapshotItem]]
+"""Supplied by the publisher at stream creation: ``snapshot(at)`` returns events that,
+played from nothing, rebuild the publisher's state as of event id ``at``. It is called
+synchronously on the event loop, so for ``at == head`` the publisher's current state is
+exactly right. The broker stamps the last item with id ``at``; the others carry none."""
+
+Wire = Callable[[bytes], bytes]
+"""Transfer framing applied to a batch of SSE frames before it is written (identity for
+a raw connection, HTTP/1.1 chunk framing for a chunked response). Sinks sharing the same
+``Wire`` object share the bytes of a batch."""
+
+
+def plain_wire(data: bytes) -> bytes:
+    """The identity transfer framing."""
+    return data
+
+
+class Sink(Protocol):
+    """Where a subscription's bytes go: an HTTP response's transport, or a test collector.
+
+    ``write`` must never block or await: it hands bytes to a buffer (the transport's).
+    ``writable`` is false while that buffer is above its high-water mark; the broker then
+    stops writing to the sink until its owner calls :meth:`Stream.resume`.
+    """
+
+    wire: Wire
+
+    def write(self, data: bytes) -> None: ...
+
+    def writable(self) -> bool: ...
+
+    def is_closing(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """A stream at one moment, for metrics."""
+
+    key: str
+    subscribers: int
+    paused_subscribers: int
+    head_id: int
+    oldest_buffered_id: int
+    buffered_events: int
+    buffered_bytes: int
+    slowest_lag: int
+    """Events between the head and the slowest subscriber's cursor (0 without subscribers)."""
+    closed: bool
