@@ -46,7 +46,13 @@ class Registry:
 
     # -- streams ---------------------------------------------------------------------
 
-    def create(self, key: str, *, snapshot: SnapshotFn | None = None) -> Stream:
+    def create(
+        self,
+        key: str,
+        *,
+        snapshot: SnapshotFn | None = None,
+        resume_snapshot: SnapshotFn | None = None,
+    ) -> Stream:
         """Register a new open stream under ``key``.
 
         Raises :class:`StreamExists` for a key in use and :class:`LimitExceeded` when
@@ -67,6 +73,7 @@ class Registry:
         stream = Stream(
             key,
             snapshot=snapshot,
+            resume_snapshot=resume_snapshot,
             max_events=self.config.max_events_per_stream,
             max_bytes=self.config.max_bytes_per_stream,
             budget=self.budget,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 from .buffer import ByteBudget, Gap, ReplayBuffer
 from .errors import StreamClosed
@@ -119,6 +119,7 @@ class Stream:
         on_over_budget: Callable[[Stream], None] | None = None,
         on_close: Callable[[Stream], None] | None = None,
         subscriber_tally: Tally | None = None,
+        resume_snapshot: SnapshotFn | None = None,
     ) -> None:
         kwargs = {}
         if max_events is not None:
@@ -130,6 +131,8 @@ class Stream:
         self._budget = budget
         self._on_over_budget = on_over_budget
         self._snapshot = snapshot
+        self._resume_snapshot = resume_snapshot or snapshot
+        self._followers: list[asyncio.Future[None]] = []
         self._on_close = on_close
         self._tally = subscriber_tally
         self._subs: dict[Subscription, None] = {}
@@ -137,6 +140,7 @@ class Stream:
         self._loop = asyncio.get_running_loop()
         self.closed = False
         self.closed_at: float | None = None
+        self._discarded = False
 
     # -- publishing ------------------------------------------------------------------
 
@@ -159,6 +163,8 @@ class Stream:
             self._on_over_budget(self)
         if self._subs and self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+        if self._followers:
+            self._wake_followers()
         return event
 
     def close(self) -> None:
@@ -169,6 +175,7 @@ class Stream:
         self.closed_at = self._loop.time()
         if self._subs and self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+        self._wake_followers()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -180,6 +187,8 @@ class Stream:
             self._flush_handle = None
         for sub in list(self._subs):
             self._remove(sub, SubState.DROPPED)
+        self._discarded = True
+        self._wake_followers()
         self.buffer.release()
 
     # -- subscribing -----------------------------------------------------------------
@@ -214,9 +223,9 @@ class Stream:
         if self._tally is not None:
             self._tally.n += 1
         prefix = b""
-        if snapshot and start > 0 and self._snapshot is not None:
-            if not isinstance(self.buffer.since(start), Gap):
-                prefix = self._snapshot_frames(start, framing, ())
+        if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
+            events = self._snapshot_events(self._resume_snapshot, start, [])
+            prefix = b"".join([e.frame(framing) for e in events])
         self._deliver(sub, prefix)
         return sub
 
@@ -240,35 +249,37 @@ class Stream:
                 self._tally.n -= 1
         sub._set_state(state)
 
-    def _snapshot_frames(self, at: int, framing: Framing, lead: Sequence[Event]) -> bytes:
-        """``lead`` events then the publisher's snapshot as of ``at``; the last carries ``at``."""
+    def _snapshot_events(self, fn: SnapshotFn | None, at: int, lead: list[Event]) -> list[Event]:
+        """``lead`` then ``fn``'s snapshot as of ``at``; the last event carries id ``at``."""
         events = list(lead)
-        if self._snapshot is not None:
+        if fn is not None:
             try:
-                events.extend(Event.create(None, name, data) for name, data in self._snapshot(at))
+                events.extend(Event.create(None, name, data) for name, data in fn(at))
             except Exception:
                 logger.exception("snapshot of stream %r failed; sending the gap alone", self.key)
                 events = list(lead)
-        if not events:
-            return b""
-        events[-1] = events[-1].with_id(at)
-        return b"".join(e.frame(framing) for e in events)
+        if events:
+            events[-1] = events[-1].with_id(at)
+        return events
+
+    def _catch_up(self, cursor: int) -> tuple[list[Event], int]:
+        """Events taking a subscriber at ``cursor`` (behind the buffer) forward: a gap event,
+        then the snapshot at the head; or, with no snapshot, the gap and what is buffered."""
+        head = self.buffer.head
+        if self._snapshot is not None:
+            gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": head + 1})
+            return self._snapshot_events(self._snapshot, head, [gap]), head
+        first = self.buffer.first_id
+        tail = self.buffer.since(first - 1)
+        assert not isinstance(tail, Gap)
+        return [Event.create(None, GAP_EVENT, {"from": cursor, "to": first}), *tail], head
 
     def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int]:
         """SSE bytes that take a subscriber from ``cursor`` to the head, and the new cursor."""
         found = self.buffer.since(cursor)
         if isinstance(found, Gap):
-            head = self.buffer.head
-            if self._snapshot is not None:
-                gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": head + 1})
-                return self._snapshot_frames(head, framing, (gap,)), head
-            # No snapshot to offer: say what is missing and go on from what is buffered.
-            gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": found.first_buffered})
-            tail = self.buffer.since(found.first_buffered - 1)
-            assert not isinstance(tail, Gap)
-            frames = [gap.frame(framing)]
-            frames.extend(e.frame(framing) for e in tail)
-            return b"".join(frames), head
+            events, head = self._catch_up(cursor)
+            return b"".join([e.frame(framing) for e in events]), head
         if not found:
             return b"", cursor
         if len(found) == 1:
@@ -325,6 +336,46 @@ class Stream:
             if wire_bytes:
                 sink.write(wire_bytes)
             self._after_write(sub, closed)
+
+    # -- in-process subscribers ---------------------------------------------------------
+
+    def _wake_followers(self) -> None:
+        followers, self._followers = self._followers, []
+        for fut in followers:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def follow(self, cursor: int | None = None) -> AsyncIterator[Event]:
+        """Iterate the stream's events in-process, from after ``cursor`` to its end.
+
+        The in-process twin of an SSE subscription (for the CLI, embedding and tests):
+        same ordering, same gap + snapshot when the cursor is behind the buffer. Slow
+        consumers fall behind on their own cursor; the publisher never waits for them.
+        Ends when the stream is closed and consumed; raises :class:`StreamClosed` if the
+        stream is discarded first.
+        """
+        position = 0 if cursor is None else cursor
+        self.buffer.check_cursor(position)
+        while True:
+            if self._discarded:
+                raise StreamClosed(f"stream {self.key!r} was discarded")
+            found = self.buffer.since(position)
+            if isinstance(found, Gap):
+                events, position = self._catch_up(position)
+                for event in events:
+                    yield event
+                continue
+            if found:
+                batch = list(found)
+                position += len(batch)
+                for event in batch:
+                    yield event
+                continue
+            if self.closed:
+                return
+            fut = self._loop.create_future()
+            self._followers.append(fut)
+            await fut
 
     # -- introspection ---------------------------------------------------------------
 

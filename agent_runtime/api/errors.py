@@ -68,5 +68,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _from_exception(exc)
     except (AgentRuntimeError, BrokerError) as exc:
         return _from_exception(exc)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence of the API
+    except Exception as exc:
         return _from_exception(exc)

@@ -1,0 +1,50 @@
+"""The aiohttp application: ``create_app(config)`` wires the hub's HTTP API.
+
+Every resource module contributes ``routes()`` relative to ``/v1``; each is mounted under
+``/v1`` and mirrored under ``/api/v1`` (what the description's browser snippet calls).
+Errors become OpenAI-style JSON answers (``error_middleware``). Serve the app with
+``handler_cancellation=True`` (see :func:`agent_runtime.server.run`) so that a subscriber
+going away releases its subscription at once.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import HubConfig
+from ..hub import Hub
+from . import chat as chat_api
+from . import meta, runs, threads
+from .errors import error_middleware
+from .keys import HUB
+
+__all__ = ["HUB", "create_app"]
+
+PREFIXES = ("/v1", "/api/v1")
+
+
+def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> web.Application:
+    """Build the application. Must be called with the event loop running (or from an
+    ``async`` function): the hub's runs and streams belong to that loop."""
+    config = config or (hub.config if hub is not None else HubConfig())
+    hub = hub or Hub(config)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app[HUB] = hub
+    table = [
+        *meta.routes(),
+        *threads.routes(),
+        *runs.routes(),
+        *chat_api.routes(hub.models),
+    ]
+    for prefix in PREFIXES:
+        for method, path, handler in table:
+            app.router.add_route(method, prefix + path, handler)
+    app.router.add_get("/healthz", meta.healthz)
+    app.router.add_get("/metrics", meta.metrics)
+    app.on_shutdown.append(_shutdown)
+    return app
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Ordered: end live runs (their streams close, subscribers finish), then the rest."""
+    await app[HUB].aclose()

@@ -1,0 +1,189 @@
+"""Runs and their event streams: ``/threads/{thread_id}/runs…``, ``/threads/runs``,
+``/threads/{thread_id}/stream/{run_id}``.
+
+Starting a run never retries itself and answers errors with ``x-should-retry: false``,
+so the openai SDK's automatic retries cannot start duplicate runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import hdrs, web
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker import Event, Framing, InvalidCursor, parse_cursor, serve_stream
+from broker.sse import SSE_HEADERS
+
+from ..objects import Run
+from ..run_log import delta_payload
+from ..runs import RunContext
+from .keys import HUB
+from .threads import MessageIn, ThreadIn, create_thread_from, page_body
+from .validation import json_response, parse_query, read_json
+
+__all__ = ["routes"]
+
+
+class RunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assistant_id: str = Field(min_length=1)
+    model: str | None = None
+    instructions: str | None = None
+    additional_instructions: str | None = None
+    additional_messages: list[MessageIn] | None = None
+    metadata: dict[str, str] | None = None
+    stream: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    truncation_strategy: dict[str, Any] | None = None
+    response_format: Any = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+
+
+class ThreadAndRunIn(RunIn):
+    thread: ThreadIn | None = None
+    tool_resources: dict[str, Any] | None = None
+
+
+class RunListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    order: Literal["asc", "desc"] = "desc"
+    limit: int = Field(20, ge=1, le=100)
+    after: str | None = None
+    before: str | None = None
+
+
+async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.StreamResponse:
+    hub = request.app[HUB]
+    extra = [(m.role, str(m.content)) for m in body.additional_messages or []]
+    instructions = body.instructions
+    if body.additional_instructions:
+        instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))
+    ctx: RunContext = await hub.runs.create(
+        thread_id,
+        body.assistant_id,
+        model=body.model,
+        instructions=instructions,
+        additional_messages=extra,
+        metadata=body.metadata,
+    )
+    if body.stream:
+        return await serve_stream(
+            request,
+            ctx.stream,
+            config=hub.registry.config,
+            framing=Framing.OPENAI,
+            allow_all_methods=True,
+        )
+    return json_response(ctx.run.to_dict())
+
+
+async def create_run(request: web.Request) -> web.StreamResponse:
+    thread_id = request.match_info["thread_id"]
+    body = await read_json(request, RunIn)
+    await request.app[HUB].store.get_thread(thread_id)
+    return await _start(request, thread_id, body)
+
+
+async def create_thread_and_run(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, ThreadAndRunIn)
+    request.app[HUB].catalog.get(body.assistant_id)  # 404 before creating anything
+    thread = await create_thread_from(request, body.thread or ThreadIn())
+    return await _start(request, thread.id, body)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    query = parse_query(request.query, RunListQuery)
+    page = await request.app[HUB].store.list_runs(
+        request.match_info["thread_id"],
+        order=query.order,
+        limit=query.limit,
+        after=query.after,
+        before=query.before,
+    )
+    return json_response(page_body([r.to_dict() for r in page.data], page.has_more))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run = await request.app[HUB].store.get_run(
+        request.match_info["thread_id"], request.match_info["run_id"]
+    )
+    return json_response(run.to_dict())
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    run = await request.app[HUB].runs.cancel(
+        request.match_info["thread_id"], request.match_info["run_id"]
+    )
+    return json_response(run.to_dict())
+
+
+async def stream_run(request: web.Request) -> web.StreamResponse:
+    """Subscribe to a run's events: live, retained, or rebuilt from the store."""
+    hub = request.app[HUB]
+    thread_id = request.match_info["thread_id"]
+    run_id = request.match_info["run_id"]
+    run = await hub.store.get_run(thread_id, run_id)  # 404 for a run of another thread
+    stream = hub.registry.get(run_id)
+    if stream is None:
+        return await _rebuilt(request, run)
+    return await serve_stream(request, stream, config=hub.registry.config, registry=hub.registry)
+
+
+async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
+    """A finished run whose stream is no longer retained: a gap, then a snapshot of the
+    run from the store (each message with its full text), the last event carrying the
+    id of the run's real last event."""
+    hub = request.app[HUB]
+    cursor = parse_cursor(
+        request.headers.get(hdrs.LAST_EVENT_ID), request.query.get("last_event_id")
+    )
+    try:
+        framing = Framing.parse(request.query.get("format"))
+    except Exception as exc:
+        raise InvalidCursor(str(exc), param="format") from exc
+    last = run.last_event_id or 0
+    if cursor is not None and cursor > last:
+        raise InvalidCursor(f"cursor {cursor} is ahead of the stream (last event id is {last})")
+    if cursor is not None and cursor >= last:
+        return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+    messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
+    run_dict = run.to_dict()
+    items: list[tuple[str, Any]] = [("thread.stream.gap", {"from": cursor or 0, "to": last + 1})]
+    items.append(("thread.run.in_progress", {**run_dict, "status": "in_progress"}))
+    for message in messages:
+        items.append(("thread.message.created", message.to_dict(text="") | {"content": []}))
+        if message.content:
+            items.append(("thread.message.delta", delta_payload(message.id, message.content)))
+        final = (
+            "thread.message.completed"
+            if message.status == "completed"
+            else ("thread.message.incomplete")
+        )
+        items.append((final, message.to_dict()))
+    items.append((f"thread.run.{run.status}", run_dict))
+    events = [Event.create(None, name, payload) for name, payload in items]
+    events[-1] = events[-1].with_id(last) if last else events[-1]
+    body = b"".join(e.frame(framing) for e in events)
+    if framing is Framing.OPENAI:
+        body += b"event: done\ndata: [DONE]\n\n"
+    return web.Response(body=body, headers=SSE_HEADERS)
+
+
+def routes() -> list[tuple[str, str, Any]]:
+    return [
+        ("POST", "/threads/runs", create_thread_and_run),
+        ("POST", "/threads/{thread_id}/runs", create_run),
+        ("GET", "/threads/{thread_id}/runs", list_runs),
+        ("GET", "/threads/{thread_id}/runs/{run_id}", get_run),
+        ("POST", "/threads/{thread_id}/runs/{run_id}/cancel", cancel_run),
+        ("GET", "/threads/{thread_id}/stream/{run_id}", stream_run),
+    ]

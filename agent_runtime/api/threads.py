@@ -1,0 +1,162 @@
+"""Threads and their messages: ``/threads``, ``/threads/{thread_id}``, ``…/messages``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import Conflict
+from ..objects import Message, Thread, new_id, now
+from .keys import HUB
+from .validation import json_response, parse_query, read_json
+
+__all__ = ["MessageIn", "content_text", "routes"]
+
+
+def content_text(content: str | list[dict[str, Any]]) -> str:
+    """Text of OpenAI message content: a string, or a list of ``{"type": "text", …}`` parts."""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise ValueError(f"content parts of type {part.get('type')!r} are not supported")
+        text = part.get("text")
+        if isinstance(text, dict):
+            text = text.get("value")
+        if not isinstance(text, str):
+            raise ValueError("a text content part needs a 'text' string")
+        texts.append(text)
+    return "".join(texts)
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+    attachments: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, value: str | list[dict[str, Any]]) -> str:
+        return content_text(value)
+
+
+class ThreadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[MessageIn] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    tool_resources: dict[str, Any] | None = None
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    order: Literal["asc", "desc"] = "desc"
+    limit: int = Field(20, ge=1, le=100)
+    after: str | None = None
+    before: str | None = None
+    run_id: str | None = None
+
+
+def page_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def new_message(thread_id: str, body: MessageIn) -> Message:
+    stamp = now()
+    assert isinstance(body.content, str)
+    return Message(
+        id=new_id("msg"),
+        thread_id=thread_id,
+        role=body.role,
+        content=body.content,
+        created_at=stamp,
+        completed_at=stamp,
+        metadata=dict(body.metadata or {}),
+    )
+
+
+async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
+    store = request.app[HUB].store
+    thread = Thread(id=new_id("thread"), created_at=now(), metadata=dict(body.metadata or {}))
+    await store.create_thread(thread)
+    for item in body.messages:
+        await store.add_message(new_message(thread.id, item))
+    return thread
+
+
+async def create_thread(request: web.Request) -> web.Response:
+    body = await read_json(request, ThreadIn)
+    thread = await create_thread_from(request, body)
+    return json_response(thread.to_dict())
+
+
+async def get_thread(request: web.Request) -> web.Response:
+    thread = await request.app[HUB].store.get_thread(request.match_info["thread_id"])
+    return json_response(thread.to_dict())
+
+
+async def delete_thread(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    thread_id = request.match_info["thread_id"]
+    await hub.store.get_thread(thread_id)
+    if hub.runs.live_on_thread(thread_id) is not None:
+        raise Conflict(
+            f"Thread {thread_id} has an active run; cancel it before deleting the thread.",
+            param="thread_id",
+        )
+    await hub.store.delete_thread(thread_id)
+    return json_response({"id": thread_id, "object": "thread.deleted", "deleted": True})
+
+
+async def create_message(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    thread_id = request.match_info["thread_id"]
+    body = await read_json(request, MessageIn)
+    await hub.store.get_thread(thread_id)
+    message = new_message(thread_id, body)
+    await hub.store.add_message(message)
+    return json_response(message.to_dict())
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    query = parse_query(request.query, ListQuery)
+    page = await request.app[HUB].store.list_messages(
+        request.match_info["thread_id"],
+        order=query.order,
+        limit=query.limit,
+        after=query.after,
+        before=query.before,
+        run_id=query.run_id,
+    )
+    return json_response(page_body([m.to_dict() for m in page.data], page.has_more))
+
+
+async def get_message(request: web.Request) -> web.Response:
+    message = await request.app[HUB].store.get_message(
+        request.match_info["thread_id"], request.match_info["message_id"]
+    )
+    return json_response(message.to_dict())
+
+
+def routes() -> list[tuple[str, str, Any]]:
+    return [
+        ("POST", "/threads", create_thread),
+        ("GET", "/threads/{thread_id}", get_thread),
+        ("DELETE", "/threads/{thread_id}", delete_thread),
+        ("POST", "/threads/{thread_id}/messages", create_message),
+        ("GET", "/threads/{thread_id}/messages", list_messages),
+        ("GET", "/threads/{thread_id}/messages/{message_id}", get_message),
+    ]

@@ -1,0 +1,197 @@
+"""The ``agentstream`` command line: ``serve``, ``agent interactive``, ``agent task``.
+
+CLI → :func:`main` → :class:`~agent_runtime.config.HubConfig` → the hub. ``agent …``
+commands run the hub in-process (no HTTP) and follow the run's stream exactly as an SSE
+subscriber would; ``--stream`` prints text as it arrives, otherwise the final messages.
+Unlike the description's note, an agent that does not stream still shows its final
+messages under ``--stream``: a reply written with ``add_reply(text)`` is published as one
+delta holding its whole text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .agents import load_agent
+from .config import HubConfig
+from .errors import AgentRuntimeError
+from .hub import Hub
+from .objects import Message, Thread, new_id, now
+from .run_log import delta_text
+from .server import serve
+
+__all__ = ["main"]
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentstream",
+        description="Run LLM agents and stream their output to any number of clients.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_p = commands.add_parser("serve", help="run the hub's HTTP API")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8080)
+    serve_p.add_argument(
+        "--agents",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="an agent folder or a folder of agent folders (repeatable; "
+        "default: the bundled examples)",
+    )
+    serve_p.add_argument("--model", help="force every completion onto MODEL, e.g. 'simulated'")
+    serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
+    serve_p.add_argument("--retention", type=float, default=300.0, help="seconds (default 300)")
+    serve_p.add_argument("--keepalive", type=float, default=15.0, help="seconds (default 15)")
+    serve_p.add_argument(
+        "--run-expires-after", type=float, default=600.0, help="seconds (default 600)"
+    )
+
+    agent_p = commands.add_parser("agent", help="run one agent in this terminal")
+    agent_cmds = agent_p.add_subparsers(dest="agent_command", required=True)
+    for name, help_text in (
+        ("interactive", "chat with an agent"),
+        ("task", "send one message, print the reply, exit"),
+    ):
+        sub = agent_cmds.add_parser(name, help=help_text)
+        sub.add_argument("agent_dir", type=Path, metavar="AGENT_DIR")
+        if name == "task":
+            sub.add_argument("message", metavar="MESSAGE")
+        sub.add_argument(
+            "--stream",
+            type=_bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="show text as it arrives (--stream or --stream=True)",
+        )
+        sub.add_argument("--model", help="force every completion onto MODEL")
+    return parser
+
+
+async def _follow(hub: Hub, thread_id: str, text: str, stream: bool, out: TextIO) -> str:
+    """Run the agent on one user message; print its messages; the run's final status."""
+    await hub.store.add_message(
+        Message(
+            id=new_id("msg"),
+            thread_id=thread_id,
+            role="user",
+            content=text,
+            created_at=now(),
+            completed_at=now(),
+        )
+    )
+    agent = hub.catalog.list()[0]
+    ctx = await hub.runs.create(thread_id, agent.id)
+    printed = 0
+    status = "failed"
+    run: dict[str, Any] = {}
+    async for event in ctx.stream.follow():
+        payload = event.payload()
+        name = event.name
+        if name == "thread.message.created":
+            if printed:
+                out.write("\n\n")
+            printed += 1
+        elif name == "thread.message.delta" and stream:
+            out.write(delta_text(payload))
+            out.flush()
+        elif name == "thread.message.completed" and not stream:
+            parts = payload.get("content") or []
+            out.write("".join(p["text"]["value"] for p in parts if p.get("type") == "text"))
+            out.flush()
+        elif name.startswith("thread.run.") and name.count(".") == 2:
+            run = payload
+            status = payload.get("status", status)
+    if printed:
+        out.write("\n")
+    if status == "failed":
+        error = (run.get("last_error") or {}).get("message", "unknown error")
+        print(f"run failed: {error}", file=sys.stderr)
+    elif status not in ("completed", "requires_action"):
+        print(f"run ended {status}", file=sys.stderr)
+    out.flush()
+    return status
+
+
+async def _agent_command(args: argparse.Namespace) -> int:
+    agent = load_agent(args.agent_dir)
+    config = HubConfig(agents=(args.agent_dir,), model=args.model)
+    hub = Hub(config)
+    try:
+        thread = Thread(id=new_id("thread"), created_at=now())
+        await hub.store.create_thread(thread)
+        if args.agent_command == "task":
+            status = await _follow(hub, thread.id, args.message, args.stream, sys.stdout)
+            return 0 if status in ("completed", "requires_action") else 1
+        welcome = agent.metadata.details.agent.welcome
+        print(f"{agent.display_name} — type a message, or 'exit' to leave.")
+        if welcome is not None and welcome.description:
+            print(welcome.description)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                line = await loop.run_in_executor(None, input, "> ")
+            except EOFError:
+                print()
+                return 0
+            if line.strip().lower() in ("exit", "quit"):
+                return 0
+            if line.strip():
+                await _follow(hub, thread.id, line, args.stream, sys.stdout)
+    finally:
+        await hub.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            config = HubConfig(
+                host=args.host,
+                port=args.port,
+                agents=tuple(args.agents),
+                model=args.model,
+                max_concurrent_runs=args.max_concurrent_runs,
+                retention=args.retention,
+                keepalive=args.keepalive,
+                run_expires_after=args.run_expires_after,
+            )
+            asyncio.run(serve(config))
+            return 0
+        return asyncio.run(_agent_command(args))
+    except AgentRuntimeError as exc:
+        print(f"agentstream: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Hub settings: one pydantic model, filled by the CLI or by code that embeds the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker import BrokerConfig
+
+from .runs import RunsConfig
+
+__all__ = ["HubConfig"]
+
+MiB = 1024 * 1024
+
+
+class HubConfig(BaseModel):
+    """Everything a hub needs to start. Defaults suit a single-node deployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    agents: tuple[Path, ...] = ()
+    """Agent folders, or folders of agent folders. Empty: the bundled examples."""
+    model: str | None = None
+    """Force every completion onto this model (the CLI's ``--model``)."""
+    default_model: str = "simulated"
+    """Model of agents whose metadata names none."""
+    default_provider: str = "fireworks"
+    max_body_bytes: int = Field(4 * MiB, ge=1024)
+    run_expires_after: float = Field(600.0, gt=0)
+    max_concurrent_runs: int | None = Field(None, ge=1)
+    retention: float = Field(300.0, gt=0)
+    keepalive: float = Field(15.0, gt=0)
+    stall_timeout: float = Field(30.0, gt=0)
+    high_water: int = Field(256 * 1024, ge=1024)
+    max_events_per_stream: int = Field(10_000, ge=1)
+    max_bytes_per_stream: int = Field(8 * MiB, ge=1024)
+    max_total_bytes: int | None = Field(512 * MiB, ge=1024)
+    max_subscribers_per_stream: int | None = Field(None, ge=1)
+    max_subscribers: int | None = Field(None, ge=1)
+    shutdown_timeout: float = Field(10.0, gt=0)
+    """Seconds graceful shutdown waits for runs to end and subscribers to be released."""
+
+    def broker_config(self) -> BrokerConfig:
+        return BrokerConfig(
+            max_events_per_stream=self.max_events_per_stream,
+            max_bytes_per_stream=self.max_bytes_per_stream,
+            max_total_bytes=self.max_total_bytes,
+            retention=self.retention,
+            max_subscribers_per_stream=self.max_subscribers_per_stream,
+            max_subscribers=self.max_subscribers,
+            keepalive=self.keepalive,
+            high_water=self.high_water,
+            stall_timeout=self.stall_timeout,
+        )
+
+    def runs_config(self) -> RunsConfig:
+        return RunsConfig(
+            expires_after=self.run_expires_after,
+            max_concurrent_runs=self.max_concurrent_runs,
+        )

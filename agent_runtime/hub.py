@@ -1,0 +1,55 @@
+"""The hub: every long-lived part of one agentstream process, passed around explicitly.
+
+Created by :func:`agent_runtime.api.app.create_app` (stored on the aiohttp app under
+:data:`HUB`) or directly by code that embeds agentstream. Must be created on the event
+loop that will run it. :meth:`Hub.aclose` ends live runs (bounded by
+``config.shutdown_timeout``), drops the broker's streams and closes providers and store.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from broker import Registry
+
+from .agents import AgentCatalog, bundled_examples_dir, discover_agents
+from .config import HubConfig
+from .models.router import ModelRouter
+from .runs import RunManager
+from .store import MemoryStore, Store
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, config: HubConfig, *, store: Store | None = None) -> None:
+        self.config = config
+        paths = list(config.agents) or [bundled_examples_dir()]
+        self.catalog = AgentCatalog(discover_agents(paths))
+        self.models = ModelRouter(
+            default_model=config.default_model,
+            force_model=config.model,
+            default_provider=config.default_provider,
+        )
+        self.registry = Registry(config.broker_config())
+        self.store: Store = store or MemoryStore()
+        self.runs = RunManager(
+            store=self.store,
+            registry=self.registry,
+            catalog=self.catalog,
+            models=self.models,
+            config=config.runs_config(),
+        )
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Graceful, ordered, time-bounded shutdown. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.runs.shutdown(timeout=self.config.shutdown_timeout)
+        self.registry.shutdown()
+        await self.models.aclose()
+        await self.store.close()

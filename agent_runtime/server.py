@@ -1,0 +1,79 @@
+"""Running the hub: ``serve(config)`` until stopped, with an ordered graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from .api.app import create_app
+from .config import HubConfig
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    """A started hub on a real socket. ``async with Server(config) as s: s.url``."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.app: web.Application | None = None
+        self.runner: web.AppRunner | None = None
+        self.port: int = config.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        self.app = create_app(self.config)
+        self.runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            shutdown_timeout=self.config.shutdown_timeout,
+            access_log=None,
+        )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.host, self.config.port)
+        await site.start()
+        addresses = self.runner.addresses
+        if addresses:
+            self.port = addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop listening, end live runs (subscribers receive their terminal events),
+        then close the remaining connections; bounded by ``config.shutdown_timeout``."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation), then shut down gracefully."""
+    server = Server(config)
+    await server.start()
+    logger.info("agentstream listening on %s", server.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        logger.info("shutting down")
+        await server.stop()

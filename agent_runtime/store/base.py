@@ -1,0 +1,74 @@
+"""The thread/message/run store interface.
+
+Every method is a coroutine so that a durable store can keep its I/O off the event loop.
+Objects handed in are copied by the store or owned by it afterwards: callers update a run
+or a message by passing the updated object to ``update_*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+from ..objects import Message, Run, Thread
+
+__all__ = ["Page", "Store"]
+
+Order = Literal["asc", "desc"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list, OpenAI-style cursor pagination."""
+
+    data: list[T]
+    has_more: bool
+
+
+class Store(Protocol):
+    async def create_thread(self, thread: Thread) -> None: ...
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        """Raises ``NotFound``."""
+        ...
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Deletes the thread with its messages and runs. Raises ``NotFound``."""
+        ...
+
+    async def add_message(self, message: Message) -> None: ...
+
+    async def update_message(self, message: Message) -> None: ...
+
+    async def get_message(self, thread_id: str, message_id: str) -> Message: ...
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+        run_id: str | None = None,
+    ) -> Page[Message]: ...
+
+    async def create_run(self, run: Run) -> None: ...
+
+    async def update_run(self, run: Run) -> None: ...
+
+    async def get_run(self, thread_id: str, run_id: str) -> Run: ...
+
+    async def list_runs(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[Run]: ...
+
+    async def close(self) -> None: ...

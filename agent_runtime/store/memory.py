@@ -1,0 +1,148 @@
+"""An in-memory store: dictionaries on the event loop, nothing survives the process."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from ..errors import InvalidRequest, NotFound
+from ..objects import Message, Run, Thread
+from .base import Order, Page
+
+__all__ = ["MemoryStore", "paginate"]
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=_HasId)
+
+
+def paginate(
+    items: Sequence[T],
+    *,
+    order: Order,
+    limit: int,
+    after: str | None,
+    before: str | None,
+) -> Page[T]:
+    """OpenAI-style pagination of ``items`` (given oldest first) by object id cursors."""
+    ordered = list(items) if order == "asc" else list(reversed(items))
+    ids = [item.id for item in ordered]
+    start, stop = 0, len(ordered)
+    if after is not None:
+        if after not in ids:
+            raise InvalidRequest(f"no object with id {after!r} in this list", param="after")
+        start = ids.index(after) + 1
+    if before is not None:
+        if before not in ids:
+            raise InvalidRequest(f"no object with id {before!r} in this list", param="before")
+        stop = ids.index(before)
+    window = ordered[start:stop]
+    return Page(data=window[:limit], has_more=len(window) > limit)
+
+
+class MemoryStore:
+    """Keeps copies of what it is given, so callers' later mutations do not leak in."""
+
+    def __init__(self) -> None:
+        self._threads: dict[str, Thread] = {}
+        self._messages: dict[str, dict[str, Message]] = {}
+        self._runs: dict[str, dict[str, Run]] = {}
+
+    def _thread_messages(self, thread_id: str) -> dict[str, Message]:
+        try:
+            return self._messages[thread_id]
+        except KeyError:
+            raise NotFound(f"No thread found with id '{thread_id}'.", param="thread_id") from None
+
+    def _thread_runs(self, thread_id: str) -> dict[str, Run]:
+        try:
+            return self._runs[thread_id]
+        except KeyError:
+            raise NotFound(f"No thread found with id '{thread_id}'.", param="thread_id") from None
+
+    async def create_thread(self, thread: Thread) -> None:
+        self._threads[thread.id] = copy.deepcopy(thread)
+        self._messages[thread.id] = {}
+        self._runs[thread.id] = {}
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        try:
+            return copy.deepcopy(self._threads[thread_id])
+        except KeyError:
+            raise NotFound(f"No thread found with id '{thread_id}'.", param="thread_id") from None
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self.get_thread(thread_id)
+        del self._threads[thread_id]
+        del self._messages[thread_id]
+        del self._runs[thread_id]
+
+    async def add_message(self, message: Message) -> None:
+        messages = self._thread_messages(message.thread_id)
+        messages[message.id] = copy.deepcopy(message)
+
+    async def update_message(self, message: Message) -> None:
+        messages = self._thread_messages(message.thread_id)
+        if message.id not in messages:
+            raise NotFound(f"No message found with id '{message.id}'.", param="message_id")
+        messages[message.id] = copy.deepcopy(message)
+
+    async def get_message(self, thread_id: str, message_id: str) -> Message:
+        messages = self._thread_messages(thread_id)
+        try:
+            return copy.deepcopy(messages[message_id])
+        except KeyError:
+            raise NotFound(
+                f"No message found with id '{message_id}'.", param="message_id"
+            ) from None
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+        run_id: str | None = None,
+    ) -> Page[Message]:
+        items = list(self._thread_messages(thread_id).values())
+        if run_id is not None:
+            items = [m for m in items if m.run_id == run_id]
+        page = paginate(items, order=order, limit=limit, after=after, before=before)
+        return Page([copy.deepcopy(m) for m in page.data], page.has_more)
+
+    async def create_run(self, run: Run) -> None:
+        self._thread_runs(run.thread_id)[run.id] = copy.deepcopy(run)
+
+    async def update_run(self, run: Run) -> None:
+        runs = self._thread_runs(run.thread_id)
+        runs[run.id] = copy.deepcopy(run)
+
+    async def get_run(self, thread_id: str, run_id: str) -> Run:
+        runs = self._thread_runs(thread_id)
+        try:
+            return copy.deepcopy(runs[run_id])
+        except KeyError:
+            raise NotFound(f"No run found with id '{run_id}'.", param="run_id") from None
+
+    async def list_runs(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[Run]:
+        items = list(self._thread_runs(thread_id).values())
+        page = paginate(items, order=order, limit=limit, after=after, before=before)
+        return Page([copy.deepcopy(r) for r in page.data], page.has_more)
+
+    async def close(self) -> None:
+        return None
