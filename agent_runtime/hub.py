@@ -8,6 +8,7 @@ loop that will run it. :meth:`Hub.aclose` ends live runs (bounded by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from broker import Registry
@@ -49,7 +50,17 @@ class Hub:
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
+        # 1. End live runs: each publishes its terminal event and closes its stream.
         await self.runs.shutdown(timeout=self.config.shutdown_timeout)
+        # 2. Let subscribers read to the end (bounded), 3. then drop what is left.
+        idle = await self.registry.wait_idle(max(0.0, deadline - loop.time()))
+        if not idle:
+            logger.warning(
+                "%d subscribers still connected at shutdown; disconnecting them",
+                self.registry.subscriber_count,
+            )
         self.registry.shutdown()
         await self.models.aclose()
         await self.store.close()

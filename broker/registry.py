@@ -169,6 +169,20 @@ class Registry:
             per_stream=per_stream,
         )
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no subscriber is connected, at most ``timeout`` seconds.
+
+        Used by graceful shutdown: once every stream is closed, subscribers finish on
+        their own as they read the rest; a stalled one is cut off by the timeout.
+        Returns whether the registry became idle.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._subscribers.wait_zero()
+        except TimeoutError:
+            return False
+        return True
+
     def shutdown(self) -> None:
         """Cancel every retention timer and drop every stream. Idempotent."""
         self._shut = True

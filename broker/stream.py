@@ -43,12 +43,31 @@ GAP_EVENT = "thread.stream.gap"
 
 
 class Tally:
-    """A count shared by several streams (the registry's total of subscribers)."""
+    """A count shared by several streams (the registry's total of subscribers), with a
+    way to wait until it falls to zero."""
 
-    __slots__ = ("n",)
+    __slots__ = ("n", "_idle")
 
     def __init__(self) -> None:
         self.n = 0
+        self._idle: list[asyncio.Future[None]] = []
+
+    def add(self) -> None:
+        self.n += 1
+
+    def remove(self) -> None:
+        self.n -= 1
+        if self.n == 0 and self._idle:
+            idle, self._idle = self._idle, []
+            for fut in idle:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def wait_zero(self) -> None:
+        while self.n > 0:
+            fut = asyncio.get_running_loop().create_future()
+            self._idle.append(fut)
+            await fut
 
 
 class SubState(enum.Enum):
@@ -221,7 +240,7 @@ class Stream:
         sub = Subscription(self, sink, framing, start)
         self._subs[sub] = None
         if self._tally is not None:
-            self._tally.n += 1
+            self._tally.add()
         prefix = b""
         if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
             events = self._snapshot_events(self._resume_snapshot, start, [])
@@ -246,7 +265,7 @@ class Stream:
         if sub in self._subs:
             del self._subs[sub]
             if self._tally is not None:
-                self._tally.n -= 1
+                self._tally.remove()
         sub._set_state(state)
 
     def _snapshot_events(self, fn: SnapshotFn | None, at: int, lead: list[Event]) -> list[Event]:
