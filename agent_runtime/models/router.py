@@ -1,0 +1,177 @@
+"""Which provider serves a model name.
+
+Rules of :meth:`ModelRouter.resolve`, first match wins:
+
+1. ``force_model`` (the CLI's ``--model``) replaces the requested model and provider.
+2. No model: ``default_model``.
+3. ``simulated`` or ``simulated:key=value,…``: the built-in simulated model (one cached
+   instance per distinct configuration).
+4. ``provider::model``: that provider, explicitly (``together::meta-llama/Llama-3-8b``).
+5. Otherwise the ``provider`` argument (an agent's ``model_provider``) or
+   ``default_provider``.
+
+An unknown provider is an :class:`~agent_runtime.errors.InvalidRequest` that lists the
+known ones; a provider without its API key is a
+:class:`~agent_runtime.errors.ProviderError` naming the variable to set.
+
+Concurrency: :meth:`~ModelRouter.resolve` and :meth:`~ModelRouter.list_models` never
+await, so on one event loop they are atomic. HTTP providers are created lazily, on their
+first use, and then shared by every request; :meth:`~ModelRouter.aclose` closes their
+connection pools (call it once, at shutdown, after the requests using them are done).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InvalidRequest
+from .base import ModelProvider
+from .openai_compat import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, PROVIDERS, OpenAICompatProvider
+from .simulated import SIMULATED, SimulatedConfig, SimulatedModel, is_simulated, parse_spec
+
+__all__ = ["ModelRouter"]
+
+logger = logging.getLogger(__name__)
+
+_SIMULATED_CACHE_SIZE = 128
+"""Distinct simulated configurations kept; names come from clients, so the cache is bounded."""
+
+
+class ModelRouter:
+    """Maps model names to providers; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        default_model: str = SIMULATED,
+        force_model: str | None = None,
+        default_provider: str = "fireworks",
+        env: Mapping[str, str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> None:
+        self.default_model = default_model.strip() or SIMULATED
+        self.force_model = force_model.strip() if force_model and force_model.strip() else None
+        self.default_provider = self._check_provider(default_provider)
+        self._env = env
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._providers: dict[str, OpenAICompatProvider] = {}
+        self._simulated: OrderedDict[SimulatedConfig, SimulatedModel] = OrderedDict()
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return os.environ if self._env is None else self._env
+
+    @staticmethod
+    def known_providers() -> list[str]:
+        """Every provider name :meth:`resolve` accepts."""
+        return [SIMULATED, *PROVIDERS]
+
+    def _check_provider(self, name: str) -> str:
+        provider = name.strip().lower()
+        if provider != SIMULATED and provider not in PROVIDERS:
+            known = ", ".join(self.known_providers())
+            raise InvalidRequest(
+                f"unknown model provider {name!r}; known providers: {known}", param="model"
+            )
+        return provider
+
+    def resolve(self, model: str | None, provider: str | None = None) -> tuple[ModelProvider, str]:
+        """The provider serving ``model`` and the model name to put in the request."""
+        if self.force_model is not None:
+            model, provider = self.force_model, None
+        name = (model or "").strip() or self.default_model
+        if is_simulated(name):
+            return self._simulated_model(name), name
+        if "::" in name:
+            provider, _, name = name.partition("::")
+            name = name.strip()
+            if not name:
+                raise InvalidRequest(
+                    f"model {model!r} names a provider but no model: use '{provider}::<model>'",
+                    param="model",
+                )
+        chosen = self._check_provider(provider or self.default_provider)
+        if chosen == SIMULATED:
+            spec = name if is_simulated(name) else SIMULATED
+            return self._simulated_model(spec), spec
+        http = self.provider(chosen)
+        return http, http.model_name(name)
+
+    def _simulated_model(self, spec: str) -> SimulatedModel:
+        config = parse_spec(spec)
+        cached = self._simulated.get(config)
+        if cached is not None:
+            self._simulated.move_to_end(config)
+            return cached
+        created = SimulatedModel(config)
+        self._simulated[config] = created
+        if len(self._simulated) > _SIMULATED_CACHE_SIZE:
+            self._simulated.popitem(last=False)
+        return created
+
+    def provider(self, name: str) -> OpenAICompatProvider:
+        """The HTTP provider ``name``, created on first use.
+
+        Raises :class:`~agent_runtime.errors.ProviderError` if it has no API key.
+        """
+        provider = self._providers.get(name)
+        if provider is None:
+            provider = OpenAICompatProvider(
+                name, env=self.env, timeout=self._timeout, max_retries=self._max_retries
+            )
+            self._providers[name] = provider
+            logger.info("model provider %r at %s", name, provider.base_url)
+        return provider
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """OpenAI ``model`` objects for ``GET /v1/models``.
+
+        ``simulated`` always; the default (and forced) model; and one ``<provider>::``
+        entry per provider that is configured (has its key, or for ``local`` a key or a
+        base URL), meaning "append any of that provider's model names".
+        """
+        env = self.env
+        models: list[dict[str, Any]] = [_model(SIMULATED, "agentstream")]
+        seen = {SIMULATED}
+        for name in (self.force_model, self.default_model):
+            if not name or name in seen:
+                continue
+            owner = self._owner(name)
+            if owner is not None:
+                models.append(_model(name, owner))
+                seen.add(name)
+        for info in PROVIDERS.values():
+            if info.is_configured(env):
+                models.append(_model(f"{info.name}::", info.name))
+        return models
+
+    def _owner(self, name: str) -> str | None:
+        """The provider of a configured model name, or None if it is not usable."""
+        if is_simulated(name):
+            return "agentstream"
+        provider = name.partition("::")[0] if "::" in name else self.default_provider
+        if provider == SIMULATED:
+            return "agentstream"
+        info = PROVIDERS.get(provider.strip().lower())
+        if info is None or not info.is_configured(self.env):
+            return None
+        return info.name
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients of the providers created so far."""
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            try:
+                await provider.aclose()
+            except Exception:  # closing the others matters more
+                logger.exception("closing model provider %r failed", provider.name)
+
+
+def _model(model_id: str, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
