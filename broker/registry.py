@@ -42,6 +42,7 @@ class Registry:
         self._streams: dict[str, Stream] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._subscribers = Tally()
+        self._reserved = 0
         self._shut = False
 
     # -- streams ---------------------------------------------------------------------
@@ -104,19 +105,40 @@ class Registry:
             stream.discard()
 
     def check_subscribe(self, stream: Stream) -> None:
-        """Raise :class:`LimitExceeded` if one more subscriber would break a limit."""
+        """Raise :class:`LimitExceeded` if one more subscriber would break a limit
+        (subscribers counted with the slots reserved by requests still starting)."""
         per_stream = self.config.max_subscribers_per_stream
-        if per_stream is not None and stream.subscriber_count >= per_stream:
+        if per_stream is not None and stream.subscriber_count + stream.reserved >= per_stream:
             raise LimitExceeded(
                 f"stream has {per_stream} subscribers; raise max_subscribers_per_stream",
                 limit="max_subscribers_per_stream",
             )
         total = self.config.max_subscribers
-        if total is not None and self._subscribers.n >= total:
+        if total is not None and self._subscribers.n + self._reserved >= total:
             raise LimitExceeded(
                 f"{total} subscribers are connected; raise max_subscribers",
                 limit="max_subscribers",
             )
+
+    def reserve(self, stream: Stream) -> Callable[[], None]:
+        """Check the limits and hold one subscriber slot; returns its (idempotent) release.
+
+        The SSE handler holds the slot while it sends headers (which may await), and
+        releases it once the subscription exists or the request failed.
+        """
+        self.check_subscribe(stream)
+        stream.reserved += 1
+        self._reserved += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                stream.reserved -= 1
+                self._reserved -= 1
+
+        return release
 
     # -- retention and budget ----------------------------------------------------------
 

@@ -102,35 +102,47 @@ async def serve_stream(
     a bad cursor, format or a refused limit; callers turn them into error answers (see
     :func:`broker_error_response`). ``framing`` overrides the ``format`` query parameter.
     """
-    cursor = parse_cursor(
-        request.headers.get(hdrs.LAST_EVENT_ID), request.query.get("last_event_id")
-    )
+    header = request.headers.get(hdrs.LAST_EVENT_ID)
+    cursor = parse_cursor(header, request.query.get("last_event_id"))
     if framing is None:
         try:
             framing = Framing.parse(request.query.get("format"))
         except BrokerError as exc:
             raise InvalidCursor(str(exc), param="format") from exc
     want_snapshot = request.query.get("snapshot", "").lower() in _TRUE
-    stream.check_cursor(cursor)
+    try:
+        stream.check_cursor(cursor)
+    except InvalidCursor as exc:
+        source = "Last-Event-ID" if header is not None and header.strip() else "last_event_id"
+        raise InvalidCursor(str(exc), param=source) from None
     if stream.at_end(cursor):
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
-    if registry is not None:
-        registry.check_subscribe(stream)
+    # Hold a subscriber slot from the limit check until the subscription exists, so that
+    # concurrent requests cannot all pass the check while this one sends its headers.
+    release = registry.reserve(stream) if registry is not None else None
+    try:
+        response = EventSourceResponse(
+            ping_interval=config.keepalive,
+            send_timeout=config.stall_timeout,
+            allow_all_methods=allow_all_methods,
+        )
+        writer = await response.prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing() or writer is None:
+            return response
+        if stream.discarded:  # dropped while the headers were being sent
+            response.force_close()
+            transport.close()
+            return response
+        transport.set_write_buffer_limits(high=config.high_water)
+        chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+        wire = chunked_wire if chunked else plain_wire
+        sink = _TransportSink(transport, wire, config.high_water)
+        sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot)
+    finally:
+        if release is not None:
+            release()
 
-    response = EventSourceResponse(
-        ping_interval=config.keepalive,
-        send_timeout=config.stall_timeout,
-        allow_all_methods=allow_all_methods,
-    )
-    writer = await response.prepare(request)
-    transport = request.transport
-    if transport is None or transport.is_closing() or writer is None:
-        return response
-    transport.set_write_buffer_limits(high=config.high_water)
-    chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
-    sink = _TransportSink(transport, chunked_wire if chunked else plain_wire, config.high_water)
-
-    sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot)
     try:
         while True:
             state = await sub.wait()
@@ -156,7 +168,11 @@ async def serve_stream(
         response.stop_streaming()
 
     if sub.state is SubState.DONE and not transport.is_closing():
-        await response.write_eof()
+        try:
+            async with asyncio.timeout(config.stall_timeout):
+                await response.write_eof()
+        except TimeoutError:
+            transport.abort()
     else:
         # Ended early: leave the body unterminated so the client knows to resume.
         response.force_close()

@@ -67,7 +67,11 @@ class Tally:
         while self.n > 0:
             fut = asyncio.get_running_loop().create_future()
             self._idle.append(fut)
-            await fut
+            try:
+                await fut
+            finally:
+                if fut in self._idle:  # cancelled or timed out: do not keep it
+                    self._idle.remove(fut)
 
 
 class SubState(enum.Enum):
@@ -160,6 +164,8 @@ class Stream:
         self.closed = False
         self.closed_at: float | None = None
         self._discarded = False
+        self.reserved = 0
+        """Subscriber slots held by requests still starting (see ``Registry.reserve``)."""
 
     # -- publishing ------------------------------------------------------------------
 
@@ -209,6 +215,10 @@ class Stream:
         self._discarded = True
         self._wake_followers()
         self.buffer.release()
+
+    @property
+    def discarded(self) -> bool:
+        return self._discarded
 
     # -- subscribing -----------------------------------------------------------------
 

@@ -1,0 +1,271 @@
+"""The replay buffer and the byte budget (pure, synchronous)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.buffer import ByteBudget, Gap, ReplayBuffer
+from broker.errors import InvalidCursor
+from broker.events import Event
+
+
+def ev(i: int, pad: int = 0) -> Event:
+    return Event.create(i, "e", {"i": i, "pad": "x" * pad})
+
+
+def fill(buf: ReplayBuffer, n: int, pad: int = 0) -> list[Event]:
+    events = [ev(buf.head + 1 + k, pad) for k in range(n)]
+    for e in events:
+        buf.append(e)
+    return events
+
+
+def test_empty_buffer() -> None:
+    buf = ReplayBuffer()
+    assert (buf.head, buf.first_id, len(buf), buf.nbytes) == (0, 1, 0, 0)
+    assert list(buf.since(0)) == []
+    assert buf.get(0) is None and buf.get(1) is None
+
+
+@pytest.mark.parametrize(("max_events", "max_bytes"), [(0, 10), (10, 0), (-1, 10)])
+def test_caps_must_be_positive(max_events: int, max_bytes: int) -> None:
+    with pytest.raises(ValueError):
+        ReplayBuffer(max_events, max_bytes)
+
+
+def test_ids_must_be_consecutive() -> None:
+    buf = ReplayBuffer()
+    with pytest.raises(ValueError):
+        buf.append(ev(2))
+    buf.append(ev(1))
+    with pytest.raises(ValueError):
+        buf.append(ev(1))
+    with pytest.raises(ValueError):
+        buf.append(ev(3))
+    with pytest.raises(ValueError):
+        buf.append(Event.create(None, "e", {}))
+    assert buf.head == 1 and len(buf) == 1
+    buf.append(ev(2))
+    assert buf.head == 2
+
+
+def test_since_returns_exact_tails() -> None:
+    buf = ReplayBuffer()
+    events = fill(buf, 10)
+    for c in range(11):
+        assert list(buf.since(c)) == events[c:]
+    assert list(buf.since(10)) == []
+
+
+def test_event_cap_keeps_the_newest() -> None:
+    buf = ReplayBuffer(max_events=3)
+    events = fill(buf, 10)
+    assert len(buf) == 3 and buf.head == 10 and buf.first_id == 8
+    assert list(buf.since(7)) == events[7:]
+    assert list(buf.since(9)) == events[9:]
+    assert buf.since(6) == Gap(cursor=6, first_buffered=8)
+    assert buf.since(0) == Gap(cursor=0, first_buffered=8)
+
+
+def test_byte_cap() -> None:
+    size = ev(1).size
+    buf = ReplayBuffer(max_events=100, max_bytes=size * 2 + size // 2)
+    events = fill(buf, 6)
+    assert all(e.size == size for e in events)
+    assert len(buf) == 2 and buf.nbytes == 2 * size <= buf.max_bytes
+    assert buf.first_id == 5
+    assert list(buf.since(4)) == events[4:]
+    assert buf.since(3) == Gap(3, 5)
+
+
+def test_always_keeps_the_newest_event_whatever_the_byte_cap() -> None:
+    buf = ReplayBuffer(max_events=10, max_bytes=1)
+    for i in range(1, 6):
+        e = ev(i, pad=1000)
+        buf.append(e)
+        assert len(buf) == 1 and buf.first_id == i == buf.head
+        assert list(buf.since(i - 1)) == [e]
+        assert list(buf.since(i)) == []
+        assert buf.nbytes == e.size > buf.max_bytes
+
+
+def test_get() -> None:
+    buf = ReplayBuffer(max_events=4)
+    events = fill(buf, 9)
+    assert [buf.get(i) for i in range(6, 10)] == events[5:]
+    for i in (-1, 0, 1, 5, 10, 11):
+        assert buf.get(i) is None
+
+
+def test_check_cursor() -> None:
+    buf = ReplayBuffer(max_events=2)
+    fill(buf, 5)
+    for c in range(6):
+        buf.check_cursor(c)  # evicted cursors are still ids of the stream
+    for c in (-1, 6, 10**17):
+        with pytest.raises(InvalidCursor):
+            buf.check_cursor(c)
+
+
+def test_evict_returns_bytes_freed_and_keeps_the_newest() -> None:
+    buf = ReplayBuffer()
+    events = fill(buf, 5, pad=3)
+    size = events[0].size
+    assert buf.evict(0) == 0 and buf.evict(-3) == 0
+    assert buf.evict(2) == 2 * size
+    assert buf.first_id == 3 and len(buf) == 3 and buf.nbytes == 3 * size
+    assert buf.evict(100) == 2 * size
+    assert len(buf) == 1 and buf.first_id == 5 and list(buf.since(4)) == [events[4]]
+    assert buf.evict(1) == 0
+
+
+def test_byte_budget_is_shared_and_returns_to_zero() -> None:
+    budget = ByteBudget(limit=None)
+    a = ReplayBuffer(max_events=3, budget=budget)
+    b = ReplayBuffer(max_events=100, budget=budget)
+    fill(a, 10, pad=7)
+    fill(b, 10, pad=50)
+    assert budget.used == a.nbytes + b.nbytes > 0
+    assert not budget.over
+    b.evict(4)
+    assert budget.used == a.nbytes + b.nbytes
+    a.release()
+    assert budget.used == b.nbytes
+    b.release()
+    assert budget.used == 0
+    a.release()  # idempotent
+    assert budget.used == 0
+
+
+def test_byte_budget_over() -> None:
+    budget = ByteBudget(limit=1000)
+    buf = ReplayBuffer(budget=budget)
+    while budget.used <= 1000:
+        assert not budget.over
+        fill(buf, 1)
+    assert budget.over
+    buf.evict(len(buf))
+    assert budget.used == buf.nbytes
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_byte_budget_must_be_positive(limit: int) -> None:
+    with pytest.raises(ValueError):
+        ByteBudget(limit)
+
+
+def test_release_keeps_the_numbering() -> None:
+    budget = ByteBudget()
+    buf = ReplayBuffer(budget=budget)
+    fill(buf, 4)
+    buf.release()
+    assert (buf.head, buf.first_id, len(buf), buf.nbytes, budget.used) == (4, 5, 0, 0, 0)
+    assert list(buf.since(4)) == []
+    assert buf.since(3) == Gap(3, 5)
+    e = ev(5)
+    buf.append(e)
+    assert list(buf.since(4)) == [e] and budget.used == e.size
+
+
+def test_compaction_keeps_correctness_after_many_evictions() -> None:
+    budget = ByteBudget()
+    buf = ReplayBuffer(max_events=10, budget=budget)
+    events = fill(buf, 5000)
+    assert len(buf) == 10 and buf.head == 5000 and buf.first_id == 4991
+    for c in range(4990, 5001):
+        assert list(buf.since(c)) == events[c:]
+    assert buf.since(4989) == Gap(4989, 4991)
+    assert [buf.get(i) for i in range(4991, 5001)] == events[4990:]
+    assert buf.nbytes == sum(e.size for e in events[4990:]) == budget.used
+    # Memory stays proportional to what is kept (white-box: the dead prefix is compacted).
+    assert len(buf._events) <= 2 * 1024 + 10
+
+
+def test_compaction_with_large_explicit_evictions() -> None:
+    buf = ReplayBuffer(max_events=100_000)
+    events = fill(buf, 3000)
+    for _ in range(5):
+        buf.evict(400)
+        first = buf.first_id
+        assert list(buf.since(first - 1)) == events[first - 1 :]
+        assert buf.get(first) == events[first - 1]
+        assert buf.get(first - 1) is None
+    assert buf.first_id == 2001 and len(buf) == 1000
+    more = fill(buf, 10)
+    assert list(buf.since(2999)) == [events[-1], *more]
+
+
+# -- properties -------------------------------------------------------------------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 300)),
+        st.tuples(st.just("evict"), st.integers(0, 6)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300)
+@given(
+    max_events=st.integers(1, 12),
+    max_bytes=st.integers(1, 4000),
+    budget_limit=st.none() | st.integers(1, 5000),
+    ops=OPS,
+    release=st.booleans(),
+)
+def test_since_is_an_exact_tail_or_a_gap(
+    max_events: int,
+    max_bytes: int,
+    budget_limit: int | None,
+    ops: list[tuple[str, int]],
+    release: bool,
+) -> None:
+    budget = ByteBudget(budget_limit)
+    buf = ReplayBuffer(max_events=max_events, max_bytes=max_bytes, budget=budget)
+    published: list[Event] = []
+    kept = 0  # how many of the newest events the buffer should hold
+    for op, arg in ops:
+        if op == "append":
+            e = ev(buf.head + 1, pad=arg)
+            buf.append(e)
+            published.append(e)
+            # Appending evicts only what the caps demand: the longest suffix that fits.
+            kept = min(kept + 1, max_events)
+            while kept > 1 and sum(x.size for x in published[-kept:]) > max_bytes:
+                kept -= 1
+        else:
+            freed = buf.evict(arg)
+            dropped = max(0, min(arg, kept - 1))
+            assert freed == sum(x.size for x in published[len(published) - kept :][:dropped])
+            kept -= dropped
+        check_buffer(buf, budget, published, kept)
+    if release:
+        buf.release()
+        check_buffer(buf, budget, published, 0)
+
+
+def check_buffer(buf: ReplayBuffer, budget: ByteBudget, published: list[Event], kept: int) -> None:
+    head = len(published)
+    assert buf.head == head
+    assert len(buf) == kept
+    assert buf.first_id == head - kept + 1
+    assert len(buf) <= buf.max_events
+    assert buf.nbytes <= buf.max_bytes or len(buf) <= 1
+    assert buf.nbytes == sum(e.size for e in published[head - kept :]) == budget.used
+    if head and kept:
+        assert buf.get(head) is published[-1]
+    for c in range(head + 1):
+        buf.check_cursor(c)
+        found = buf.since(c)
+        if isinstance(found, Gap):
+            assert found == Gap(cursor=c, first_buffered=buf.first_id)
+            assert c + 1 < buf.first_id
+        else:
+            assert c + 1 >= buf.first_id
+            assert list(found) == published[c:]
+    for c in (-1, head + 1):
+        with pytest.raises(InvalidCursor):
+            buf.check_cursor(c)
