@@ -46,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="agentstream",
         description="Run LLM agents and stream their output to any number of clients.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="logging level (default INFO for serve, WARNING for agent commands)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_p = commands.add_parser("serve", help="run the hub's HTTP API")
@@ -167,8 +171,9 @@ async def _agent_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,8 +87,12 @@ class RunContext:
         agent: Agent,
         stream: Stream,
         log: RunLog,
+        *,
+        deadline: float,
     ) -> None:
         self.manager = manager
+        self.deadline = deadline
+        """Loop time at which the run expires (queue time included)."""
         self.run = run
         self.agent = agent
         self.stream = stream
@@ -94,6 +100,8 @@ class RunContext:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.cancel_requested = False
+        self.finishing = False
+        """The run is writing its ending: it can no longer be cancelled or ended otherwise."""
         self.task: asyncio.Task[None] | None = None
         self._end: tuple[RunStatus, str | None] | None = None
         self._outcome: tuple[RunStatus, str | None] | None = None
@@ -125,7 +133,7 @@ class RunContext:
 
     def end(self, status: RunStatus, message: str | None = None) -> None:
         """Stop the run now with ``status`` (cancel, expiry, provider failure, shutdown)."""
-        if self._end is not None or self.run.terminal:
+        if self._end is not None or self.run.terminal or self.finishing:
             return
         self._end = (status, message)
         self.cancel_requested = True
@@ -270,9 +278,8 @@ class RunContext:
         """The run's task body: wait for a slot, run the agent, end the run."""
         status: RunStatus = "completed"
         error: str | None = None
-        deadline = self.loop.time() + max(0.0, (self.run.expires_at or 0) - now())
         try:
-            async with asyncio.timeout_at(deadline if self.run.expires_at else None):
+            async with asyncio.timeout_at(self.deadline):
                 async with self.manager.slot():
                     await self._set_status("in_progress", started_at=now())
                     env = Environment(self)
@@ -297,12 +304,13 @@ class RunContext:
             status, error = self._end or ("cancelled", None)
         except Exception as exc:  # the agent's own failure ends the run, never the hub
             status, error = self._end or ("failed", _describe(exc))
-            logger.info("run %s failed: %s", self.run.id, error, exc_info=exc)
+            logger.warning("run %s: the agent failed: %s", self.run.id, error, exc_info=exc)
         if self._end is not None:
             status, error = self._end
         await self._finish(status, error)
 
     async def _finish(self, status: RunStatus, error: str | None) -> None:
+        self.finishing = True  # from here on, end() must not cancel this task
         for handler in self._handlers:
             if not handler.done:
                 handler.interrupt()
@@ -455,6 +463,30 @@ class RunManager:
                 f"Thread {thread_id} already has an active run {self._live_by_thread[thread_id]}.",
                 param="thread_id",
             )
+        run_id = new_id("run")
+        # Claim the thread before the first await, so concurrent requests get the 409.
+        self._live_by_thread[thread_id] = run_id
+        try:
+            return await self._create(
+                run_id, thread_id, agent, model, instructions, additional_messages, metadata
+            )
+        except BaseException:
+            if self._live_by_thread.get(thread_id) == run_id:
+                del self._live_by_thread[thread_id]
+            self._live.pop(run_id, None)
+            self.registry.discard(run_id)
+            raise
+
+    async def _create(
+        self,
+        run_id: str,
+        thread_id: str,
+        agent: Agent,
+        model: str | None,
+        instructions: str | None,
+        additional_messages: Sequence[tuple[str, str]],
+        metadata: dict[str, str] | None,
+    ) -> RunContext:
         for role, content in additional_messages:
             await self.store.add_message(
                 Message(
@@ -466,13 +498,14 @@ class RunManager:
                     completed_at=now(),
                 )
             )
-        created = now()
+        loop = asyncio.get_running_loop()
+        expires_after = self.config.expires_after
         run = Run(
-            id=new_id("run"),
+            id=run_id,
             thread_id=thread_id,
             assistant_id=agent.name,
-            created_at=created,
-            expires_at=created + int(self.config.expires_after),
+            created_at=now(),
+            expires_at=math.ceil(time.time() + expires_after),
             model=model or agent.defaults.model or self.models.default_model,
             instructions=instructions,
             metadata=dict(metadata or {}),
@@ -481,10 +514,9 @@ class RunManager:
         stream = self.registry.create(
             run.id, snapshot=log.snapshot, resume_snapshot=log.resume_snapshot
         )
-        ctx = RunContext(self, run, agent, stream, log)
+        ctx = RunContext(self, run, agent, stream, log, deadline=loop.time() + expires_after)
         await self.store.create_run(run)
         self._live[run.id] = ctx
-        self._live_by_thread[thread_id] = run.id
         ctx.publish("thread.run.created", run.to_dict())
         ctx.publish("thread.run.queued", run.to_dict())
         self.started += 1
@@ -505,8 +537,12 @@ class RunManager:
             run = await self.store.get_run(thread_id, run_id)
             raise InvalidRequest(f"Cannot cancel run with status '{run.status}'.", param="run_id")
         if ctx.run.status != "cancelling":
-            await ctx._set_status("cancelling")
+            # Publish and end synchronously, so that no ending can slip in between;
+            # then persist (the store applies writes in order, the final status last).
+            ctx.run.status = "cancelling"
+            ctx.publish("thread.run.cancelling", ctx.run.to_dict())
             ctx.end("cancelled")
+            await self.store.update_run(ctx.run)
         return ctx.run
 
     async def shutdown(self, timeout: float = 5.0) -> None:

@@ -160,7 +160,9 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     items: list[tuple[str, Any]] = [("thread.stream.gap", {"from": cursor or 0, "to": last + 1})]
     items.append(("thread.run.in_progress", {**run_dict, "status": "in_progress"}))
     for message in messages:
-        items.append(("thread.message.created", message.to_dict(text="") | {"content": []}))
+        created = message.to_dict() | {"content": [], "status": "in_progress"}
+        created |= {"completed_at": None, "incomplete_at": None, "incomplete_details": None}
+        items.append(("thread.message.created", created))
         if message.content:
             items.append(("thread.message.delta", delta_payload(message.id, message.content)))
         final = (
