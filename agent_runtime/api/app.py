@@ -9,6 +9,8 @@ going away releases its subscription at once.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from ..config import HubConfig
@@ -21,6 +23,8 @@ from .keys import HUB
 __all__ = ["HUB", "create_app"]
 
 PREFIXES = ("/v1", "/api/v1")
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+"""The chat page's static files (``agent_runtime/ui``), served at ``/`` and ``/ui/``."""
 
 
 def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> web.Application:
@@ -41,8 +45,15 @@ def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> we
             app.router.add_route(method, prefix + path, handler)
     app.router.add_get("/healthz", meta.healthz)
     app.router.add_get("/metrics", meta.metrics)
+    app.router.add_get("/", _ui_index)
+    app.router.add_static("/ui/", UI_DIR, name="ui")
     app.on_shutdown.append(_shutdown)
     return app
+
+
+async def _ui_index(request: web.Request) -> web.FileResponse:
+    """The chat page; its state is in the query (``?agent=NAME&thread=ID``)."""
+    return web.FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _shutdown(app: web.Application) -> None:
