@@ -32,6 +32,11 @@ class BrokerConfig:
     """Subscribers across all streams (``None``: unbounded)."""
     keepalive: float = 15.0
     """Seconds between ``: ping`` comments on every subscription."""
+    retry_ms: int | None = 1000
+    """Sent as the SSE ``retry:`` field at the start of every subscription in the default
+    framing: how long a browser ``EventSource`` waits before reconnecting (browsers
+    default to ~3 s). Not sent in the OpenAI framing, whose SDK cannot parse a lone
+    ``retry:`` block. ``None`` sends none."""
     high_water: int = 256 * KiB
     """A subscriber whose transport buffer holds more than this is paused until it drains."""
     stall_timeout: float = 30.0

@@ -138,7 +138,12 @@ async def serve_stream(
         chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
         wire = chunked_wire if chunked else plain_wire
         sink = _TransportSink(transport, wire, config.high_water)
-        sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot)
+        # A lone ``retry:`` block is fine for EventSource but the openai SDK's decoder
+        # turns it into an event with empty data and fails: default framing only.
+        preamble = b""
+        if config.retry_ms is not None and framing is Framing.DEFAULT:
+            preamble = b"retry: %d\n\n" % config.retry_ms
+        sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot, preamble=preamble)
     finally:
         if release is not None:
             release()

@@ -238,11 +238,13 @@ class Stream:
         framing: Framing = Framing.DEFAULT,
         *,
         snapshot: bool = False,
+        preamble: bytes = b"",
     ) -> Subscription:
         """Attach a sink and write its backlog to it at once (one write).
 
         With ``snapshot=True`` and a cursor, the backlog starts with the publisher's
         snapshot as of the cursor (for a client that lost its state), then the exact tail.
+        ``preamble`` (e.g. an SSE ``retry:`` field) goes first in that write.
         The returned subscription may already be paused or done.
         """
         start = 0 if cursor is None else cursor
@@ -251,10 +253,10 @@ class Stream:
         self._subs[sub] = None
         if self._tally is not None:
             self._tally.add()
-        prefix = b""
+        prefix = preamble
         if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
             events = self._snapshot_events(self._resume_snapshot, start, [])
-            prefix = b"".join([e.frame(framing) for e in events])
+            prefix += b"".join([e.frame(framing) for e in events])
         self._deliver(sub, prefix)
         return sub
 

@@ -64,6 +64,8 @@ class SSEParser:
     """Incremental parser: :meth:`feed` bytes as they arrive, get the completed frames."""
 
     def __init__(self) -> None:
+        self.retry: int | None = None
+        """The last ``retry:`` value received (reconnection delay in ms)."""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
         self._text = ""
         self._started = False
@@ -109,6 +111,15 @@ class SSEParser:
             frame = self._frame
             if self._data:
                 frame.data = "\n".join(self._data)
+            if frame.data is None and not frame.comments:
+                # Fields without data (a lone ``retry:``) set parser state; browsers
+                # dispatch no event for them, so neither do we.
+                if frame.retry is not None:
+                    self.retry = frame.retry
+                self._frame = Frame()
+                self._data = []
+                self._has_lines = False
+                return None
             self._frame, self._data, self._has_lines = Frame(), [], False
             return frame
         self._has_lines = True

@@ -39,6 +39,8 @@ class SSEParser:
     """Incremental parser: :meth:`feed` bytes as they arrive, get the completed frames."""
 
     def __init__(self) -> None:
+        self.retry: int | None = None
+        """The last ``retry:`` value received (reconnection delay in ms)."""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
         self._text = ""
         self._started = False
@@ -93,6 +95,15 @@ class SSEParser:
             frame = self._frame
             if self._data_lines:
                 frame.data = "\n".join(self._data_lines)
+            if frame.data is None and not frame.comments:
+                # Fields without data (a lone ``retry:``) set parser state; browsers
+                # dispatch no event for them, so neither do we.
+                if frame.retry is not None:
+                    self.retry = frame.retry
+                self._frame = Frame()
+                self._data_lines = []
+                self._has_lines = False
+                return None
             self._frame = Frame()
             self._data_lines = []
             self._has_lines = False

@@ -48,10 +48,19 @@ def publish_n(stream: Stream, n: int, pad: int = 0) -> list[tuple[str, Any]]:
     return out
 
 
+RETRY = b"retry: 1000\n\n"
+"""Every default-framing response starts with the SSE reconnection delay (BrokerConfig.retry_ms)."""
+
+
 def frames_of(stream: Stream, first: int, last: int, framing: Framing = Framing.DEFAULT) -> bytes:
     events = [stream.buffer.get(i) for i in range(first, last + 1)]
     assert all(e is not None for e in events)
     return b"".join(e.frame(framing) for e in events if e is not None)
+
+
+def body_of(stream: Stream, first: int, last: int) -> bytes:
+    """A whole default-framing response body carrying events ``first`` to ``last``."""
+    return RETRY + frames_of(stream, first, last)
 
 
 @pytest.fixture
@@ -78,7 +87,28 @@ async def test_sse_headers_and_no_compression(serve: Serve, session: aiohttp.Cli
         assert "Content-Length" not in resp.headers
         stream.close()
         body = await resp.read()
-    assert body == frames_of(stream, 1, 2)
+    assert body == body_of(stream, 1, 2)
+
+
+async def test_default_framing_sets_the_reconnection_delay_and_openai_framing_does_not(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    registry = Registry(BrokerConfig(retry_ms=250))
+    server = await serve(registry)
+    stream = registry.create("k")
+    publish_n(stream, 1)
+    stream.close()
+    async with within(), session.get(server.url("/s/k")) as resp:
+        assert await resp.read() == b"retry: 250\n\n" + frames_of(stream, 1, 1)
+    async with within(), session.get(server.url("/s/k?format=openai")) as resp:
+        assert await resp.read() == frames_of(stream, 1, 1, Framing.OPENAI) + DONE_FRAME
+    quiet = Registry(BrokerConfig(retry_ms=None))
+    server = await serve(quiet)
+    stream = quiet.create("k")
+    publish_n(stream, 1)
+    stream.close()
+    async with within(), session.get(server.url("/s/k")) as resp:
+        assert await resp.read() == frames_of(stream, 1, 1)
 
 
 async def test_raw_head_is_chunked_and_uncompressed(serve: Serve, open_raw: OpenRaw) -> None:
@@ -97,7 +127,7 @@ async def test_raw_head_is_chunked_and_uncompressed(serve: Serve, open_raw: Open
         await client.read_events(1)
         stream.close()
         body = await client.read_to_end()
-    assert body == frames_of(stream, 1, 1)
+    assert body == body_of(stream, 1, 1)
     assert client.chunk_sizes[-1] == 0  # the body ended properly
 
 
@@ -114,13 +144,13 @@ async def test_late_join_gets_everything_from_event_one_then_live(
     client = await open_raw(server, "/s/k")
     async with within():
         await client.read_events(5)
-        assert bytes(client.body) == frames_of(stream, 1, 5)  # the backlog, exactly
+        assert bytes(client.body) == body_of(stream, 1, 5)  # the backlog, exactly
         publish_n(stream, 1)
         await client.read_events(6)  # a live event arrives without anything else happening
         publish_n(stream, 4)
         stream.close()
         body = await client.read_to_end()
-    assert body == frames_of(stream, 1, 10)
+    assert body == body_of(stream, 1, 10)
 
 
 @pytest.mark.parametrize("how", ["header", "query"])
@@ -147,7 +177,7 @@ async def test_resume_continues_exactly(serve: Serve, open_raw: OpenRaw, how: st
     # Together the two connections saw every event exactly once, in order.
     records = records_of(first.body) + records_of(rest)
     assert check_sequence(records, published=published, start=0).cursor == 9
-    assert rest == frames_of(stream, int(last_id) + 1, 9)
+    assert rest == body_of(stream, int(last_id) + 1, 9)
 
 
 @pytest.mark.parametrize("cursor", [0, 1, 5, 8])
@@ -161,7 +191,7 @@ async def test_every_cursor_gives_the_exact_tail(
     stream.close()
     async with within(), session.get(server.url(f"/s/k?last_event_id={cursor}")) as resp:
         assert resp.status == 200
-        assert await resp.read() == frames_of(stream, cursor + 1, 9)
+        assert await resp.read() == body_of(stream, cursor + 1, 9)
 
 
 async def test_header_beats_query(serve: Serve, session: aiohttp.ClientSession) -> None:
@@ -173,9 +203,9 @@ async def test_header_beats_query(serve: Serve, session: aiohttp.ClientSession) 
     url = server.url("/s/k?last_event_id=2")
     async with within(), session.get(url, headers={"Last-Event-ID": "5"}) as resp:
         assert resp.status == 200
-        assert await resp.read() == frames_of(stream, 6, 8)
+        assert await resp.read() == body_of(stream, 6, 8)
     async with within(), session.get(url, headers={"Last-Event-ID": ""}) as resp:
-        assert await resp.read() == frames_of(stream, 3, 8)  # an empty header is absent
+        assert await resp.read() == body_of(stream, 3, 8)  # an empty header is absent
 
 
 @pytest.mark.parametrize(
@@ -357,7 +387,7 @@ async def test_cursor_at_the_end_of_a_closed_stream_is_204(
             assert await resp.read() == b""
     async with within(), session.get(server.url("/s/k?last_event_id=3")) as resp:
         assert resp.status == 200
-        assert await resp.read() == frames_of(stream, 4, 4)
+        assert await resp.read() == body_of(stream, 4, 4)
 
 
 async def test_a_live_stream_at_its_head_is_not_204(serve: Serve, open_raw: OpenRaw) -> None:
@@ -370,7 +400,7 @@ async def test_a_live_stream_at_its_head_is_not_204(serve: Serve, open_raw: Open
     async with within():
         publish_n(stream, 1)
         await client.read_events(1)
-    assert bytes(client.body) == frames_of(stream, 3, 3)
+    assert bytes(client.body) == body_of(stream, 3, 3)
 
 
 async def test_subscribers_receive_byte_identical_bodies(
@@ -391,7 +421,7 @@ async def test_subscribers_receive_byte_identical_bodies(
         bodies = [await r.read() for r in [*responses, late]]
         for r in [*responses, late]:
             r.release()
-    assert bodies[0] == frames_of(stream, 1, 53)
+    assert bodies[0] == body_of(stream, 1, 53)
     assert all(body == bodies[0] for body in bodies)
 
 
@@ -409,7 +439,7 @@ async def test_http_1_0_gets_an_unchunked_body_ended_by_close(
         publish_n(stream, 1)
         stream.close()
         body = await client.read_to_end()
-    assert body == frames_of(stream, 1, 3)
+    assert body == body_of(stream, 1, 3)
 
 
 # -- keepalive and leaving ----------------------------------------------------------------------
