@@ -2,5 +2,6 @@
 
 from .base import Page, Store
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "Page", "Store"]
+__all__ = ["MemoryStore", "Page", "SQLiteStore", "Store"]

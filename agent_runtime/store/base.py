@@ -71,4 +71,10 @@ class Store(Protocol):
         before: str | None = None,
     ) -> Page[Run]: ...
 
+    async def mark_interrupted_runs(self, message: str) -> list[Run]:
+        """At startup: every run still live (queued, in_progress, cancelling), i.e. live
+        when a previous process died, becomes ``failed`` with ``failed_at`` now and
+        ``last_error`` ``{"code": "server_error", "message": message}``. Returns them."""
+        ...
+
     async def close(self) -> None: ...

@@ -144,5 +144,9 @@ class MemoryStore:
         page = paginate(items, order=order, limit=limit, after=after, before=before)
         return Page([copy.deepcopy(r) for r in page.data], page.has_more)
 
+    async def mark_interrupted_runs(self, message: str) -> list[Run]:
+        """Nothing survives a previous process, so no run was interrupted by its end."""
+        return []
+
     async def close(self) -> None:
         return None

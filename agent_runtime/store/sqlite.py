@@ -1,0 +1,499 @@
+"""A durable store: one SQLite database file, behind the same interface as MemoryStore.
+
+Threading model
+    Every operation runs on one dedicated worker thread (a single-worker
+    ``ThreadPoolExecutor``) that owns the store's only ``sqlite3`` connection; no SQLite
+    call ever runs on the event loop, and the connection never leaves its thread. Each
+    public method is a coroutine that, before its first suspension, encodes its arguments
+    (a snapshot: later changes to the objects passed in are not stored, as with
+    MemoryStore's copies) and queues one job; then it awaits the job's result. Jobs run
+    one at a time in the order they were queued, so operations apply in the order they
+    were called (the order the calling coroutines started): a run's ``cancelling`` write
+    cannot land after its final status. A caller cancelled while waiting does not cancel
+    its operation: the operation is applied anyway, as MemoryStore would have applied it.
+
+Durability
+    Every write is committed (one transaction per operation) before its coroutine
+    returns. The database runs in WAL mode with ``synchronous=NORMAL``: a committed write
+    survives the process being killed at any point (SIGKILL included); on an operating
+    system crash or power loss the last few commits may be lost, but the database stays
+    consistent. :meth:`SQLiteStore.close` waits for every queued operation, then closes
+    the connection (which checkpoints the WAL) and the worker thread.
+
+Schema
+    Tables ``threads``, ``messages`` and ``runs``; ``metadata`` and ``last_error`` are JSON
+    text. Messages and runs are listed in insertion order, by an autoincrement ``seq``
+    column (``created_at`` has one-second resolution). Deleting a thread cascades to its
+    messages and runs. ``PRAGMA user_version`` holds the schema version; :data:`MIGRATIONS`
+    brings an older database up to date when it is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import AgentRuntimeError, InvalidRequest, NotFound
+from ..objects import LIVE_STATUSES, Message, Run, Thread, now
+from .base import Order, Page, Store
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # Version 1.
+    (
+        """
+        CREATE TABLE threads (
+            id TEXT PRIMARY KEY,
+            created_at INTEGER NOT NULL,
+            metadata TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL,
+            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            run_id TEXT,
+            assistant_id TEXT,
+            metadata TEXT NOT NULL,
+            completed_at INTEGER,
+            incomplete_at INTEGER,
+            incomplete_reason TEXT,
+            UNIQUE (thread_id, id)
+        )
+        """,
+        "CREATE INDEX messages_by_thread ON messages (thread_id, seq)",
+        "CREATE INDEX messages_by_run ON messages (thread_id, run_id, seq)",
+        """
+        CREATE TABLE runs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL,
+            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            assistant_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            model TEXT NOT NULL,
+            status TEXT NOT NULL,
+            instructions TEXT,
+            metadata TEXT NOT NULL,
+            started_at INTEGER,
+            cancelled_at INTEGER,
+            failed_at INTEGER,
+            completed_at INTEGER,
+            last_error TEXT,
+            incomplete_reason TEXT,
+            last_event_id INTEGER,
+            UNIQUE (thread_id, id)
+        )
+        """,
+        "CREATE INDEX runs_by_thread ON runs (thread_id, seq)",
+        "CREATE INDEX runs_by_status ON runs (status)",
+    ),
+)
+"""``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_JSON_COLUMNS = frozenset({"metadata", "last_error"})
+# Columns follow the dataclasses' fields: a new field without a migration fails loudly.
+_THREAD_COLUMNS = tuple(f.name for f in dataclasses.fields(Thread))
+_MESSAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(Message))
+_RUN_COLUMNS = tuple(f.name for f in dataclasses.fields(Run))
+
+
+def _encode(obj: Thread | Message | Run, columns: Sequence[str]) -> tuple[Any, ...]:
+    """The row's values: a snapshot of ``obj``, JSON columns as text."""
+    values: list[Any] = []
+    for name in columns:
+        value = getattr(obj, name)
+        if name in _JSON_COLUMNS and value is not None:
+            value = json.dumps(value, ensure_ascii=False)
+        values.append(value)
+    return tuple(values)
+
+
+def _decode(row: sqlite3.Row, columns: Sequence[str]) -> dict[str, Any]:
+    return {
+        name: json.loads(row[name])
+        if name in _JSON_COLUMNS and row[name] is not None
+        else row[name]
+        for name in columns
+    }
+
+
+def _upsert_sql(table: str, columns: Sequence[str]) -> str:
+    """Insert, or replace every column of the row with the same (thread_id, id), keeping
+    its place in the list (its ``seq``), as MemoryStore's dictionaries do."""
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("id", "thread_id"))
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT (thread_id, id) DO UPDATE SET {updates}"
+    )
+
+
+_INSERT_THREAD = (
+    f"INSERT INTO threads ({', '.join(_THREAD_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _THREAD_COLUMNS)})"
+)
+_UPSERT_MESSAGE = _upsert_sql("messages", _MESSAGE_COLUMNS)
+_UPSERT_RUN = _upsert_sql("runs", _RUN_COLUMNS)
+_UPDATE_MESSAGE = (
+    "UPDATE messages SET "
+    + ", ".join(f"{c} = ?" for c in _MESSAGE_COLUMNS if c not in ("id", "thread_id"))
+    + " WHERE thread_id = ? AND id = ?"
+)
+
+
+def _thread_not_found(thread_id: str) -> NotFound:
+    return NotFound(f"No thread found with id '{thread_id}'.", param="thread_id")
+
+
+def _require_thread(conn: sqlite3.Connection, thread_id: str) -> None:
+    if conn.execute("SELECT 1 FROM threads WHERE id = ?", (thread_id,)).fetchone() is None:
+        raise _thread_not_found(thread_id)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, committed on success, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _page(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    where: str,
+    params: tuple[Any, ...],
+    *,
+    order: Order,
+    limit: int,
+    after: str | None,
+    before: str | None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """:func:`~agent_runtime.store.memory.paginate`'s semantics, in SQL over ``seq``."""
+    ascending = order == "asc"
+    clauses = [where]
+    values = list(params)
+    for name, cursor, newer in (("after", after, ascending), ("before", before, not ascending)):
+        if cursor is None:
+            continue
+        row = conn.execute(
+            f"SELECT seq FROM {table} WHERE {where} AND id = ?", (*params, cursor)
+        ).fetchone()
+        if row is None:
+            raise InvalidRequest(f"no object with id {cursor!r} in this list", param=name)
+        clauses.append("seq > ?" if newer else "seq < ?")
+        values.append(row["seq"])
+    # One row more than the page tells whether there are more; a negative limit slices
+    # like Python's ``window[:limit]`` over the whole window.
+    values.append(limit + 1 if limit >= 0 else -1)
+    rows = conn.execute(
+        f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(clauses)} "
+        f"ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
+        values,
+    ).fetchall()
+    return [_decode(row, columns) for row in rows[:limit]], len(rows) > limit
+
+
+class SQLiteStore:
+    """The thread/message/run store in the SQLite database at ``path``.
+
+    Prefer ``await SQLiteStore.open(path)``, which opens the database at once (so a bad
+    path fails there); a store made with ``SQLiteStore(path)`` opens it at its first
+    operation. Always ``await store.close()``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="agentstream-sqlite"
+        )
+        self._conn: sqlite3.Connection | None = None
+        """Only ever touched on the worker thread."""
+        self._closing: concurrent.futures.Future[None] | None = None
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+        """Create the parent directory and the database if needed, migrate its schema."""
+        store = cls(path)
+        try:
+            await store._run(lambda _conn: None)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- the worker ------------------------------------------------------------------
+
+    async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue ``job(connection)`` on the worker thread and await its result.
+
+        Queued synchronously (before this coroutine first suspends), so jobs run in call
+        order; shielded, so cancelling the caller never drops a queued job.
+        """
+        if self._closing is not None:
+            raise AgentRuntimeError("the SQLite store is closed")
+        done = self._executor.submit(self._in_worker, job)
+        return await asyncio.shield(asyncio.wrap_future(done))
+
+    def _in_worker(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._connect()
+        return job(self._conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; writes use _transaction().
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with _transaction(conn):
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise AgentRuntimeError(
+                    f"{self.path} has schema version {version}; this agentstream knows "
+                    f"versions up to {SCHEMA_VERSION} (upgrade agentstream to open it)"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        """Wait for every queued operation, then close the database and the worker thread.
+        Idempotent; later operations raise ``AgentRuntimeError``."""
+        if self._closing is None:
+            self._closing = self._executor.submit(self._disconnect)
+        await asyncio.shield(asyncio.wrap_future(self._closing))
+        # The worker has nothing left to do: this only lets its thread exit and joins it.
+        self._executor.shutdown(wait=True)
+
+    # -- threads ---------------------------------------------------------------------
+
+    async def create_thread(self, thread: Thread) -> None:
+        values = _encode(thread, _THREAD_COLUMNS)
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                # A thread created again starts empty, as in MemoryStore.
+                conn.execute("DELETE FROM threads WHERE id = ?", (thread.id,))
+                conn.execute(_INSERT_THREAD, values)
+
+        await self._run(job)
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        def job(conn: sqlite3.Connection) -> Thread:
+            row = conn.execute(
+                f"SELECT {', '.join(_THREAD_COLUMNS)} FROM threads WHERE id = ?", (thread_id,)
+            ).fetchone()
+            if row is None:
+                raise _thread_not_found(thread_id)
+            return Thread(**_decode(row, _THREAD_COLUMNS))
+
+        return await self._run(job)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                if conn.execute("DELETE FROM threads WHERE id = ?", (thread_id,)).rowcount == 0:
+                    raise _thread_not_found(thread_id)
+
+        await self._run(job)
+
+    # -- messages --------------------------------------------------------------------
+
+    async def add_message(self, message: Message) -> None:
+        values = _encode(message, _MESSAGE_COLUMNS)
+        thread_id = message.thread_id
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _require_thread(conn, thread_id)
+                conn.execute(_UPSERT_MESSAGE, values)
+
+        await self._run(job)
+
+    async def update_message(self, message: Message) -> None:
+        encoded = dict(zip(_MESSAGE_COLUMNS, _encode(message, _MESSAGE_COLUMNS), strict=True))
+        thread_id, message_id = message.thread_id, message.id
+        values = [v for c, v in encoded.items() if c not in ("id", "thread_id")]
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _require_thread(conn, thread_id)
+                if conn.execute(_UPDATE_MESSAGE, (*values, thread_id, message_id)).rowcount == 0:
+                    raise NotFound(f"No message found with id '{message_id}'.", param="message_id")
+
+        await self._run(job)
+
+    async def get_message(self, thread_id: str, message_id: str) -> Message:
+        def job(conn: sqlite3.Connection) -> Message:
+            _require_thread(conn, thread_id)
+            row = conn.execute(
+                f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messages "
+                "WHERE thread_id = ? AND id = ?",
+                (thread_id, message_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"No message found with id '{message_id}'.", param="message_id")
+            return Message(**_decode(row, _MESSAGE_COLUMNS))
+
+        return await self._run(job)
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+        run_id: str | None = None,
+    ) -> Page[Message]:
+        where: str = "thread_id = ?"
+        params: tuple[str, ...] = (thread_id,)
+        if run_id is not None:
+            where, params = "thread_id = ? AND run_id = ?", (thread_id, run_id)
+
+        def job(conn: sqlite3.Connection) -> Page[Message]:
+            _require_thread(conn, thread_id)
+            rows, has_more = _page(
+                conn,
+                "messages",
+                _MESSAGE_COLUMNS,
+                where,
+                params,
+                order=order,
+                limit=limit,
+                after=after,
+                before=before,
+            )
+            return Page([Message(**row) for row in rows], has_more)
+
+        return await self._run(job)
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def _upsert_run(self, run: Run) -> None:
+        values = _encode(run, _RUN_COLUMNS)
+        thread_id = run.thread_id
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _require_thread(conn, thread_id)
+                conn.execute(_UPSERT_RUN, values)
+
+        await self._run(job)
+
+    async def create_run(self, run: Run) -> None:
+        await self._upsert_run(run)
+
+    async def update_run(self, run: Run) -> None:
+        """Stores the run, whether or not it was created before (as MemoryStore does)."""
+        await self._upsert_run(run)
+
+    async def get_run(self, thread_id: str, run_id: str) -> Run:
+        def job(conn: sqlite3.Connection) -> Run:
+            _require_thread(conn, thread_id)
+            row = conn.execute(
+                f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE thread_id = ? AND id = ?",
+                (thread_id, run_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
+            return Run(**_decode(row, _RUN_COLUMNS))
+
+        return await self._run(job)
+
+    async def list_runs(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[Run]:
+        def job(conn: sqlite3.Connection) -> Page[Run]:
+            _require_thread(conn, thread_id)
+            rows, has_more = _page(
+                conn,
+                "runs",
+                _RUN_COLUMNS,
+                "thread_id = ?",
+                (thread_id,),
+                order=order,
+                limit=limit,
+                after=after,
+                before=before,
+            )
+            return Page([Run(**row) for row in rows], has_more)
+
+        return await self._run(job)
+
+    async def mark_interrupted_runs(self, message: str) -> list[Run]:
+        """Set every live run (queued, in_progress, cancelling: live when a previous
+        process died) to ``failed`` with ``last_error`` ``{"code": "server_error",
+        "message": message}``; returns them, oldest first."""
+        live = sorted(LIVE_STATUSES)
+        error = json.dumps({"code": "server_error", "message": message}, ensure_ascii=False)
+
+        def job(conn: sqlite3.Connection) -> list[Run]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    "UPDATE runs SET status = 'failed', failed_at = ?, last_error = ? "
+                    f"WHERE status IN ({', '.join('?' for _ in live)}) "
+                    f"RETURNING seq, {', '.join(_RUN_COLUMNS)}",
+                    (now(), error, *live),
+                ).fetchall()
+            rows.sort(key=lambda row: int(row["seq"]))
+            return [Run(**_decode(row, _RUN_COLUMNS)) for row in rows]
+
+        return await self._run(job)
+
+
+if TYPE_CHECKING:
+
+    def _implements_store(store: SQLiteStore) -> Store:
+        """mypy checks here that SQLiteStore implements the Store protocol."""
+        return store
