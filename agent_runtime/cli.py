@@ -1,4 +1,4 @@
-"""The ``agentstream`` command line: ``serve``, ``agent interactive``, ``agent task``.
+"""The ``agentstream`` command line: ``serve``, ``agent interactive``, ``agent task``, ``bench``.
 
 CLI → :func:`main` → :class:`~agent_runtime.config.HubConfig` → the hub. ``agent …``
 commands run the hub in-process (no HTTP) and follow the run's stream exactly as an SSE
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .agents import load_agent
+from .bench import add_bench_parser, run_bench
 from .config import HubConfig
 from .errors import AgentRuntimeError
 from .hub import Hub
@@ -66,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
         "default: the bundled examples)",
     )
     serve_p.add_argument("--model", help="force every completion onto MODEL, e.g. 'simulated'")
+    serve_p.add_argument(
+        "--store",
+        choices=("sqlite", "memory"),
+        default="sqlite",
+        help="sqlite (default): threads survive restarts; memory: ephemeral",
+    )
+    serve_p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("agentstream-data"),
+        help="folder of the SQLite database (default ./agentstream-data)",
+    )
     serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
     serve_p.add_argument("--retention", type=float, default=300.0, help="seconds (default 300)")
     serve_p.add_argument("--keepalive", type=float, default=15.0, help="seconds (default 15)")
@@ -92,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
             help="show text as it arrives (--stream or --stream=True)",
         )
         sub.add_argument("--model", help="force every completion onto MODEL")
+    add_bench_parser(commands)
     return parser
 
 
@@ -145,6 +159,7 @@ async def _agent_command(args: argparse.Namespace) -> int:
     config = HubConfig(agents=(args.agent_dir,), model=args.model)
     hub = Hub(config)
     try:
+        await hub.start()
         thread = Thread(id=new_id("thread"), created_at=now())
         await hub.store.create_thread(thread)
         if args.agent_command == "task":
@@ -177,12 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == "bench":
+            return run_bench(args)
         if args.command == "serve":
             config = HubConfig(
                 host=args.host,
                 port=args.port,
                 agents=tuple(args.agents),
                 model=args.model,
+                store=args.store,
+                data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,
                 retention=args.retention,
                 keepalive=args.keepalive,

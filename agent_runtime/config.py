@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +30,11 @@ class HubConfig(BaseModel):
     default_model: str = "simulated"
     """Model of agents whose metadata names none."""
     default_provider: str = "fireworks"
+    store: Literal["memory", "sqlite"] = "memory"
+    """Where threads, messages and runs live: in memory (lost at exit) or in SQLite under
+    ``data_dir`` (what ``agentstream serve`` uses by default)."""
+    data_dir: Path = Path("agentstream-data")
+    """Folder of the SQLite database (``agentstream.db``) when ``store`` is ``sqlite``."""
     max_body_bytes: int = Field(4 * MiB, ge=1024)
     run_expires_after: float = Field(600.0, gt=0)
     max_concurrent_runs: int | None = Field(None, ge=1)
@@ -43,6 +49,10 @@ class HubConfig(BaseModel):
     max_subscribers: int | None = Field(None, ge=1)
     shutdown_timeout: float = Field(10.0, gt=0)
     """Seconds graceful shutdown waits for runs to end and subscribers to be released."""
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "agentstream.db"
 
     def broker_config(self) -> BrokerConfig:
         return BrokerConfig(

@@ -506,7 +506,10 @@ class RunManager:
             assistant_id=agent.name,
             created_at=now(),
             expires_at=math.ceil(time.time() + expires_after),
-            model=model or agent.defaults.model or self.models.default_model,
+            model=self.models.force_model
+            or model
+            or agent.defaults.model
+            or self.models.default_model,
             instructions=instructions,
             metadata=dict(metadata or {}),
         )

@@ -47,6 +47,7 @@ def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> we
     app.router.add_get("/metrics", meta.metrics)
     app.router.add_get("/", _ui_index)
     app.router.add_static("/ui/", UI_DIR, name="ui")
+    app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     return app
 
@@ -54,6 +55,10 @@ def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> we
 async def _ui_index(request: web.Request) -> web.FileResponse:
     """The chat page; its state is in the query (``?agent=NAME&thread=ID``)."""
     return web.FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _startup(app: web.Application) -> None:
+    await app[HUB].start()
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -150,15 +150,21 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
         framing = Framing.parse(request.query.get("format"))
     except Exception as exc:
         raise InvalidCursor(str(exc), param="format") from exc
+    # A run interrupted by a crash has no recorded last event id: any cursor is behind.
+    known = run.last_event_id is not None
     last = run.last_event_id or 0
-    if cursor is not None and cursor > last:
+    if known and cursor is not None and cursor > last:
         raise InvalidCursor(f"cursor {cursor} is ahead of the stream (last event id is {last})")
-    if cursor is not None and cursor >= last:
+    if known and cursor is not None and cursor >= last:
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
     run_dict = run.to_dict()
-    items: list[tuple[str, Any]] = [("thread.stream.gap", {"from": cursor or 0, "to": last + 1})]
-    items.append(("thread.run.in_progress", {**run_dict, "status": "in_progress"}))
+    items: list[tuple[str, Any]] = [
+        ("thread.stream.gap", {"from": cursor or 0, "to": last + 1 if known else None})
+    ]
+    live = {"status": "in_progress", "last_error": None, "failed_at": None}
+    live |= {"cancelled_at": None, "completed_at": None, "incomplete_details": None}
+    items.append(("thread.run.in_progress", run_dict | live))
     for message in messages:
         created = message.to_dict() | {"content": [], "status": "in_progress"}
         created |= {"completed_at": None, "incomplete_at": None, "incomplete_details": None}
@@ -173,7 +179,8 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
         items.append((final, message.to_dict()))
     items.append((f"thread.run.{run.status}", run_dict))
     events = [Event.create(None, name, payload) for name, payload in items]
-    events[-1] = events[-1].with_id(last) if last else events[-1]
+    if known:
+        events[-1] = events[-1].with_id(last)
     body = b"".join(e.frame(framing) for e in events)
     if framing is Framing.OPENAI:
         body += b"event: done\ndata: [DONE]\n\n"
