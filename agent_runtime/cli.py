@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,12 @@ def _bool(value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _api_keys(flags: Sequence[str]) -> tuple[str, ...]:
+    from_env = os.environ.get("AGENTSTREAM_API_KEYS", "")
+    keys = [*flags, *from_env.split(",")]
+    return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +85,21 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("agentstream-data"),
         help="folder of the SQLite database (default ./agentstream-data)",
+    )
+    serve_p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (repeatable; also AGENTSTREAM_API_KEYS, "
+        "comma-separated)",
+    )
+    serve_p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser calls from ORIGIN ('*' for any; repeatable; default none)",
     )
     serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
     serve_p.add_argument("--retention", type=float, default=300.0, help="seconds (default 300)")
@@ -201,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 agents=tuple(args.agents),
                 model=args.model,
                 store=args.store,
+                api_keys=_api_keys(args.api_key),
+                cors_origins=tuple(args.cors_origin),
                 data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,
                 retention=args.retention,

@@ -47,6 +47,11 @@ class HubConfig(BaseModel):
     max_total_bytes: int | None = Field(512 * MiB, ge=1024)
     max_subscribers_per_stream: int | None = Field(None, ge=1)
     max_subscribers: int | None = Field(None, ge=1)
+    api_keys: tuple[str, ...] = ()
+    """With keys, every API route needs ``Authorization: Bearer <key>`` (the stream route
+    also takes ``?token=``) and threads belong to the key that created them."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser (``*`` for any); none by default."""
     shutdown_timeout: float = Field(10.0, gt=0)
     """Seconds graceful shutdown waits for runs to end and subscribers to be released."""
 

@@ -58,6 +58,8 @@ class Thread:
     id: str
     created_at: int
     metadata: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
+    """Digest of the API key that created the thread (not part of the wire object)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

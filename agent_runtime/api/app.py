@@ -17,6 +17,7 @@ from ..config import HubConfig
 from ..hub import Hub
 from . import chat as chat_api
 from . import meta, runs, threads
+from .auth import auth_middleware, cors_middleware, prepare_cors
 from .errors import error_middleware
 from .keys import HUB
 
@@ -32,7 +33,11 @@ def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> we
     ``async`` function): the hub's runs and streams belong to that loop."""
     config = config or (hub.config if hub is not None else HubConfig())
     hub = hub or Hub(config)
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[error_middleware, cors_middleware, auth_middleware],
+    )
+    app.on_response_prepare.append(prepare_cors)
     app[HUB] = hub
     table = [
         *meta.routes(),

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import Conflict
 from ..objects import Message, Thread, new_id, now
+from .auth import OWNER
 from .keys import HUB
 from .validation import json_response, parse_query, read_json
 
@@ -90,7 +91,12 @@ def new_message(thread_id: str, body: MessageIn) -> Message:
 
 async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
     store = request.app[HUB].store
-    thread = Thread(id=new_id("thread"), created_at=now(), metadata=dict(body.metadata or {}))
+    thread = Thread(
+        id=new_id("thread"),
+        created_at=now(),
+        metadata=dict(body.metadata or {}),
+        owner=request.get(OWNER),
+    )
     await store.create_thread(thread)
     for item in body.messages:
         await store.add_message(new_message(thread.id, item))

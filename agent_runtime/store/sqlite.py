@@ -104,6 +104,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_by_thread ON runs (thread_id, seq)",
         "CREATE INDEX runs_by_status ON runs (status)",
     ),
+    # Version 2: threads belong to the API key that created them (a digest of it).
+    ("ALTER TABLE threads ADD COLUMN owner TEXT",),
 )
 """``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``."""
 
