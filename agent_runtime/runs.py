@@ -433,6 +433,9 @@ class RunManager:
     def live_count(self) -> int:
         return len(self._live)
 
+    def live_by_status(self) -> Counter[str]:
+        return Counter(ctx.run.status for ctx in self._live.values())
+
     async def thread_messages(self, thread_id: str) -> list[Message]:
         out: list[Message] = []
         after: str | None = None

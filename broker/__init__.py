@@ -37,6 +37,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "ByteBudget",
+    "Counters",
     "Event",
     "Framing",
     "Gap",

@@ -17,7 +17,7 @@ from .buffer import ByteBudget
 from .config import BrokerConfig
 from .errors import LimitExceeded, StreamExists
 from .stream import Stream, Tally
-from .types import SnapshotFn, StreamStats
+from .types import Counters, SnapshotFn, StreamStats
 
 __all__ = ["Registry", "RegistryStats"]
 
@@ -43,6 +43,8 @@ class Registry:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._subscribers = Tally()
         self._reserved = 0
+        self.counters = Counters()
+        """Totals over every stream this registry has held (published, delivered, …)."""
         self._shut = False
 
     # -- streams ---------------------------------------------------------------------
@@ -75,6 +77,7 @@ class Registry:
             key,
             snapshot=snapshot,
             resume_snapshot=resume_snapshot,
+            counters=self.counters,
             max_events=self.config.max_events_per_stream,
             max_bytes=self.config.max_bytes_per_stream,
             budget=self.budget,

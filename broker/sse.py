@@ -163,6 +163,7 @@ async def serve_stream(
                     config.stall_timeout,
                     sub.cursor,
                 )
+                stream.counters.stalled_disconnects += 1
                 transport.abort()
                 break
             except ConnectionError:

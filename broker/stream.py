@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from .buffer import ByteBudget, Gap, ReplayBuffer
 from .errors import StreamClosed
 from .events import DONE_FRAME, Event, Framing
-from .types import Sink, SnapshotFn, StreamStats
+from .types import Counters, Sink, SnapshotFn, StreamStats
 
 __all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "Tally"]
 
@@ -143,6 +143,7 @@ class Stream:
         on_close: Callable[[Stream], None] | None = None,
         subscriber_tally: Tally | None = None,
         resume_snapshot: SnapshotFn | None = None,
+        counters: Counters | None = None,
     ) -> None:
         kwargs = {}
         if max_events is not None:
@@ -155,6 +156,7 @@ class Stream:
         self._on_over_budget = on_over_budget
         self._snapshot = snapshot
         self._resume_snapshot = resume_snapshot or snapshot
+        self.counters = counters or Counters()
         self._followers: list[asyncio.Future[None]] = []
         self._on_close = on_close
         self._tally = subscriber_tally
@@ -183,6 +185,7 @@ class Stream:
             raise StreamClosed(f"stream {self.key!r} is closed")
         event = Event.create(self.buffer.head + 1, name, payload)
         self.buffer.append(event)
+        self.counters.published += 1
         budget = self._budget
         if budget is not None and budget.over and self._on_over_budget is not None:
             self._on_over_budget(self)
@@ -257,6 +260,7 @@ class Stream:
         if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
             events = self._snapshot_events(self._resume_snapshot, start, [])
             prefix += b"".join([e.frame(framing) for e in events])
+            self.counters.snapshots += 1
         self._deliver(sub, prefix)
         return sub
 
@@ -305,17 +309,23 @@ class Stream:
         assert not isinstance(tail, Gap)
         return [Event.create(None, GAP_EVENT, {"from": cursor, "to": first}), *tail], head
 
-    def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int]:
-        """SSE bytes that take a subscriber from ``cursor`` to the head, and the new cursor."""
+    def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int, bool]:
+        """SSE bytes that take a subscriber from ``cursor`` to the head, the new cursor,
+        and whether they begin with a gap."""
         found = self.buffer.since(cursor)
         if isinstance(found, Gap):
             events, head = self._catch_up(cursor)
-            return b"".join([e.frame(framing) for e in events]), head
+            return b"".join([e.frame(framing) for e in events]), head, True
         if not found:
-            return b"", cursor
+            return b"", cursor, False
         if len(found) == 1:
-            return found[0].frame(framing), cursor + 1
-        return b"".join([e.frame(framing) for e in found]), cursor + len(found)
+            return found[0].frame(framing), cursor + 1, False
+        return b"".join([e.frame(framing) for e in found]), cursor + len(found), False
+
+    def _count_gaps(self, served: int) -> None:
+        self.counters.gaps += served
+        if self._snapshot is not None:
+            self.counters.snapshots += served
 
     def _deliver(self, sub: Subscription, prefix: bytes = b"") -> None:
         """Write one subscriber's pending frames, in one write."""
@@ -325,13 +335,18 @@ class Stream:
         if sink.is_closing():
             self._remove(sub, SubState.DROPPED)
             return
-        data, sub.cursor = self._batch(sub.cursor, sub.framing)
+        start = sub.cursor
+        data, sub.cursor, gap = self._batch(start, sub.framing)
+        if gap:
+            self._count_gaps(1)
         data = prefix + data
         finished = self.closed and sub.cursor >= self.buffer.head
         if finished and sub.framing is Framing.OPENAI:
             data += DONE_FRAME
         if data:
             sink.write(sink.wire(data))
+            self.counters.writes += 1
+            self.counters.delivered += sub.cursor - start
         self._after_write(sub, finished)
 
     def _after_write(self, sub: Subscription, finished: bool) -> None:
@@ -346,7 +361,8 @@ class Stream:
         self._flush_handle = None
         head = self.buffer.head
         closed = self.closed
-        batches: dict[tuple[int, Framing, object], tuple[bytes, int]] = {}
+        batches: dict[tuple[int, Framing, object], tuple[bytes, int, bool]] = {}
+        writes = delivered = gaps = 0
         for sub in list(self._subs):
             if sub.state is not SubState.LIVE:
                 continue
@@ -359,14 +375,23 @@ class Stream:
             key = (sub.cursor, sub.framing, sink.wire)
             batch = batches.get(key)
             if batch is None:
-                data, cursor = self._batch(sub.cursor, sub.framing)
+                data, cursor, gap = self._batch(sub.cursor, sub.framing)
                 if closed and sub.framing is Framing.OPENAI:
                     data += DONE_FRAME
-                batch = batches[key] = (sink.wire(data) if data else b"", cursor)
-            wire_bytes, sub.cursor = batch
+                batch = batches[key] = (sink.wire(data) if data else b"", cursor, gap)
+            wire_bytes, cursor, gap = batch
             if wire_bytes:
                 sink.write(wire_bytes)
+                writes += 1
+                delivered += cursor - sub.cursor
+                gaps += gap
+            sub.cursor = cursor
             self._after_write(sub, closed)
+        counters = self.counters
+        counters.writes += writes
+        counters.delivered += delivered
+        if gaps:
+            self._count_gaps(gaps)
 
     # -- in-process subscribers ---------------------------------------------------------
 
@@ -392,6 +417,7 @@ class Stream:
                 raise StreamClosed(f"stream {self.key!r} was discarded")
             found = self.buffer.since(position)
             if isinstance(found, Gap):
+                self._count_gaps(1)
                 events, position = self._catch_up(position)
                 for event in events:
                     yield event

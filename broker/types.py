@@ -6,7 +6,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["SnapshotFn", "SnapshotItem", "Sink", "StreamStats", "Wire", "plain_wire"]
+__all__ = [
+    "Counters",
+    "SnapshotFn",
+    "SnapshotItem",
+    "Sink",
+    "StreamStats",
+    "Wire",
+    "plain_wire",
+]
 
 SnapshotItem = tuple[str, Any]
 """One event of a snapshot: its name and JSON-serialisable payload."""
@@ -43,6 +51,26 @@ class Sink(Protocol):
     def writable(self) -> bool: ...
 
     def is_closing(self) -> bool: ...
+
+
+class Counters:
+    """Running totals of a registry's streams (plain integers: export them as you like).
+
+    ``delivered`` counts events written to SSE subscribers (events a gap's snapshot stands
+    for included); ``gaps`` subscribers served a ``thread.stream.gap``; ``snapshots``
+    snapshots served (after a gap, or asked for with ``snapshot=1``);
+    ``stalled_disconnects`` subscribers cut off for making no progress.
+    """
+
+    __slots__ = ("published", "delivered", "writes", "gaps", "snapshots", "stalled_disconnects")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.delivered = 0
+        self.writes = 0
+        self.gaps = 0
+        self.snapshots = 0
+        self.stalled_disconnects = 0
 
 
 @dataclass(frozen=True, slots=True)

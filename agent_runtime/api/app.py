@@ -16,7 +16,7 @@ from aiohttp import web
 from ..config import HubConfig
 from ..hub import Hub
 from . import chat as chat_api
-from . import meta, runs, threads
+from . import meta, metrics, runs, threads
 from .auth import auth_middleware, cors_middleware, prepare_cors
 from .errors import error_middleware
 from .keys import HUB
@@ -49,7 +49,8 @@ def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> we
         for method, path, handler in table:
             app.router.add_route(method, prefix + path, handler)
     app.router.add_get("/healthz", meta.healthz)
-    app.router.add_get("/metrics", meta.metrics)
+    metrics.install(app, hub)
+    app.router.add_get("/metrics", metrics.metrics)
     app.router.add_get("/", _ui_index)
     app.router.add_static("/ui/", UI_DIR, name="ui")
     app.on_startup.append(_startup)
