@@ -102,6 +102,23 @@ def _parser() -> argparse.ArgumentParser:
         help="allow browser calls from ORIGIN ('*' for any; repeatable; default none)",
     )
     serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
+    serve_p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="seconds live runs get to finish at shutdown before they are ended (default 10)",
+    )
+    serve_p.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit"
+    )
+    serve_p.add_argument(
+        "--max-message-bytes", type=int, default=1024 * 1024, help="message content limit"
+    )
+    serve_p.add_argument("--max-subscribers", type=int, default=None)
+    serve_p.add_argument("--max-subscribers-per-stream", type=int, default=None)
+    serve_p.add_argument(
+        "--max-streams", type=int, default=None, help="streams open or retained at once"
+    )
     serve_p.add_argument("--retention", type=float, default=300.0, help="seconds (default 300)")
     serve_p.add_argument("--keepalive", type=float, default=15.0, help="seconds (default 15)")
     serve_p.add_argument(
@@ -227,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cors_origins=tuple(args.cors_origin),
                 data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,
+                shutdown_grace=args.shutdown_grace,
+                max_body_bytes=args.max_body_bytes,
+                max_message_bytes=args.max_message_bytes,
+                max_subscribers=args.max_subscribers,
+                max_subscribers_per_stream=args.max_subscribers_per_stream,
+                max_streams=args.max_streams,
                 retention=args.retention,
                 keepalive=args.keepalive,
                 run_expires_after=args.run_expires_after,

@@ -36,6 +36,9 @@ class HubConfig(BaseModel):
     data_dir: Path = Path("agentstream-data")
     """Folder of the SQLite database (``agentstream.db``) when ``store`` is ``sqlite``."""
     max_body_bytes: int = Field(4 * MiB, ge=1024)
+    """Largest request body (413 beyond)."""
+    max_message_bytes: int = Field(1 * MiB, ge=1)
+    """Largest message content accepted through the API (413 beyond)."""
     run_expires_after: float = Field(600.0, gt=0)
     max_concurrent_runs: int | None = Field(None, ge=1)
     retention: float = Field(300.0, gt=0)
@@ -47,13 +50,20 @@ class HubConfig(BaseModel):
     max_total_bytes: int | None = Field(512 * MiB, ge=1024)
     max_subscribers_per_stream: int | None = Field(None, ge=1)
     max_subscribers: int | None = Field(None, ge=1)
+    max_streams: int | None = Field(None, ge=1)
+    """Run streams open or retained at once; retained ones are dropped first to make room,
+    then new runs are refused (429 naming the limit)."""
     api_keys: tuple[str, ...] = ()
     """With keys, every API route needs ``Authorization: Bearer <key>`` (the stream route
     also takes ``?token=``) and threads belong to the key that created them."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from a browser (``*`` for any); none by default."""
+    shutdown_grace: float = Field(0.0, ge=0)
+    """Seconds live runs get to finish on their own at shutdown before they are ended
+    (``agentstream serve`` gives them 10 by default; embedded hubs end them at once)."""
     shutdown_timeout: float = Field(10.0, gt=0)
-    """Seconds graceful shutdown waits for runs to end and subscribers to be released."""
+    """Seconds graceful shutdown then waits for ended runs to publish their terminal
+    events and for subscribers to read to the end."""
 
     @property
     def database_path(self) -> Path:
@@ -67,6 +77,7 @@ class HubConfig(BaseModel):
             retention=self.retention,
             max_subscribers_per_stream=self.max_subscribers_per_stream,
             max_subscribers=self.max_subscribers,
+            max_streams=self.max_streams,
             keepalive=self.keepalive,
             high_water=self.high_water,
             stall_timeout=self.stall_timeout,

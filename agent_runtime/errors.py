@@ -53,6 +53,13 @@ class LimitReached(AgentRuntimeError):
     type = "rate_limit_error"
 
 
+class ServiceUnavailable(AgentRuntimeError):
+    """The hub is shutting down (HTTP 503)."""
+
+    status = 503
+    type = "server_error"
+
+
 class AgentLoadError(AgentRuntimeError):
     """An agent folder is missing a file or has an invalid ``metadata.json``.
 

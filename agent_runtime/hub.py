@@ -84,9 +84,12 @@ class Hub:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
+        # 1. Let live runs finish within the grace period, then end the rest: each
+        #    publishes its terminal event and closes its stream.
+        await self.runs.shutdown(
+            grace=self.config.shutdown_grace, timeout=self.config.shutdown_timeout
+        )
         deadline = loop.time() + self.config.shutdown_timeout
-        # 1. End live runs: each publishes its terminal event and closes its stream.
-        await self.runs.shutdown(timeout=self.config.shutdown_timeout)
         # 2. Let subscribers read to the end (bounded), 3. then drop what is left.
         idle = await self.registry.wait_idle(max(0.0, deadline - loop.time()))
         if not idle:

@@ -41,7 +41,14 @@ from broker import Registry, Stream
 
 from .agents import Agent, AgentCatalog
 from .environment import Environment
-from .errors import AgentRuntimeError, Conflict, InvalidRequest, ProviderError, RunCancelled
+from .errors import (
+    AgentRuntimeError,
+    Conflict,
+    InvalidRequest,
+    ProviderError,
+    RunCancelled,
+    ServiceUnavailable,
+)
 from .models.base import CompletionRequest, ModelProvider
 from .models.router import ModelRouter
 from .objects import Message, Run, RunStatus, new_id, now
@@ -458,7 +465,7 @@ class RunManager:
     ) -> RunContext:
         """Start a run. Raises NotFound (thread, agent), Conflict (a live run)."""
         if self._closing:
-            raise AgentRuntimeError("the hub is shutting down")
+            raise ServiceUnavailable("the hub is shutting down; retry on another instance")
         await self.store.get_thread(thread_id)
         agent = self.catalog.get(assistant_id)
         if thread_id in self._live_by_thread:
@@ -551,14 +558,21 @@ class RunManager:
             await self.store.update_run(ctx.run)
         return ctx.run
 
-    async def shutdown(self, timeout: float = 5.0) -> None:
-        """End every live run (``failed``: the hub shut down) and wait for them, bounded."""
+    async def shutdown(self, *, grace: float = 0.0, timeout: float = 5.0) -> None:
+        """Stop taking runs; give live runs ``grace`` seconds to finish on their own; then
+        end the rest (``failed``, saying the hub shut down, terminal event published) and
+        wait for them, at most ``timeout`` more seconds."""
         self._closing = True
-        contexts = list(self._live.values())
+        tasks = [ctx.task for ctx in self._live.values() if ctx.task is not None]
+        if tasks and grace > 0:
+            logger.info("waiting up to %.1fs for %d live runs to finish", grace, len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
+        contexts = [ctx for ctx in self._live.values() if not ctx.run.terminal]
         for ctx in contexts:
-            ctx.end("failed", "the hub shut down while the run was live")
+            ctx.end("failed", "the hub shut down before the run finished")
         tasks = [ctx.task for ctx in contexts if ctx.task is not None]
         if tasks:
+            logger.warning("ended %d live runs at shutdown", len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 logger.warning("run task %s did not end within %.1fs", task.get_name(), timeout)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from .api.app import create_app
 from .config import HubConfig
+from .hub import Hub
+from .models.base import ModelProvider
 
 __all__ = ["Server", "serve"]
 
@@ -18,10 +22,17 @@ logger = logging.getLogger(__name__)
 
 
 class Server:
-    """A started hub on a real socket. ``async with Server(config) as s: s.url``."""
+    """A started hub on a real socket. ``async with Server(config) as s: s.url``.
 
-    def __init__(self, config: HubConfig) -> None:
+    ``providers``: extra model names served by the given providers (see
+    :class:`~agent_runtime.hub.Hub`).
+    """
+
+    def __init__(
+        self, config: HubConfig, *, providers: Mapping[str, ModelProvider] | None = None
+    ) -> None:
         self.config = config
+        self.providers = dict(providers or {})
         self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
         self.port: int = config.port
@@ -31,7 +42,8 @@ class Server:
         return f"http://{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        self.app = create_app(self.config)
+        hub = Hub(self.config, providers=self.providers) if self.providers else None
+        self.app = create_app(self.config, hub=hub)
         self.runner = web.AppRunner(
             self.app,
             handler_cancellation=True,
@@ -61,19 +73,31 @@ class Server:
 
 
 async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (or cancellation), then shut down gracefully."""
+    """Serve until SIGINT/SIGTERM (or cancellation), then shut down gracefully: stop
+    accepting connections, let live runs finish within ``config.shutdown_grace``, end the
+    rest with their terminal events, let subscribers read to the end, close the store.
+    A second signal during that exits at once."""
     server = Server(config)
     await server.start()
     logger.info("agentstream listening on %s", server.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            logger.warning("second %s: exiting at once", sig.name)
+            logging.shutdown()
+            os._exit(128 + sig.value)
+        logger.info("%s: shutting down gracefully (send it again to exit at once)", sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
-        logger.info("shutting down")
         await server.stop()
+        logger.info("stopped")

@@ -48,6 +48,13 @@ def _from_exception(exc: BaseException) -> web.Response:
         return error_response(429, str(exc), type="rate_limit_error", param=exc.limit)
     if isinstance(exc, BrokerError):
         return error_response(400, str(exc))
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(
+            413,
+            f"{(exc.text or exc.reason).strip()} (the limit is set with --max-body-bytes)",
+            param="max_body_bytes",
+            code="request_too_large",
+        )
     if isinstance(exc, web.HTTPException):
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
         if exc.status >= 500:

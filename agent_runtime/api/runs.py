@@ -19,7 +19,7 @@ from ..objects import Run
 from ..run_log import delta_payload
 from ..runs import RunContext
 from .keys import HUB
-from .threads import MessageIn, ThreadIn, create_thread_from, page_body
+from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
 from .validation import json_response, parse_query, read_json
 
 __all__ = ["routes"]
@@ -64,6 +64,8 @@ class RunListQuery(BaseModel):
 async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.StreamResponse:
     hub = request.app[HUB]
     extra = [(m.role, str(m.content)) for m in body.additional_messages or []]
+    for index, (_role, content) in enumerate(extra):
+        check_content(request, content, f"additional_messages[{index}].content")
     instructions = body.instructions
     if body.additional_instructions:
         instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import Conflict
+from ..errors import Conflict, PayloadTooLarge
 from ..objects import Message, Thread, new_id, now
 from .auth import OWNER
 from .keys import HUB
@@ -75,6 +75,19 @@ def page_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
+def check_content(request: web.Request, content: str, param: str = "content") -> None:
+    """413 for a message larger than ``max_message_bytes``."""
+    limit = request.app[HUB].config.max_message_bytes
+    size = len(content.encode())
+    if size > limit:
+        raise PayloadTooLarge(
+            f"The message content is {size} bytes; the limit is {limit} "
+            "(set with --max-message-bytes / max_message_bytes).",
+            param=param,
+            code="message_too_large",
+        )
+
+
 def new_message(thread_id: str, body: MessageIn) -> Message:
     stamp = now()
     assert isinstance(body.content, str)
@@ -97,6 +110,8 @@ async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
         metadata=dict(body.metadata or {}),
         owner=request.get(OWNER),
     )
+    for index, item in enumerate(body.messages):
+        check_content(request, str(item.content), f"messages[{index}].content")
     await store.create_thread(thread)
     for item in body.messages:
         await store.add_message(new_message(thread.id, item))
@@ -131,6 +146,7 @@ async def create_message(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, MessageIn)
+    check_content(request, str(body.content))
     await hub.store.get_thread(thread_id)
     message = new_message(thread_id, body)
     await hub.store.add_message(message)
