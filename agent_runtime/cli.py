@@ -24,6 +24,7 @@ from .bench import add_bench_parser, run_bench
 from .config import HubConfig
 from .errors import AgentRuntimeError
 from .hub import Hub
+from .logs import LOG_FORMAT, RunContextFilter
 from .objects import Message, Thread, new_id, now
 from .run_log import delta_text
 from .server import serve
@@ -226,10 +227,10 @@ async def _agent_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.addFilter(RunContextFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     try:
         if args.command == "bench":
             return run_bench(args)

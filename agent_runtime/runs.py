@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import math
 import threading
@@ -49,6 +50,7 @@ from .errors import (
     RunCancelled,
     ServiceUnavailable,
 )
+from .logs import bind_run
 from .models.base import CompletionRequest, ModelProvider
 from .models.router import ModelRouter
 from .objects import Message, Run, RunStatus, new_id, now
@@ -162,7 +164,7 @@ class RunContext:
         self._thread_futures.discard(future)
 
     def log(self, line: str, level: int) -> None:
-        logger.log(level, "[%s] %s", self.run.id, line)
+        logging.getLogger(f"agent_runtime.agent.{self.agent.name}").log(level, "%s", line)
 
     # -- completions -----------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class RunContext:
 
     async def execute(self) -> None:
         """The run's task body: wait for a slot, run the agent, end the run."""
+        bind_run(self.run.id, self.run.thread_id)  # this task's context: its logs carry them
         status: RunStatus = "completed"
         error: str | None = None
         try:
@@ -389,7 +392,8 @@ async def _in_daemon_thread(fn: Callable[[Environment], None], env: Environment,
         except RuntimeError:  # the loop is closed: the process is exiting
             pass
 
-    threading.Thread(target=target, name=f"agent {name}", daemon=True).start()
+    context = contextvars.copy_context()  # the run's ids follow it into the thread
+    threading.Thread(target=context.run, args=(target,), name=f"agent {name}", daemon=True).start()
     await done
 
 
