@@ -31,12 +31,12 @@ class BrokerConfig:
     max_subscribers: int | None = None
     """Subscribers across all streams (``None``: unbounded)."""
     keepalive: float = 15.0
-    """Seconds between ``: ping`` comments on every subscription."""
+    """Seconds without a write after which a subscriber is sent a ``: ping`` comment."""
     retry_ms: int | None = 1000
-    """Sent as the SSE ``retry:`` field at the start of every subscription in the default
-    framing: how long a browser ``EventSource`` waits before reconnecting (browsers
-    default to ~3 s). Not sent in the OpenAI framing, whose SDK cannot parse a lone
-    ``retry:`` block. ``None`` sends none."""
+    """Sent as the SSE ``retry:`` field at the start of every subscription: how long a
+    browser ``EventSource`` waits before reconnecting (browsers default to ~3 s). A line
+    that joins the first frame's block, so parsers that cannot take a lone ``retry:``
+    block (the openai SDK's) are unaffected. ``None`` sends none."""
     high_water: int = 256 * KiB
     """A subscriber whose transport buffer holds more than this is paused until it drains."""
     stall_timeout: float = 30.0

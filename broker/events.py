@@ -30,6 +30,7 @@ from .errors import InvalidEvent
 __all__ = [
     "DONE_FRAME",
     "PING_FRAME",
+    "RETRY_LINE",
     "Event",
     "Framing",
     "encode_frame",
@@ -37,8 +38,16 @@ __all__ = [
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,200}\Z")
 
-PING_FRAME: Final = b": ping\n\n"
-"""A comment line: ignored by every SSE parser, it keeps proxies and clients from timing out."""
+PING_FRAME: Final = b": ping\n"
+"""A keepalive: one comment line, ignored by every SSE parser, that keeps proxies and
+clients from timing out. It has no blank line after it on purpose: it is written between
+frames, so it joins the next frame's block as a comment. A comment *block* (``: ping`` and
+a blank line) would be dispatched as an empty event by parsers that, like the openai
+SDK's, keep the last event id across blocks."""
+
+RETRY_LINE: Final = b"retry: %d\n"
+"""The SSE reconnection delay (ms). Like :data:`PING_FRAME`, a line without a blank line
+after it: it joins the next frame's block, which every parser reads as one event."""
 
 DONE_FRAME: Final = b"event: done\ndata: [DONE]\n\n"
 """The OpenAI framing's end-of-stream sentinel."""

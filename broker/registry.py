@@ -45,6 +45,7 @@ class Registry:
         self._reserved = 0
         self.counters = Counters()
         """Totals over every stream this registry has held (published, delivered, …)."""
+        self._keepalive_task: asyncio.Task[None] | None = None
         self._shut = False
 
     # -- streams ---------------------------------------------------------------------
@@ -86,6 +87,10 @@ class Registry:
             subscriber_tally=self._subscribers,
         )
         self._streams[key] = stream
+        if self._keepalive_task is None:
+            self._keepalive_task = asyncio.get_running_loop().create_task(
+                self._keepalive(), name="broker keepalive"
+            )
         return stream
 
     def get(self, key: str) -> Stream | None:
@@ -208,9 +213,23 @@ class Registry:
             return False
         return True
 
+    async def _keepalive(self) -> None:
+        """One task for every subscriber of every stream: each interval, a ``: ping`` to
+        the subscribers that were sent nothing during the previous one (no task or timer
+        per subscriber)."""
+        interval = self.config.keepalive
+        while True:
+            await asyncio.sleep(interval)
+            for stream in list(self._streams.values()):
+                stream.keepalive()
+
     def shutdown(self) -> None:
-        """Cancel every retention timer and drop every stream. Idempotent."""
+        """Cancel the keepalive task and every retention timer, and drop every stream.
+        Idempotent."""
         self._shut = True
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()

@@ -1,12 +1,13 @@
 """The aiohttp Server-Sent-Events handler: one HTTP response per subscription.
 
-Response setup (headers, ``: ping`` keepalives, the kernel's hung-peer timeout) is
-``aiohttp-sse``'s :class:`EventSourceResponse`. Its per-event ``send()`` is *not* used:
-it formats a string and arms a timer per call per subscriber (measured at ~26–30 µs per
-event per subscriber on the project's 2-core machines, against ~6 µs for a bare
-transport write). Instead the stream writes each batch of pre-encoded frames straight to
-the connection's transport, with HTTP/1.1 chunk framing applied once per batch and shared
-by every subscriber at the same position (see ``benchmarks/`` for the figures).
+Per event, nothing here runs: the stream writes each batch of pre-encoded frames straight
+to the connection's transport, with HTTP/1.1 chunk framing applied once per batch and
+shared by every subscriber at the same position. ``aiohttp-sse``'s ``EventSourceResponse``
+was measured and left off this path (see ``benchmarks/README.md``): its ``send()`` formats
+a string and arms a timer per event per subscriber (~26–30 µs against ~6 µs for a bare
+transport write), and its response starts a ping task per subscriber whose ``: ping``
+*block* the openai SDK's parser dispatches as an empty event. Keepalives come instead from
+one registry-wide task (:meth:`broker.Stream.keepalive`), as a single comment line.
 
 Lifecycle of one subscription
 -----------------------------
@@ -17,6 +18,8 @@ Lifecycle of one subscription
 3. If the transport's buffer passes ``config.high_water`` the subscription is paused;
    this handler waits for the transport to drain, at most ``config.stall_timeout``
    seconds, then resumes it (it catches up from its cursor) or aborts the connection.
+   The kernel is also asked to drop the connection when sent data stays unacknowledged
+   that long (``TCP_USER_TIMEOUT``), which catches a hung peer on a quiet stream.
 4. After the stream's terminal event the response ends (``event: done`` first in the
    OpenAI framing). A stream dropped under a subscriber closes the connection without
    ending the body, so the client knows to resume.
@@ -30,15 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 from aiohttp import hdrs, web
-from aiohttp_sse import EventSourceResponse
 
 from .config import BrokerConfig
 from .cursor import parse_cursor
 from .errors import BrokerError, InvalidCursor, LimitExceeded, StreamNotFound
-from .events import Framing
+from .events import RETRY_LINE, Framing
 from .registry import Registry
 from .stream import Stream, SubState
 from .types import Wire, plain_wire
@@ -65,6 +68,20 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 def chunked_wire(data: bytes) -> bytes:
     """HTTP/1.1 chunk framing of one batch."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _set_user_timeout(request: web.Request, seconds: float) -> None:
+    """Ask the kernel (Linux) to abort the connection when sent data stays unacknowledged
+    for ``seconds``: a hung peer is found even when too little is sent to fill buffers."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+    except OSError:  # not a TCP socket after all, or not supported: keep the default
+        logger.debug("TCP_USER_TIMEOUT not set", exc_info=True)
 
 
 class _TransportSink:
@@ -94,7 +111,6 @@ async def serve_stream(
     config: BrokerConfig,
     registry: Registry | None = None,
     framing: Framing | None = None,
-    allow_all_methods: bool = False,
 ) -> web.StreamResponse:
     """Serve ``stream`` to the client of ``request`` until the stream ends or it leaves.
 
@@ -121,11 +137,8 @@ async def serve_stream(
     # concurrent requests cannot all pass the check while this one sends its headers.
     release = registry.reserve(stream) if registry is not None else None
     try:
-        response = EventSourceResponse(
-            ping_interval=config.keepalive,
-            send_timeout=config.stall_timeout,
-            allow_all_methods=allow_all_methods,
-        )
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        _set_user_timeout(request, config.stall_timeout)
         writer = await response.prepare(request)
         transport = request.transport
         if transport is None or transport.is_closing() or writer is None:
@@ -138,11 +151,7 @@ async def serve_stream(
         chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
         wire = chunked_wire if chunked else plain_wire
         sink = _TransportSink(transport, wire, config.high_water)
-        # A lone ``retry:`` block is fine for EventSource but the openai SDK's decoder
-        # turns it into an event with empty data and fails: default framing only.
-        preamble = b""
-        if config.retry_ms is not None and framing is Framing.DEFAULT:
-            preamble = b"retry: %d\n\n" % config.retry_ms
+        preamble = b"" if config.retry_ms is None else RETRY_LINE % config.retry_ms
         sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot, preamble=preamble)
     finally:
         if release is not None:
@@ -171,7 +180,6 @@ async def serve_stream(
             stream.resume(sub)
     finally:
         stream.unsubscribe(sub)
-        response.stop_streaming()
 
     if sub.state is SubState.DONE and not transport.is_closing():
         try:

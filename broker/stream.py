@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 
 from .buffer import ByteBudget, Gap, ReplayBuffer
 from .errors import StreamClosed
-from .events import DONE_FRAME, Event, Framing
+from .events import DONE_FRAME, PING_FRAME, Event, Framing
 from .types import Counters, Sink, SnapshotFn, StreamStats
 
 __all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "Tally"]
@@ -89,7 +89,7 @@ class SubState(enum.Enum):
 class Subscription:
     """One subscriber's position in a stream. Created by :meth:`Stream.subscribe`."""
 
-    __slots__ = ("stream", "sink", "framing", "cursor", "state", "_waiter")
+    __slots__ = ("stream", "sink", "framing", "cursor", "state", "quiet", "_waiter")
 
     def __init__(self, stream: Stream, sink: Sink, framing: Framing, cursor: int) -> None:
         self.stream = stream
@@ -97,6 +97,8 @@ class Subscription:
         self.framing = framing
         self.cursor = cursor
         self.state = SubState.LIVE
+        self.quiet = False
+        """Nothing was written to it since the last keepalive tick."""
         self._waiter: asyncio.Future[None] | None = None
 
     async def wait(self) -> SubState:
@@ -345,6 +347,7 @@ class Stream:
             data += DONE_FRAME
         if data:
             sink.write(sink.wire(data))
+            sub.quiet = False
             self.counters.writes += 1
             self.counters.delivered += sub.cursor - start
         self._after_write(sub, finished)
@@ -382,6 +385,7 @@ class Stream:
             wire_bytes, cursor, gap = batch
             if wire_bytes:
                 sink.write(wire_bytes)
+                sub.quiet = False
                 writes += 1
                 delivered += cursor - sub.cursor
                 gaps += gap
@@ -392,6 +396,20 @@ class Stream:
         counters.delivered += delivered
         if gaps:
             self._count_gaps(gaps)
+
+    def keepalive(self) -> int:
+        """Write a keepalive comment to every live subscriber that has been sent nothing
+        since the previous call; returns how many were pinged. Called by the registry's
+        keepalive ticker, one pass over all streams per interval."""
+        pinged = 0
+        for sub in self._subs:
+            if sub.state is not SubState.LIVE:
+                continue
+            if sub.quiet and not sub.sink.is_closing():
+                sub.sink.write(sub.sink.wire(PING_FRAME))
+                pinged += 1
+            sub.quiet = True
+        return pinged
 
     # -- in-process subscribers ---------------------------------------------------------
 

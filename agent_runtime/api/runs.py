@@ -83,7 +83,6 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
             ctx.stream,
             config=hub.registry.config,
             framing=Framing.OPENAI,
-            allow_all_methods=True,
         )
     return json_response(ctx.run.to_dict())
 

@@ -113,8 +113,12 @@ def to_records(frames: Sequence[Frame], framing: Framing = Framing.DEFAULT) -> l
         if f.is_comment:
             assert f.comments == ["ping"], f"unexpected comment frame {f!r}"
             continue
-        assert not f.comments, f"comment inside an event frame: {f!r}"
+        # Keepalives (``: ping``) and the reconnection delay (``retry:``) are single lines
+        # written between frames: they join the next frame's block, first.
+        assert all(c == "ping" for c in f.comments), f"unexpected comment: {f!r}"
         names = [n for n, _ in f.fields]
+        if names[:1] == ["retry"]:
+            names = names[1:]
         if f.id is not None:
             assert f.id.isascii() and f.id.isdigit() and str(int(f.id)) == f.id, f.id
         event_id = None if f.id is None else int(f.id)

@@ -52,10 +52,14 @@ def test_large_ids_are_plain_decimal() -> None:
 
 
 def test_ping_and_done_frames() -> None:
-    assert PING_FRAME == b": ping\n\n"
+    # A keepalive is one comment line that joins the next frame's block: never a block of
+    # its own, which parsers that keep the last event id (the openai SDK's) would
+    # dispatch as an empty event.
+    assert PING_FRAME == b": ping\n"
     assert DONE_FRAME == b"event: done\ndata: [DONE]\n\n"
-    (ping,) = parse_frames(PING_FRAME)
-    assert ping.is_comment and ping.comments == ["ping"]
+    frame = Event(3, "e", b"1").frame(Framing.DEFAULT)
+    (joined,) = parse_frames(PING_FRAME + PING_FRAME + frame)
+    assert joined.comments == ["ping", "ping"] and joined.id == "3" and joined.data
     (done,) = parse_frames(DONE_FRAME)
     assert (done.event, done.data, done.id) == ("done", "[DONE]", None)
 

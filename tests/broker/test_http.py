@@ -20,6 +20,7 @@ from broker.registry import Registry
 from broker.stream import GAP_EVENT, Stream
 
 from .conftest import OpenRaw, Serve
+from .sse_parse import parse_frames
 from .helpers import (
     UNIT,
     IncompleteBody,
@@ -48,7 +49,7 @@ def publish_n(stream: Stream, n: int, pad: int = 0) -> list[tuple[str, Any]]:
     return out
 
 
-RETRY = b"retry: 1000\n\n"
+RETRY = b"retry: 1000\n"
 """Every default-framing response starts with the SSE reconnection delay (BrokerConfig.retry_ms)."""
 
 
@@ -90,7 +91,7 @@ async def test_sse_headers_and_no_compression(serve: Serve, session: aiohttp.Cli
     assert body == body_of(stream, 1, 2)
 
 
-async def test_default_framing_sets_the_reconnection_delay_and_openai_framing_does_not(
+async def test_every_response_sets_the_reconnection_delay_unless_disabled(
     serve: Serve, session: aiohttp.ClientSession
 ) -> None:
     registry = Registry(BrokerConfig(retry_ms=250))
@@ -99,9 +100,10 @@ async def test_default_framing_sets_the_reconnection_delay_and_openai_framing_do
     publish_n(stream, 1)
     stream.close()
     async with within(), session.get(server.url("/s/k")) as resp:
-        assert await resp.read() == b"retry: 250\n\n" + frames_of(stream, 1, 1)
+        assert await resp.read() == b"retry: 250\n" + frames_of(stream, 1, 1)
     async with within(), session.get(server.url("/s/k?format=openai")) as resp:
-        assert await resp.read() == frames_of(stream, 1, 1, Framing.OPENAI) + DONE_FRAME
+        body = await resp.read()
+        assert body == b"retry: 250\n" + frames_of(stream, 1, 1, Framing.OPENAI) + DONE_FRAME
     quiet = Registry(BrokerConfig(retry_ms=None))
     server = await serve(quiet)
     stream = quiet.create("k")
@@ -331,7 +333,7 @@ async def test_openai_framing(serve: Serve, session: aiohttp.ClientSession) -> N
         published += publish_n(stream, 2)
         stream.close()
         body = await resp.read()
-    assert body == frames_of(stream, 1, 5, Framing.OPENAI) + DONE_FRAME
+    assert body == RETRY + frames_of(stream, 1, 5, Framing.OPENAI) + DONE_FRAME
     assert body.count(b"event: ") == 6
     result = check_sequence(records_of(body, Framing.OPENAI), published=published, start=0)
     assert result.done_frame and result.cursor == 5
@@ -347,7 +349,7 @@ async def test_openai_framing_of_a_finished_stream_from_a_cursor(
     stream.close()
     url = server.url("/s/k?format=openai&last_event_id=2")
     async with within(), session.get(url) as resp:
-        assert await resp.read() == frames_of(stream, 3, 3, Framing.OPENAI) + DONE_FRAME
+        assert await resp.read() == RETRY + frames_of(stream, 3, 3, Framing.OPENAI) + DONE_FRAME
 
 
 async def test_the_response_ends_after_close_and_the_connection_is_reusable(
@@ -452,14 +454,15 @@ async def test_keepalive_comments_while_idle(serve: Serve, open_raw: OpenRaw) ->
     publish_n(stream, 1)
     client = await open_raw(server, "/s/k")
     async with within():
-        frames = await client.read_until(lambda fs: sum(f.is_comment for f in fs) >= 2)
-    pings = [f for f in frames if f.is_comment]
-    assert all(f.comments == ["ping"] for f in pings)
-    assert not any(f.event == "ping" for f in frames)  # never an `event: ping`
+        while client.body.count(b"\n: ping\n") < 2:  # one comment line each, while idle
+            assert await client.pump(), "the body ended while idle"
     async with within():
         publish_n(stream, 1)
         stream.close()
         await client.read_to_end()
+    frames = parse_frames(bytes(client.body))
+    assert not any(f.event == "ping" for f in frames)  # never an `event: ping`
+    assert frames[1].comments[:2] == ["ping", "ping"]  # they joined the next event's block
     assert [r.id for r in records_of(client.body)] == [1, 2]
 
 
