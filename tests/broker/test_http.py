@@ -20,7 +20,6 @@ from broker.registry import Registry
 from broker.stream import GAP_EVENT, Stream
 
 from .conftest import OpenRaw, Serve
-from .sse_parse import parse_frames
 from .helpers import (
     UNIT,
     IncompleteBody,
@@ -30,6 +29,7 @@ from .helpers import (
     records_of,
     within,
 )
+from .sse_parse import parse_frames
 
 
 def snap(at: int) -> list[tuple[str, Any]]:
