@@ -4,6 +4,8 @@ Rules of :meth:`ModelRouter.resolve`, first match wins:
 
 1. ``force_model`` (the CLI's ``--model``) replaces the requested model and provider.
 2. No model: ``default_model``.
+2a. A name given to :meth:`ModelRouter.register`: that provider (for embedding code and
+   tests, e.g. :class:`~agent_runtime.models.scripted.ScriptedModel`).
 3. ``simulated`` or ``simulated:key=value,…``: the built-in simulated model (one cached
    instance per distinct configuration).
 4. ``provider::model``: that provider, explicitly (``together::meta-llama/Llama-3-8b``).
@@ -62,6 +64,14 @@ class ModelRouter:
         self._max_retries = max_retries
         self._providers: dict[str, OpenAICompatProvider] = {}
         self._simulated: OrderedDict[SimulatedConfig, SimulatedModel] = OrderedDict()
+        self._registered: dict[str, ModelProvider] = {}
+
+    def register(self, name: str, provider: ModelProvider) -> None:
+        """Serve the model ``name`` (matched exactly) with ``provider``, before every other
+        rule but ``force_model``. The caller owns ``provider``: :meth:`aclose` leaves it open."""
+        if not name.strip() or name.strip() != name:
+            raise InvalidRequest(f"invalid model name {name!r} to register", param="model")
+        self._registered[name] = provider
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -86,6 +96,9 @@ class ModelRouter:
         if self.force_model is not None:
             model, provider = self.force_model, None
         name = (model or "").strip() or self.default_model
+        registered = self._registered.get(name)
+        if registered is not None:
+            return registered, name
         if is_simulated(name):
             return self._simulated_model(name), name
         if "::" in name:
@@ -138,7 +151,8 @@ class ModelRouter:
         """
         env = self.env
         models: list[dict[str, Any]] = [_model(SIMULATED, "agentstream")]
-        seen = {SIMULATED}
+        seen = {SIMULATED, *self._registered}
+        models.extend(_model(name, "agentstream") for name in self._registered)
         for name in (self.force_model, self.default_model):
             if not name or name in seen:
                 continue

@@ -1,0 +1,220 @@
+"""A hub in a child process for ``agentstream bench`` without ``--url``, and CPU accounting.
+
+The child is ``python -m agent_runtime.bench.hubproc`` (:func:`main`: ``serve`` on
+127.0.0.1, a free port, the in-memory store, finished streams retained for 60 s) pinned to
+one core; its URL is read from its ``agentstream listening on …`` log line. :func:`pin`
+pins the calling process. :class:`CpuMeter` turns process CPU time into "fraction of one
+core" per interval, for this process (``time.process_time``) or another
+(``/proc/<pid>/stat``).
+
+Concurrency: :class:`HubProcess` is used from one event loop; :meth:`HubProcess.stop` sends
+SIGTERM (the hub's graceful shutdown), then kills the child if it has not exited in time.
+A cancelled :meth:`HubProcess.start` kills the child before re-raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import re
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["CpuMeter", "HubProcess", "HubStartError", "MachineMeter", "pin", "raise_nofile"]
+
+logger = logging.getLogger(__name__)
+
+_LISTENING = re.compile(r"agentstream listening on (http://\S+)")
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 15.0
+
+
+class HubStartError(RuntimeError):
+    """The child hub did not start; the message holds its last log lines."""
+
+
+def pin(cpu: int, pid: int = 0) -> bool:
+    """Pin process ``pid`` (0: this one) to core ``cpu``; False where that is impossible
+    (one core, no ``sched_setaffinity``, or the core is not available)."""
+    try:
+        available = os.sched_getaffinity(0)
+        if len(available) < 2 or cpu not in available:
+            return False
+        os.sched_setaffinity(pid, {cpu})
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def raise_nofile() -> int:
+    """Raise the open-files soft limit to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class CpuMeter:
+    """CPU used per wall-clock second since the previous :meth:`sample` (1.0 = one core)."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
+        self._ticks = os.sysconf("SC_CLK_TCK") if pid is not None else 1
+        self._last_cpu = self._cpu()
+        self._last_wall = time.monotonic()
+
+    def _cpu(self) -> float:
+        if self.pid is None:
+            return time.process_time()
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return self._last_cpu if hasattr(self, "_last_cpu") else 0.0
+        return (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+
+    def sample(self) -> float:
+        cpu, wall = self._cpu(), time.monotonic()
+        spent = wall - self._last_wall
+        used = (cpu - self._last_cpu) / spent if spent > 0 else 0.0
+        self._last_cpu, self._last_wall = cpu, wall
+        return max(0.0, used)
+
+
+class MachineMeter:
+    """Cores busy on the whole machine per wall-clock second since the previous
+    :meth:`sample` (from ``/proc/stat``; None where it cannot be read)."""
+
+    def __init__(self) -> None:
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._last = self._busy()
+        self._last_wall = time.monotonic()
+
+    @staticmethod
+    def _busy() -> int | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = stat.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+        return user + nice + system + irq + softirq + steal
+
+    def sample(self) -> float | None:
+        busy, wall = self._busy(), time.monotonic()
+        last, spent = self._last, wall - self._last_wall
+        self._last, self._last_wall = busy, wall
+        if busy is None or last is None or spent <= 0:
+            return None
+        return max(0.0, (busy - last) / self._ticks / spent)
+
+
+class HubProcess:
+    """``agentstream serve`` in a child process, pinned to ``cpu`` (see the module docs)."""
+
+    def __init__(self, *, agents: Sequence[Path] = (), cpu: int | None = 0) -> None:
+        self.agents = list(agents)
+        self.cpu = cpu
+        self.pinned = False
+        self.url = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log: collections.deque[str] = collections.deque(maxlen=40)
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    async def start(self) -> str:
+        """Start the child and return its URL once it listens."""
+        command = [sys.executable, "-m", "agent_runtime.bench.hubproc"]
+        command += [str(folder) for folder in self.agents]
+        self.proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        if self.cpu is not None:
+            self.pinned = pin(self.cpu, self.proc.pid)
+        try:
+            async with asyncio.timeout(_START_TIMEOUT):
+                self.url = await self._wait_listening()
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, TimeoutError):
+                raise HubStartError(self._failure("did not start listening in time")) from None
+            raise
+        self._drain = asyncio.create_task(self._read_log())
+        logger.info("hub process %d listening on %s", self.proc.pid, self.url)
+        return self.url
+
+    async def _wait_listening(self) -> str:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            raw = await self.proc.stderr.readline()
+            if not raw:
+                await self.proc.wait()
+                raise HubStartError(self._failure(f"exited with status {self.proc.returncode}"))
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            found = _LISTENING.search(line)
+            if found:
+                return found.group(1)
+
+    async def _read_log(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            self.log.append(raw.decode(errors="replace").rstrip())
+
+    def _failure(self, what: str) -> str:
+        tail = "\n".join(f"  {line}" for line in self.log) or "  (no output)"
+        return f"the hub process {what}; its last output:\n{tail}"
+
+    async def stop(self) -> None:
+        """SIGTERM, wait up to 15 s, then SIGKILL. Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(_STOP_TIMEOUT):
+                    await proc.wait()
+            except TimeoutError:
+                logger.warning("hub process %d did not stop; killing it", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The child: ``python -m agent_runtime.bench.hubproc [AGENT_DIR ...]``."""
+    from ..config import HubConfig
+    from ..server import serve
+
+    folders = tuple(Path(arg) for arg in (sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_nofile()
+    config = HubConfig(host="127.0.0.1", port=0, agents=folders, retention=60.0)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()
