@@ -91,13 +91,43 @@
     }
   }
 
-  async function api(method, path, body) {
+  // A hub started with API keys answers 401: ask for a key once, keep it for this
+  // browser (localStorage), send it as a bearer token, and as ?token= on the stream
+  // (EventSource cannot send headers).
+  const KEY_STORE = 'agentstream.apiKey';
+  let apiKey = null;
+  try {
+    apiKey = window.localStorage.getItem(KEY_STORE);
+  } catch (_err) {
+    apiKey = null;
+  }
+
+  function askForKey(message) {
+    const entered = window.prompt(`${message}\nThis hub needs an API key:`, '');
+    if (!entered || !entered.trim()) return false;
+    apiKey = entered.trim();
+    try {
+      window.localStorage.setItem(KEY_STORE, apiKey);
+    } catch (_err) {
+      /* private mode: keep it for this page only */
+    }
+    return true;
+  }
+
+  async function api(method, path, body, retried = false) {
     const init = { method, headers: { Accept: 'application/json' } };
+    if (apiKey) init.headers.Authorization = `Bearer ${apiKey}`;
     if (body !== undefined) {
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
     const response = await fetch(API + path, init);
+    if (response.status === 401 && !retried) {
+      const refused = await response.json().catch(() => null);
+      if (askForKey(refused?.error?.message || 'Unauthorized.')) {
+        return api(method, path, body, true);
+      }
+    }
     const raw = await response.text();
     let data = null;
     try {
@@ -455,8 +485,11 @@
   }
 
   function openSource(sub) {
+    const query = new URLSearchParams();
+    if (sub.lastEventId !== null) query.set('last_event_id', String(sub.lastEventId));
+    if (apiKey) query.set('token', apiKey);
     let url = `${API}/threads/${enc(sub.threadId)}/stream/${enc(sub.runId)}`;
-    if (sub.lastEventId !== null) url += `?last_event_id=${enc(sub.lastEventId)}`;
+    if ([...query].length) url += `?${query}`;
     const source = new EventSource(url);
     sub.source = source;
     ui.app.dataset.streamOpens = String(Number(ui.app.dataset.streamOpens || 0) + 1);

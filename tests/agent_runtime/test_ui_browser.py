@@ -560,3 +560,47 @@ async def test_a_thread_url_that_does_not_exist(start_ui_hub: StartHub, open_tab
     await expect(tab.page.locator("#page-error")).to_contain_text("does not exist")
     await expect(tab.page).not_to_have_url(re.compile("thread="))
     tab.check_clean((hub.url,), console=False)  # the 404 of the thread is logged
+
+
+async def test_a_hub_with_api_keys_asks_for_one_and_streams_with_it(
+    start_ui_hub: StartHub, browser: Browser, session: aiohttp.ClientSession
+) -> None:
+    key = "sk-ui-" + "7" * 24
+    hub = await start_ui_hub(api_keys=(key,))
+    context = await browser.new_context(viewport={"width": 1100, "height": 800})
+    context.set_default_timeout(ms(10))
+    try:
+        page = await context.new_page()
+        prompts: list[str] = []
+
+        async def answer(dialog: Any) -> None:
+            prompts.append(dialog.message)
+            await dialog.accept(key)
+
+        page.on("dialog", answer)
+        tab = Tab(page)
+        page.on("request", lambda request: tab.requests.append(request.url))
+        page.on("pageerror", lambda exc: tab.page_errors.append(str(exc)))
+        await page.goto(f"{hub.url}/?agent=ui-chat")
+        await expect(tab.app).to_have_attribute("data-ready", "true")
+        assert len(prompts) == 1 and "API key" in prompts[0]
+        await tab.send(QUESTION)
+        run_id = await tab.run_id()
+        await tab.wait_run_end(run_id)
+        # The stream went out with the key as ?token= (EventSource sends no headers).
+        streams = [u for u in tab.requests if f"/stream/{run_id}" in u]
+        assert streams and all("token=" in u for u in streams)
+        url = f"{hub.url}/v1/threads/{tab.thread_id}/messages"
+        headers = {"Authorization": f"Bearer {key}"}
+        async with session.get(url, params={"order": "asc"}, headers=headers) as response:
+            body = await response.json()
+        stored = [
+            "".join(p["text"]["value"] for p in m["content"])
+            for m in body["data"]
+            if m["role"] == "assistant"
+        ]
+        assert stored and await tab.assistant_texts() == stored
+        assert len(prompts) == 1  # asked once, then remembered
+        assert not tab.page_errors
+    finally:
+        await context.close()
