@@ -1,0 +1,286 @@
+"""Restarts of a real ``agentstream serve --store sqlite`` process.
+
+* SIGKILL in the middle of a run, then a new process on the same ``--data-dir``: threads,
+  messages and finished runs are all there, byte for byte; the run that was live is
+  ``failed`` with a ``last_error`` saying why; its stream endpoint answers a
+  protocol-valid rebuilt sequence (gap first, terminal ``thread.run.failed`` last).
+* SIGTERM with a live subscriber: the stream ends with a terminal event (the run finishes
+  within ``--shutdown-grace``, or is ended ``failed`` after it), and the process exits 0
+  within grace + shutdown timeout. A second SIGTERM exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import GAP, TERMINAL_EVENTS, UNIT, ClientState, check_run, text_of
+from .provider_stub import ServeProcess
+from .sse import Ev, SSEReader, parse_events
+
+FAST = "simulated:tokens=12,rate=0"
+SLOW = "simulated:tokens=5000,rate=100"
+"""Fifty seconds per message: live until the process goes."""
+PACED = "simulated:tokens=30,rate=100"
+"""0.3 s per message."""
+SHUTDOWN_TIMEOUT = 10.0
+"""``HubConfig.shutdown_timeout``'s default (``serve`` has no flag for it)."""
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=30 * UNIT),
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def call(
+    session: aiohttp.ClientSession, method: str, url: str, body: Any = None, status: int = 200
+) -> Any:
+    async with session.request(method, url, json=body) as response:
+        data = await response.read()
+        assert response.status == status, (method, url, response.status, data[:300])
+        return None if status == 204 else await response.json()
+
+
+async def new_thread(session: aiohttp.ClientSession, url: str, *texts: str) -> str:
+    body = {"messages": [{"role": "user", "content": text} for text in texts]}
+    thread: dict[str, Any] = await call(session, "POST", f"{url}/v1/threads", body)
+    return str(thread["id"])
+
+
+async def new_run(
+    session: aiohttp.ClientSession, url: str, thread_id: str, model: str
+) -> dict[str, Any]:
+    body = {"assistant_id": "streaming-example", "model": model}
+    run: dict[str, Any] = await call(session, "POST", f"{url}/v1/threads/{thread_id}/runs", body)
+    return run
+
+
+async def whole_stream(
+    session: aiohttp.ClientSession, url: str, thread_id: str, run_id: str, **headers: str
+) -> tuple[int, list[Ev]]:
+    async with asyncio.timeout(10 * UNIT):
+        async with session.get(
+            f"{url}/v1/threads/{thread_id}/stream/{run_id}", headers=headers
+        ) as response:
+            body = await response.read()
+            if response.status != 200:
+                return response.status, []
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            return 200, parse_events(body)
+
+
+async def thread_state(session: aiohttp.ClientSession, url: str, thread_id: str) -> list[Any]:
+    base = f"{url}/v1/threads/{thread_id}"
+    return [
+        await call(session, "GET", base),
+        await call(session, "GET", f"{base}/messages?order=asc&limit=100"),
+        await call(session, "GET", f"{base}/runs?order=asc&limit=100"),
+    ]
+
+
+def serve_args(data_dir: Path, *extra: str) -> tuple[str, ...]:
+    return ("--store", "sqlite", "--data-dir", str(data_dir), *extra)
+
+
+async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_run(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    data_dir = tmp_path / "data"
+    first = ServeProcess(*serve_args(data_dir))
+    second = ServeProcess(*serve_args(data_dir))
+    try:
+        url = await first.start()
+        # A thread with two messages and a finished run.
+        done_thread = await new_thread(session, url, "What is virtue?")
+        await call(
+            session,
+            "POST",
+            f"{url}/v1/threads/{done_thread}/messages",
+            {"role": "user", "content": "And what is courage? ✓"},
+        )
+        done_run = (await new_run(session, url, done_thread, FAST))["id"]
+        status, done_events = await whole_stream(session, url, done_thread, done_run)
+        done_trace = check_run(done_events)
+        # A second finished run on the same thread, then an empty thread.
+        second_run = (await new_run(session, url, done_thread, FAST))["id"]
+        check_run((await whole_stream(session, url, done_thread, second_run))[1])
+        empty_thread = await new_thread(session, url)
+        before = {
+            done_thread: await thread_state(session, url, done_thread),
+            empty_thread: await thread_state(session, url, empty_thread),
+        }
+        # A run live when the process dies, with a subscriber mid-stream.
+        live_thread = await new_thread(session, url, "What is justice?")
+        live_run = await new_run(session, url, live_thread, SLOW)
+        async with session.get(
+            f"{url}/v1/threads/{live_thread}/stream/{live_run['id']}"
+        ) as response:
+            reader = SSEReader(response)
+            async with asyncio.timeout(5 * UNIT):
+                for _ in range(3):
+                    await reader.until(lambda e: e.name == "thread.message.delta")
+            first.send(signal.SIGKILL)
+            assert await first.wait(5 * UNIT) == -signal.SIGKILL
+            with pytest.raises(aiohttp.ClientError):  # the connection dies, unterminated
+                async with asyncio.timeout(5 * UNIT):
+                    await reader.rest()
+        assert not any(e.name in TERMINAL_EVENTS for e in reader.events)
+
+        url = await second.start()
+        assert "was live at the last stop: marked failed" in second.output
+
+        # Everything finished is there, unchanged.
+        for thread_id, state in before.items():
+            assert await thread_state(session, url, thread_id) == state
+        assert [text_of(m) for m in before[done_thread][1]["data"][:2]] == [
+            "What is virtue?",
+            "And what is courage? ✓",
+        ]
+        # The live run: failed, saying so; its thread holds the user's message only.
+        run = await call(session, "GET", f"{url}/v1/threads/{live_thread}/runs/{live_run['id']}")
+        assert run["status"] == "failed", run
+        assert run["last_error"]["message"] == (
+            "the hub stopped while this run was live (it was not resumed on restart)"
+        )
+        assert run["failed_at"] is not None and run["created_at"] == live_run["created_at"]
+        messages = (await thread_state(session, url, live_thread))[1]["data"]
+        assert [(m["role"], text_of(m)) for m in messages] == [("user", "What is justice?")]
+
+        # Its stream: a rebuilt, protocol-valid sequence, gap first, failed last.
+        for headers in ({}, {"Last-Event-ID": "3"}):
+            status, events = await whole_stream(session, url, live_thread, run["id"], **headers)
+            assert status == 200
+            names = [e.name for e in events]
+            assert names[0] == GAP and names[-1] == "thread.run.failed", names
+            assert events[0].data["from"] == int(headers.get("Last-Event-ID", 0))
+            assert names.count("thread.run.failed") == 1
+            assert all(e.id is None for e in events), "no real event id is known after a kill"
+            client = ClientState().apply_all(events)
+            assert client.terminal == "thread.run.failed" and client.run == run
+            assert client.texts == []
+
+        # The finished run's stream (no longer in memory): rebuilt with the same texts, and
+        # a cursor at its end is a 204.
+        status, events = await whole_stream(session, url, done_thread, done_run)
+        assert status == 200 and events[0].name == GAP
+        assert events[-1].name == "thread.run.completed"
+        assert events[-1].id == done_trace.last_id
+        assert ClientState().apply_all(events).texts == done_trace.texts
+        status, _ = await whole_stream(
+            session, url, done_thread, done_run, **{"Last-Event-ID": str(done_trace.last_id)}
+        )
+        assert status == 204
+
+        # The thread of the killed run is free again.
+        again = await new_run(session, url, live_thread, FAST)
+        check_run((await whole_stream(session, url, live_thread, again["id"]))[1])
+
+        second.send(signal.SIGTERM)
+        assert await second.wait(SHUTDOWN_TIMEOUT + 5 * UNIT) == 0, second.output
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def sigterm_with_a_subscriber(
+    serve: ServeProcess, session: aiohttp.ClientSession, model: str
+) -> tuple[list[Ev], float, int, str]:
+    """Start a run, subscribe, SIGTERM once a delta arrived; the subscriber's events, the
+    seconds until the process exited, its status and the run's id."""
+    url = await serve.start()
+    thread_id = await new_thread(session, url, "What is temperance?")
+    run = await new_run(session, url, thread_id, model)
+    async with session.get(f"{url}/v1/threads/{thread_id}/stream/{run['id']}") as response:
+        reader = SSEReader(response)
+        async with asyncio.timeout(5 * UNIT):
+            await reader.until(lambda e: e.name == "thread.message.delta")
+        started = time.monotonic()
+        serve.send(signal.SIGTERM)
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT + 10 * UNIT):
+            await reader.rest()  # the stream ENDS, cleanly: no hang, no broken body
+    code = await serve.wait(SHUTDOWN_TIMEOUT + 10 * UNIT)
+    return reader.events, time.monotonic() - started, code, run["id"]
+
+
+async def test_sigterm_ends_a_run_outlasting_the_grace_with_a_terminal_event(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    grace = 0.5 * UNIT
+    serve = ServeProcess(*serve_args(tmp_path / "data", "--shutdown-grace", str(grace)))
+    try:
+        events, lasted, code, run_id = await sigterm_with_a_subscriber(serve, session, SLOW)
+        assert code == 0, serve.output
+    finally:
+        await serve.aclose()
+
+    trace = check_run(events, "thread.run.failed")
+    assert trace.terminal.data["last_error"]["message"] == (
+        "the hub shut down before the run finished"
+    )
+    (message,) = trace.messages
+    assert message.final.name == "thread.message.incomplete"
+    assert grace <= lasted < grace + SHUTDOWN_TIMEOUT, lasted
+    assert lasted < grace + 3 * UNIT, lasted  # nothing waits for the timeout here
+
+    # What it wrote is what a restart finds.
+    again = ServeProcess(*serve_args(tmp_path / "data"))
+    try:
+        url = await again.start()
+        thread_id = trace.terminal.data["thread_id"]
+        run = await call(session, "GET", f"{url}/v1/threads/{thread_id}/runs/{run_id}")
+        assert run == trace.terminal.data
+        messages = (await thread_state(session, url, thread_id))[1]["data"]
+        assert [m["status"] for m in messages] == ["completed", "incomplete"]
+        assert text_of(messages[1]) == message.delta_text  # the partial text was kept
+    finally:
+        await again.aclose()
+
+
+async def test_sigterm_lets_a_run_finish_within_the_grace(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    serve = ServeProcess(*serve_args(tmp_path / "data", "--shutdown-grace", str(10 * UNIT)))
+    try:
+        events, lasted, code, _run_id = await sigterm_with_a_subscriber(serve, session, PACED)
+        assert code == 0, serve.output
+    finally:
+        await serve.aclose()
+
+    trace = check_run(events, "thread.run.completed")
+    assert len(trace.messages) == 2 and all(trace.texts)
+    assert lasted < 5 * UNIT, lasted
+
+
+async def test_a_second_sigterm_exits_at_once(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    serve = ServeProcess(*serve_args(tmp_path / "data", "--shutdown-grace", "60"))
+    try:
+        url = await serve.start()
+        thread_id = await new_thread(session, url, "What is piety?")
+        await new_run(session, url, thread_id, SLOW)
+        serve.send(signal.SIGTERM)
+        deadline = time.monotonic() + 5 * UNIT
+        while "shutting down gracefully" not in serve.output:  # a child process: poll its log
+            assert time.monotonic() < deadline, serve.output
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        serve.send(signal.SIGTERM)
+        assert await serve.wait(3 * UNIT) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 2 * UNIT
+    finally:
+        await serve.aclose()
