@@ -6,6 +6,11 @@ subscriber would; ``--stream`` prints text as it arrives, otherwise the final me
 Unlike the description's note, an agent that does not stream still shows its final
 messages under ``--stream``: a reply written with ``add_reply(text)`` is published as one
 delta holding its whole text.
+
+Under ``--stream`` the run's activity is printed too, each on lines of its own, indented
+(and dim on a terminal): progress lines (``env.stream_text``) as ``… text``, each tool
+call once complete as ``[tool] name(arguments)``, child runs as ``[child agent NAME] …``
+lines (started, relayed text, how it ended).
 """
 
 from __future__ import annotations
@@ -102,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="allow browser calls from ORIGIN ('*' for any; repeatable; default none)",
     )
+    serve_p.add_argument(
+        "--provider-timeout", type=float, default=120.0, help="seconds per provider request"
+    )
     serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
     serve_p.add_argument(
         "--shutdown-grace",
@@ -149,6 +157,75 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Printer:
+    """Writes message text inline and activity on lines of its own."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.mid_line = False
+        self.child_message: str | None = None
+        dim = getattr(out, "isatty", lambda: False)()
+        self.dim, self.reset = ("\x1b[2m", "\x1b[0m") if dim else ("", "")
+
+    def text(self, text: str) -> None:
+        if self.child_message is not None:
+            self._newline()
+            self.child_message = None
+        self.out.write(text)
+        self.mid_line = not text.endswith("\n") if text else self.mid_line
+        self.out.flush()
+
+    def _newline(self) -> None:
+        if self.mid_line:
+            self.out.write("\n")
+            self.mid_line = False
+
+    def line(self, text: str) -> None:
+        self._newline()
+        self.child_message = None
+        self.out.write(f"{self.dim}  {text}{self.reset}\n")
+        self.out.flush()
+
+    def child_text(self, label: str, message_id: str, text: str) -> None:
+        if self.child_message != message_id:
+            self._newline()
+            self.out.write(f"{self.dim}  {label} ")
+            self.child_message = message_id
+        else:
+            self.out.write(self.dim)
+        self.out.write(text.replace("\n", "\n    ") + self.reset)
+        self.mid_line = True
+        self.out.flush()
+
+    def activity(self, name: str, payload: dict[str, Any], children: dict[str, str]) -> None:
+        """Print one activity event (progress, tool calls, child runs)."""
+        if name == "thread.agent.progress":
+            self.line(f"… {payload.get('text', '')}")
+        elif name == "thread.agent.child_delta":
+            label = children.get(payload.get("step_id", ""), "[child agent]")
+            self.child_text(label, payload.get("message_id", ""), payload.get("text", ""))
+        elif name.startswith("thread.run.step.") and name != "thread.run.step.delta":
+            details = payload.get("step_details") or {}
+            status = payload.get("status")
+            if details.get("type") == "tool_calls" and status != "in_progress":
+                for call in details.get("tool_calls") or []:
+                    function = call.get("function") or {}
+                    suffix = "" if status == "completed" else f" [{status}]"
+                    call_text = f"{function.get('name', '')}({function.get('arguments', '')})"
+                    self.line(f"[tool] {call_text}{suffix}")
+            elif details.get("type") == "child_run":
+                child = details.get("child_run") or {}
+                label = f"[child agent {child.get('assistant_id', '')}]"
+                if name == "thread.run.step.created":
+                    children[payload["id"]] = label
+                    self.line(
+                        f"{label} started on thread {child.get('thread_id')} "
+                        f"(run {child.get('run_id')})"
+                    )
+                elif status != "in_progress":
+                    self.line(f"{label} {child.get('status', status)}")
+
+
 async def _follow(hub: Hub, thread_id: str, text: str, stream: bool, out: TextIO) -> str:
     """Run the agent on one user message; print its messages; the run's final status."""
     await hub.store.add_message(
@@ -166,16 +243,21 @@ async def _follow(hub: Hub, thread_id: str, text: str, stream: bool, out: TextIO
     printed = 0
     status = "failed"
     run: dict[str, Any] = {}
+    printer = _Printer(out)
+    children: dict[str, str] = {}
     async for event in ctx.stream.follow():
         payload = event.payload()
         name = event.name
         if name == "thread.message.created":
-            if printed:
+            if printed and not stream:
                 out.write("\n\n")
+            elif printed:
+                printer.text("\n\n" if printer.mid_line else "\n")
             printed += 1
         elif name == "thread.message.delta" and stream:
-            out.write(delta_text(payload))
-            out.flush()
+            printer.text(delta_text(payload))
+        elif stream and (name.startswith("thread.agent.") or name.startswith("thread.run.step.")):
+            printer.activity(name, payload, children)
         elif name == "thread.message.completed" and not stream:
             parts = payload.get("content") or []
             out.write("".join(p["text"]["value"] for p in parts if p.get("type") == "text"))
@@ -245,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cors_origins=tuple(args.cors_origin),
                 data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,
+                provider_timeout=args.provider_timeout,
                 shutdown_grace=args.shutdown_grace,
                 max_body_bytes=args.max_body_bytes,
                 max_message_bytes=args.max_message_bytes,

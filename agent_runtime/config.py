@@ -30,6 +30,10 @@ class HubConfig(BaseModel):
     default_model: str = "simulated"
     """Model of agents whose metadata names none."""
     default_provider: str = "fireworks"
+    provider_timeout: float = Field(120.0, gt=0)
+    """Seconds a model provider may take per request (a stalled stream fails the run)."""
+    provider_max_retries: int = Field(1, ge=0)
+    """Retries of a failed provider request before the run fails."""
     store: Literal["memory", "sqlite"] = "memory"
     """Where threads, messages and runs live: in memory (lost at exit) or in SQLite under
     ``data_dir`` (what ``agentstream serve`` uses by default)."""

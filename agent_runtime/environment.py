@@ -34,7 +34,7 @@ from .errors import AgentRuntimeError, RunCancelled, UnsupportedOperation
 from .stream_handler import StreamHandler
 
 if TYPE_CHECKING:
-    from .runs import RunContext
+    from .runs import ChildRunResult, RunContext
 
 __all__ = ["Environment"]
 
@@ -79,7 +79,8 @@ class Environment:
             f"Environment.{name} is not supported by agentstream "
             "(supported: completion, completions, add_reply, add_message, list_messages, "
             "get_last_message, add_system_log, request_user_input, mark_done, mark_failed, "
-            "get_thread_id, and their 'a'-prefixed awaitable twins)"
+            "get_thread_id, stream_text, emit, run_agent, and their 'a'-prefixed awaitable "
+            "twins)"
         )
 
     # -- identity --------------------------------------------------------------------
@@ -178,6 +179,46 @@ class Environment:
             if role is None or message.role == role:
                 return message.as_chat()
         return None
+
+    # -- agent-written events ----------------------------------------------------------
+
+    def stream_text(self, text: str) -> int:
+        """Show ``text`` to the run's subscribers now, as a progress line: a
+        ``thread.agent.progress`` event ``{"object", "run_id", "thread_id", "text"}``,
+        apart from the messages (the thread keeps nothing). Returns its event id."""
+        return self._call(self.astream_text(text), "stream_text")
+
+    async def astream_text(self, text: str) -> int:
+        return self._ctx.progress(text)
+
+    def emit(self, name: str, data: Any = None) -> int:
+        """Publish a custom event ``thread.agent.<name>`` (``name``: 1-64 letters, digits,
+        ``_.-``) whose payload is ``{"object": "thread.agent.event", "run_id",
+        "thread_id", "name", "data"}``; ``data`` must be JSON-serialisable (64 KiB at
+        most). Returns its event id."""
+        return self._call(self.aemit(name, data), "emit")
+
+    async def aemit(self, name: str, data: Any = None) -> int:
+        return self._ctx.emit(name, data)
+
+    # -- child runs ------------------------------------------------------------------
+
+    def run_agent(self, agent_name: str, query: str, *, relay: bool = False) -> ChildRunResult:
+        """Run another agent (``name`` or ``name/version``) on a new child thread holding
+        ``query`` as its user message, and wait for it to end.
+
+        The child is a run of its own (``GET /v1/threads/{child_thread}/stream/{child_run}``
+        streams it); this run's stream carries a ``child_run`` step naming it, and with
+        ``relay=True`` the child's message deltas as ``thread.agent.child_delta`` events.
+        Cancelling this run cancels the child. Returns a
+        :class:`~agent_runtime.runs.ChildRunResult` (``status``, ``texts``, ``text``,
+        ``thread_id``, ``run_id``, ``error``); a failed child does not raise."""
+        return self._call(self.arun_agent(agent_name, query, relay=relay), "run_agent")
+
+    async def arun_agent(
+        self, agent_name: str, query: str, *, relay: bool = False
+    ) -> ChildRunResult:
+        return await self._ctx.run_child(agent_name, query, relay=relay)
 
     # -- logs and outcome --------------------------------------------------------------
 

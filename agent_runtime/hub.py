@@ -45,6 +45,8 @@ class Hub:
             default_model=config.default_model,
             force_model=config.model,
             default_provider=config.default_provider,
+            timeout=config.provider_timeout,
+            max_retries=config.provider_max_retries,
         )
         for name, provider in (providers or {}).items():
             self.models.register(name, provider)

@@ -11,7 +11,15 @@ answer the broker's two snapshot questions for any event id ``at``:
   state (``snapshot=1``): the run object and, for each message still streaming at ``at``,
   its ``created`` and one ``delta`` with the text up to ``at``.
 
-Memory: per message, its text plus two integers per delta.
+Run steps (``thread.run.step.*``: tool calls, child runs) are state too, rebuilt like
+messages: a finished step as its ``created`` and its final event; a step still in
+progress as its ``created`` and, for tool calls, one ``delta`` holding every tool call so
+far (id, name and the arguments up to ``at``). Messages and steps come in the order they
+were created. Agent-written events (``thread.agent.*``: progress lines, custom events,
+relayed child deltas) are not state: they are replayed and resumed exactly while buffered,
+but a snapshot leaves them out.
+
+Memory: per message, its text plus two integers per delta; per step, its deltas.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunLog", "delta_payload"]
+__all__ = ["RunLog", "delta_payload", "step_delta_payload"]
 
 TERMINAL_RUN_EVENTS = frozenset(
     {
@@ -33,6 +41,14 @@ TERMINAL_RUN_EVENTS = frozenset(
     }
 )
 _MESSAGE_FINAL = frozenset({"thread.message.completed", "thread.message.incomplete"})
+STEP_FINAL = frozenset(
+    {
+        "thread.run.step.completed",
+        "thread.run.step.cancelled",
+        "thread.run.step.failed",
+        "thread.run.step.expired",
+    }
+)
 
 
 def delta_payload(message_id: str, text: str) -> dict[str, Any]:
@@ -43,6 +59,15 @@ def delta_payload(message_id: str, text: str) -> dict[str, Any]:
         "delta": {
             "content": [{"index": 0, "type": "text", "text": {"value": text, "annotations": []}}]
         },
+    }
+
+
+def step_delta_payload(step_id: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``thread.run.step.delta`` object carrying tool call fragments."""
+    return {
+        "id": step_id,
+        "object": "thread.run.step.delta",
+        "delta": {"step_details": {"type": "tool_calls", "tool_calls": tool_calls}},
     }
 
 
@@ -75,19 +100,59 @@ class _MessageTrack:
         return self.final_id is not None and self.final_id <= at
 
 
+@dataclass(slots=True)
+class _StepTrack:
+    step_id: str
+    created_id: int
+    created: dict[str, Any]
+    deltas: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    final_id: int | None = None
+    final_name: str = ""
+    final: dict[str, Any] | None = None
+
+    def finished_by(self, at: int) -> bool:
+        return self.final_id is not None and self.final_id <= at
+
+    def delta_upto(self, at: int) -> dict[str, Any] | None:
+        """One delta holding every tool call fragment published up to ``at``."""
+        calls: dict[int, dict[str, Any]] = {}
+        for event_id, fragments in self.deltas:
+            if event_id > at:
+                break
+            for fragment in fragments:
+                index = fragment.get("index", 0)
+                function = fragment.get("function") or {}
+                call = calls.get(index)
+                if call is None:
+                    call = calls[index] = {
+                        "index": index,
+                        "id": fragment.get("id"),
+                        "type": "function",
+                        "function": {"name": function.get("name") or "", "arguments": ""},
+                    }
+                    call["function"]["output"] = None
+                call["function"]["arguments"] += function.get("arguments") or ""
+        if not calls:
+            return None
+        return step_delta_payload(self.step_id, [calls[i] for i in sorted(calls)])
+
+
 class RunLog:
     """The record of one run's published events, enough to rebuild any past state."""
 
-    __slots__ = ("_run_events", "_messages", "_terminal")
+    __slots__ = ("_run_events", "_messages", "_steps", "_terminal")
 
     def __init__(self) -> None:
         self._run_events: list[tuple[int, str, dict[str, Any]]] = []
         self._messages: dict[str, _MessageTrack] = {}
+        self._steps: dict[str, _StepTrack] = {}
         self._terminal: tuple[int, str, dict[str, Any]] | None = None
 
     def record(self, event_id: int, name: str, payload: dict[str, Any]) -> None:
         """Note an event the run has just published with id ``event_id``."""
-        if name == "thread.message.delta":
+        if name.startswith("thread.run.step."):
+            self._record_step(event_id, name, payload)
+        elif name == "thread.message.delta":
             track = self._messages.get(payload["id"])
             if track is not None:
                 text = delta_text(payload)
@@ -107,6 +172,40 @@ class RunLog:
             if track is not None:
                 track.final_id, track.final_name, track.final = event_id, name, payload
 
+    def _record_step(self, event_id: int, name: str, payload: dict[str, Any]) -> None:
+        if name == "thread.run.step.created":
+            self._steps[payload["id"]] = _StepTrack(payload["id"], event_id, payload)
+            return
+        track = self._steps.get(payload["id"])
+        if track is None:
+            return
+        if name == "thread.run.step.delta":
+            details = payload.get("delta", {}).get("step_details") or {}
+            track.deltas.append((event_id, list(details.get("tool_calls") or [])))
+        elif name in STEP_FINAL:
+            track.final_id, track.final_name, track.final = event_id, name, payload
+
+    def _tracks(self, at: int) -> list[_MessageTrack | _StepTrack]:
+        """Messages and steps created by ``at``, in the order they were created."""
+        tracks: list[_MessageTrack | _StepTrack] = [
+            t for t in self._messages.values() if t.created_id <= at
+        ]
+        if self._steps:
+            tracks.extend(t for t in self._steps.values() if t.created_id <= at)
+            tracks.sort(key=lambda t: t.created_id)
+        return tracks
+
+    def _step_events(self, track: _StepTrack, at: int, finished: bool) -> list[tuple[str, Any]]:
+        events: list[tuple[str, Any]] = [("thread.run.step.created", track.created)]
+        if finished:
+            assert track.final is not None
+            events.append((track.final_name, track.final))
+        else:
+            delta = track.delta_upto(at)
+            if delta is not None:
+                events.append(("thread.run.step.delta", delta))
+        return events
+
     def message_text(self, message_id: str) -> str:
         track = self._messages.get(message_id)
         return "" if track is None else "".join(track.parts)
@@ -122,8 +221,9 @@ class RunLog:
     def snapshot(self, at: int) -> list[tuple[str, Any]]:
         """Events that rebuild, from nothing, the run as of event ``at`` (see module doc)."""
         events = self._run_at(at)
-        for track in self._messages.values():
-            if track.created_id > at:
+        for track in self._tracks(at):
+            if isinstance(track, _StepTrack):
+                events.extend(self._step_events(track, at, track.finished_by(at)))
                 continue
             events.append(("thread.message.created", track.created))
             if track.finished_by(at):
@@ -140,8 +240,11 @@ class RunLog:
     def resume_snapshot(self, at: int) -> list[tuple[str, Any]]:
         """The run object and the state of messages streaming at ``at`` (see module doc)."""
         events = self._run_at(at)
-        for track in self._messages.values():
-            if track.created_id > at or track.finished_by(at):
+        for track in self._tracks(at):
+            if track.finished_by(at):
+                continue
+            if isinstance(track, _StepTrack):
+                events.extend(self._step_events(track, at, False))
                 continue
             events.append(("thread.message.created", track.created))
             text = track.text_upto(at)

@@ -29,6 +29,7 @@ import concurrent.futures
 import contextvars
 import logging
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from openai.types.chat import ChatCompletion
 
 from broker import Registry, Stream
@@ -53,16 +55,23 @@ from .errors import (
 from .logs import bind_run
 from .models.base import CompletionRequest, ModelProvider
 from .models.router import ModelRouter
-from .objects import Message, Run, RunStatus, new_id, now
-from .run_log import RunLog, delta_payload
+from .objects import Message, Run, RunStatus, Thread, new_id, now
+from .run_log import RunLog, delta_payload, delta_text, step_delta_payload
 from .store import Store
 from .stream_handler import StreamHandler
 
-__all__ = ["RunContext", "RunManager", "RunsConfig"]
+__all__ = ["ChildRunResult", "RunContext", "RunManager", "RunsConfig"]
 
 logger = logging.getLogger(__name__)
 
 _CHAT_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+AGENT_EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
+"""The ``<name>`` of an agent-written ``thread.agent.<name>`` event."""
+RESERVED_AGENT_EVENTS = frozenset({"progress", "child_delta"})
+"""``thread.agent.*`` names the runtime writes itself."""
+MAX_AGENT_EVENT_BYTES = 64 * 1024
+"""Largest agent-written event (its JSON payload), so one cannot flood the replay buffer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,29 @@ class RunsConfig:
     """Seconds from creation after which a live run ends ``expired``."""
     max_concurrent_runs: int | None = None
     """Runs executing at once; further runs wait ``queued`` for a slot."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRunResult:
+    """What ``env.run_agent`` returns: how the child run ended and what it replied."""
+
+    thread_id: str
+    run_id: str
+    assistant_id: str
+    status: str
+    texts: list[str]
+    """The texts of the assistant messages the child run added, in order."""
+    error: str | None = None
+    """The child's ``last_error`` message when it failed."""
+
+    @property
+    def text(self) -> str:
+        """The child's replies joined by blank lines."""
+        return "\n\n".join(self.texts)
+
+
+_CHILD_STEP_STATUS = {"failed": "failed", "cancelled": "cancelled", "expired": "expired"}
+"""A child run's status → its step's final status (any other ending: ``completed``)."""
 
 
 def _chat_messages(messages: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
@@ -114,7 +146,15 @@ class RunContext:
         self.task: asyncio.Task[None] | None = None
         self._end: tuple[RunStatus, str | None] | None = None
         self._outcome: tuple[RunStatus, str | None] | None = None
+        self.parent: RunContext | None = None
+        """The run that started this one with ``env.run_agent`` (a child run), if any."""
+        self.relay: tuple[RunContext, str] | None = None
+        """(parent, step id) when this child's message deltas are relayed to its parent."""
+        self._children: dict[str, RunContext] = {}
+        """Child runs whose step is still open, by step id."""
         self._handlers: list[StreamHandler] = []
+        self._open_steps: dict[str, dict[str, Any]] = {}
+        """Run steps created and not yet ended, by id (tool calls, child runs)."""
         self._pumps: set[asyncio.Task[None]] = set()
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.done = asyncio.Event()
@@ -125,7 +165,216 @@ class RunContext:
         event = self.stream.publish(name, payload)
         assert event.id is not None
         self.runlog.record(event.id, name, payload)
+        if self.relay is not None and name == "thread.message.delta":
+            self._relay_delta(payload)
         return event.id
+
+    def _relay_delta(self, payload: dict[str, Any]) -> None:
+        assert self.relay is not None
+        parent, step_id = self.relay
+        if parent.run.terminal or step_id not in parent._open_steps:
+            return
+        parent.publish(
+            "thread.agent.child_delta",
+            {
+                "object": "thread.agent.child_delta",
+                "run_id": parent.run.id,
+                "step_id": step_id,
+                "child_thread_id": self.run.thread_id,
+                "child_run_id": self.run.id,
+                "message_id": payload["id"],
+                "text": delta_text(payload),
+            },
+        )
+
+    def new_step(self, kind: str, details: dict[str, Any]) -> dict[str, Any]:
+        """Publish ``thread.run.step.created`` and ``.in_progress`` of a new step."""
+        step: dict[str, Any] = {
+            "id": new_id("step"),
+            "object": "thread.run.step",
+            "created_at": now(),
+            "run_id": self.run.id,
+            "assistant_id": self.agent.name,
+            "thread_id": self.run.thread_id,
+            "type": kind,
+            "status": "in_progress",
+            "cancelled_at": None,
+            "completed_at": None,
+            "expired_at": None,
+            "failed_at": None,
+            "last_error": None,
+            "metadata": {},
+            "usage": None,
+            "step_details": details,
+        }
+        self._open_steps[step["id"]] = step
+        # Copies: the run log keeps the published payloads, and the step changes later.
+        self.publish("thread.run.step.created", dict(step))
+        self.publish("thread.run.step.in_progress", dict(step))
+        return step
+
+    def end_step(
+        self,
+        step: dict[str, Any],
+        status: str,
+        details: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Publish the step's final event (``thread.run.step.<status>``), once."""
+        if self._open_steps.pop(step["id"], None) is None:
+            return
+        step["status"] = status
+        if details is not None:
+            step["step_details"] = details
+        stamp_field = {
+            "completed": "completed_at",
+            "cancelled": "cancelled_at",
+            "failed": "failed_at",
+            "expired": "expired_at",
+        }[status]
+        step[stamp_field] = now()
+        if status == "failed":
+            step["last_error"] = {"code": "server_error", "message": error or "the step failed"}
+        self.publish(f"thread.run.step.{status}", dict(step))
+
+    def _publish_created(self, handler: StreamHandler) -> None:
+        """Publish a streamed message's ``created`` and ``in_progress``, once."""
+        if handler.published:
+            return
+        handler.published = True
+        self.publish("thread.message.created", handler.message.to_dict())
+        self.publish("thread.message.in_progress", handler.message.to_dict())
+
+    # -- agent-written events --------------------------------------------------------
+
+    def _agent_event(self, name: str, payload: dict[str, Any]) -> int:
+        if self.cancel_requested or self.finishing or self.run.terminal:
+            raise RunCancelled("the run was cancelled")
+        try:
+            size = len(orjson.dumps(payload))
+        except TypeError as exc:
+            raise InvalidRequest(f"the data of {name} is not JSON-serialisable: {exc}") from None
+        if size > MAX_AGENT_EVENT_BYTES:
+            raise InvalidRequest(
+                f"{name} is {size} bytes of JSON; the limit is {MAX_AGENT_EVENT_BYTES}"
+            )
+        return self.publish(name, payload)
+
+    def progress(self, text: str) -> int:
+        """Publish an agent-written progress line (``thread.agent.progress``); its id."""
+        if not isinstance(text, str):
+            raise InvalidRequest(f"stream_text takes a str, not {type(text).__name__}")
+        payload = {
+            "object": "thread.agent.progress",
+            "run_id": self.run.id,
+            "thread_id": self.run.thread_id,
+            "text": text,
+        }
+        return self._agent_event("thread.agent.progress", payload)
+
+    def emit(self, name: str, data: Any) -> int:
+        """Publish an agent-written event ``thread.agent.<name>``; its id."""
+        if not isinstance(name, str) or not AGENT_EVENT_NAME.match(name):
+            raise InvalidRequest(
+                f"event name {name!r} must be 1-64 letters, digits, '_', '.' or '-' "
+                "(it is sent as thread.agent.<name>)"
+            )
+        if name in RESERVED_AGENT_EVENTS:
+            raise InvalidRequest(
+                f"thread.agent.{name} is written by agentstream itself; pick another name"
+            )
+        payload = {
+            "object": "thread.agent.event",
+            "run_id": self.run.id,
+            "thread_id": self.run.thread_id,
+            "name": name,
+            "data": data,
+        }
+        return self._agent_event(f"thread.agent.{name}", payload)
+
+    # -- child runs ------------------------------------------------------------------
+
+    async def run_child(self, agent_name: str, query: str, *, relay: bool) -> ChildRunResult:
+        """Run ``agent_name`` on a new child thread holding ``query``; wait for its end.
+
+        The parent's stream carries a ``child_run`` step naming the child's thread and run
+        (and, with ``relay``, its message deltas as ``thread.agent.child_delta``).
+        Cancelling this run cancels the child."""
+        if self.cancel_requested:
+            raise RunCancelled("the run was cancelled")
+        if not isinstance(query, str):
+            raise InvalidRequest(f"run_agent's query must be a str, not {type(query).__name__}")
+        manager = self.manager
+        agent = manager.catalog.get(agent_name)
+        parent_thread = await manager.store.get_thread(self.run.thread_id)
+        links = {"parent_thread_id": self.run.thread_id, "parent_run_id": self.run.id}
+        thread = Thread(
+            id=new_id("thread"), created_at=now(), metadata=dict(links), owner=parent_thread.owner
+        )
+        await manager.store.create_thread(thread)
+        await manager.store.add_message(
+            Message(
+                id=new_id("msg"),
+                thread_id=thread.id,
+                role="user",
+                content=query,
+                created_at=now(),
+                completed_at=now(),
+            )
+        )
+        if self.cancel_requested:
+            raise RunCancelled("the run was cancelled")
+        child = await manager.create(thread.id, agent.id, metadata=links, parent=self)
+        # No await from here to the wait: the child's first event comes after this.
+        step = self.new_step("child_run", _child_details(child))
+        self._children[step["id"]] = child
+        if relay:
+            child.relay = (self, step["id"])
+        try:
+            await child.done.wait()
+        except asyncio.CancelledError:
+            manager.cancel_now(child)
+            raise
+        self._end_child_step(step["id"])
+        texts = [
+            m.content
+            for m in await manager.thread_messages(thread.id)
+            if m.run_id == child.run.id and m.role == "assistant"
+        ]
+        error = (child.run.last_error or {}).get("message")
+        return ChildRunResult(
+            thread_id=thread.id,
+            run_id=child.run.id,
+            assistant_id=agent.name,
+            status=child.run.status,
+            texts=texts,
+            error=error,
+        )
+
+    def _end_child_step(self, step_id: str) -> None:
+        child = self._children.pop(step_id, None)
+        step = self._open_steps.get(step_id)
+        if child is None or step is None:
+            return
+        status = _CHILD_STEP_STATUS.get(child.run.status, "completed")
+        error = (child.run.last_error or {}).get("message")
+        self.end_step(step, status, _child_details(child), error=error)
+
+    async def _end_children(self) -> None:
+        """The run is ending: cancel its live children, wait (bounded) for their ends,
+        and end their steps with the children's statuses."""
+        children = list(self._children.items())
+        for _step_id, child in children:
+            self.manager.cancel_now(child)
+        waits = [child.done.wait() for _step_id, child in children if not child.done.is_set()]
+        if waits:
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*waits)
+            except TimeoutError:
+                logger.warning("run %s: child runs did not end within 5s", self.run.id)
+        for step_id, _child in children:
+            self._end_child_step(step_id)
 
     async def _set_status(self, status: RunStatus, **fields: Any) -> None:
         """Record a status change in the store, then publish it (store first, so a client
@@ -200,8 +449,10 @@ class RunContext:
         message = self._new_message()
         handler = StreamHandler(message, self.loop, self.loop_thread)
         self._handlers.append(handler)
-        self.publish("thread.message.created", message.to_dict())
-        self.publish("thread.message.in_progress", message.to_dict())
+        if not request.extra.get("tools"):
+            # With tools the completion may hold only tool calls: its message is created
+            # with its first text, so a tool-call-only completion leaves no empty message.
+            self._publish_created(handler)
         pump = asyncio.create_task(self._pump(provider, request, handler))
         self._pumps.add(pump)
         pump.add_done_callback(self._pumps.discard)
@@ -211,11 +462,19 @@ class RunContext:
         self, provider: ModelProvider, request: CompletionRequest, handler: StreamHandler
     ) -> None:
         message_id = handler.message.id
+        step: dict[str, Any] | None = None
+        seen: set[int] = set()
         try:
             async for chunk in provider.stream(request):
                 text = handler.push(chunk)
                 if text:
+                    self._publish_created(handler)
                     self.publish("thread.message.delta", delta_payload(message_id, text))
+                fragments = _tool_call_fragments(chunk, seen)
+                if fragments:
+                    if step is None:
+                        step = self.new_step("tool_calls", {"type": "tool_calls", "tool_calls": []})
+                    self.publish("thread.run.step.delta", step_delta_payload(step["id"], fragments))
         except asyncio.CancelledError:
             handler.end(RunCancelled("the run ended before the completion finished"))
             raise
@@ -225,6 +484,8 @@ class RunContext:
             handler.end(error)
             self.end("failed", f"model provider error: {error}")
         else:
+            if step is not None:
+                self.end_step(step, "completed", _tool_calls_details(handler))
             handler.end()
 
     def _new_message(self, role: str = "assistant", content: str = "") -> Message:
@@ -246,6 +507,7 @@ class RunContext:
         if handler.replied:
             raise AgentRuntimeError(f"the completion {handler.id} was already added")
         handler.replied = True
+        self._publish_created(handler)
         message = handler.message
         message.content = text
         message.status = "completed"
@@ -290,7 +552,8 @@ class RunContext:
         error: str | None = None
         try:
             async with asyncio.timeout_at(self.deadline):
-                async with self.manager.slot():
+                # A child run runs within its parent's slot: it never waits for one.
+                async with self.manager.slot() if self.parent is None else _NoSlot():
                     await self._set_status("in_progress", started_at=now())
                     env = Environment(self)
                     if self.agent.style == "async":
@@ -312,6 +575,11 @@ class RunContext:
                 task.uncancel()
         except RunCancelled:
             status, error = self._end or ("cancelled", None)
+        except (SystemExit, KeyboardInterrupt, _AgentExit) as exc:
+            # An agent calling sys.exit() (or raising KeyboardInterrupt) ends its run,
+            # never the hub: exit status 0 or None completes it, anything else fails it.
+            status, error = self._end or _exit_outcome(exc)
+            logger.warning("run %s: the agent exited: %s", self.run.id, error or "status 0")
         except Exception as exc:  # the agent's own failure ends the run, never the hub
             status, error = self._end or ("failed", _describe(exc))
             logger.warning("run %s: the agent failed: %s", self.run.id, error, exc_info=exc)
@@ -332,6 +600,8 @@ class RunContext:
         for handler in self._handlers:
             if not handler.replied:
                 await self._close_unreplied(handler, status)
+        await self._end_children()
+        await self._end_open_steps(status)
         stamp = now()
         fields: dict[str, Any] = {}
         if status == "completed":
@@ -346,9 +616,18 @@ class RunContext:
         self.stream.close()
         self.done.set()
 
+    async def _end_open_steps(self, status: RunStatus) -> None:
+        """Steps still open when the run ends: a step's status follows the run's."""
+        step_status = status if status in ("failed", "cancelled", "expired") else "cancelled"
+        for step in list(self._open_steps.values()):
+            self.end_step(step, step_status, error=f"the run ended {status}")
+
     async def _close_unreplied(self, handler: StreamHandler, status: RunStatus) -> None:
         """A streamed message the agent never added: it ends ``incomplete``. If the run
-        failed mid-stream, the partial text is kept in the thread."""
+        failed mid-stream, the partial text is kept in the thread. A message never
+        created (a completion that streamed only tool calls) leaves nothing."""
+        if not handler.published:
+            return
         message = handler.message
         message.content = handler.text
         message.status = "incomplete"
@@ -361,6 +640,62 @@ class RunContext:
         if status in ("failed", "cancelled", "expired") and message.content:
             await self.manager.store.add_message(message)
         self.publish("thread.message.incomplete", message.to_dict())
+
+
+def _child_details(child: RunContext) -> dict[str, Any]:
+    return {
+        "type": "child_run",
+        "child_run": {
+            "thread_id": child.run.thread_id,
+            "run_id": child.run.id,
+            "assistant_id": child.agent.name,
+            "status": child.run.status,
+        },
+    }
+
+
+def _tool_call_fragments(chunk: Any, seen: set[int]) -> list[dict[str, Any]]:
+    """The ``thread.run.step.delta`` tool call entries of one chunk. A call's first
+    fragment carries its id, type and name (the SDK concatenates repeated strings)."""
+    out: list[dict[str, Any]] = []
+    for choice in chunk.choices:
+        for call in choice.delta.tool_calls or ():
+            function = call.function
+            name = function.name if function is not None else None
+            arguments = (function.arguments if function is not None else None) or ""
+            if call.index not in seen:
+                seen.add(call.index)
+                entry: dict[str, Any] = {
+                    "index": call.index,
+                    "id": call.id or f"call_{call.index}",
+                    "type": "function",
+                    "function": {"name": name or "", "arguments": arguments, "output": None},
+                }
+            elif arguments or name:
+                fn: dict[str, Any] = {"arguments": arguments}
+                if name:
+                    fn["name"] = name
+                entry = {"index": call.index, "type": "function", "function": fn}
+            else:
+                continue
+            out.append(entry)
+    return out
+
+
+def _tool_calls_details(handler: StreamHandler) -> dict[str, Any]:
+    calls = [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {
+                "name": call.function.name,
+                "arguments": call.function.arguments,
+                "output": None,
+            },
+        }
+        for call in handler.tool_calls
+    ]
+    return {"type": "tool_calls", "tool_calls": calls}
 
 
 async def _in_daemon_thread(fn: Callable[[Environment], None], env: Environment, name: str) -> None:
@@ -385,6 +720,8 @@ async def _in_daemon_thread(fn: Callable[[Environment], None], env: Environment,
         error: BaseException | None = None
         try:
             fn(env)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            error = _AgentExit(exc)
         except BaseException as exc:  # handed to the loop, which decides the run's end
             error = exc
         try:
@@ -397,8 +734,27 @@ async def _in_daemon_thread(fn: Callable[[Environment], None], env: Environment,
     await done
 
 
+class _AgentExit(Exception):
+    """A synchronous agent's ``SystemExit``/``KeyboardInterrupt``, carried to the loop as an
+    ordinary exception (raised there as itself it would stop the event loop)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+def _exit_outcome(exc: BaseException) -> tuple[RunStatus, str | None]:
+    original = exc.original if isinstance(exc, _AgentExit) else exc
+    if isinstance(original, SystemExit) and original.code in (0, None):
+        return "completed", None
+    return "failed", f"the agent exited ({_describe(original)})"
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # an exception that cannot be printed still ends its run
+        text = f"<unprintable {type(exc).__name__}>"
     if isinstance(exc, AgentRuntimeError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -466,8 +822,10 @@ class RunManager:
         instructions: str | None = None,
         additional_messages: Sequence[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
+        parent: RunContext | None = None,
     ) -> RunContext:
-        """Start a run. Raises NotFound (thread, agent), Conflict (a live run)."""
+        """Start a run. Raises NotFound (thread, agent), Conflict (a live run).
+        ``parent``: the run starting this one as its child (``env.run_agent``)."""
         if self._closing:
             raise ServiceUnavailable("the hub is shutting down; retry on another instance")
         await self.store.get_thread(thread_id)
@@ -482,7 +840,7 @@ class RunManager:
         self._live_by_thread[thread_id] = run_id
         try:
             return await self._create(
-                run_id, thread_id, agent, model, instructions, additional_messages, metadata
+                run_id, thread_id, agent, model, instructions, additional_messages, metadata, parent
             )
         except BaseException:
             if self._live_by_thread.get(thread_id) == run_id:
@@ -500,6 +858,7 @@ class RunManager:
         instructions: str | None,
         additional_messages: Sequence[tuple[str, str]],
         metadata: dict[str, str] | None,
+        parent: RunContext | None = None,
     ) -> RunContext:
         for role, content in additional_messages:
             await self.store.add_message(
@@ -532,6 +891,7 @@ class RunManager:
             run.id, snapshot=log.snapshot, resume_snapshot=log.resume_snapshot
         )
         ctx = RunContext(self, run, agent, stream, log, deadline=loop.time() + expires_after)
+        ctx.parent = parent
         await self.store.create_run(run)
         self._live[run.id] = ctx
         ctx.publish("thread.run.created", run.to_dict())
@@ -561,6 +921,15 @@ class RunManager:
             ctx.end("cancelled")
             await self.store.update_run(ctx.run)
         return ctx.run
+
+    def cancel_now(self, ctx: RunContext) -> None:
+        """Cancel a live run from the loop without awaiting (a parent cancelling its
+        child): ``cancelling`` now, ``cancelled`` when it has stopped. No-op once it ends."""
+        if ctx.run.terminal or ctx.finishing or ctx.run.status == "cancelling":
+            return
+        ctx.run.status = "cancelling"
+        ctx.publish("thread.run.cancelling", ctx.run.to_dict())
+        ctx.end("cancelled")
 
     async def shutdown(self, *, grace: float = 0.0, timeout: float = 5.0) -> None:
         """Stop taking runs; give live runs ``grace`` seconds to finish on their own; then

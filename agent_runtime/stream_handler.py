@@ -21,7 +21,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageToolCall
+from openai.types.chat.chat_completion_message_tool_call import Function
 
 from .errors import AgentRuntimeError, RunCancelled
 
@@ -48,6 +49,11 @@ class StreamHandler:
         self._waiters: list[asyncio.Future[None]] = []
         self.replied = False
         self.finish_reason: str | None = None
+        self.published = False
+        """Whether the message's ``created`` has been published (a completion asked for
+        with ``tools`` publishes it only with its first text)."""
+        self._calls: dict[int, list[str]] = {}
+        """Tool calls so far, by index: [id, name, arguments]."""
 
     # -- loop side (the pump) --------------------------------------------------------
 
@@ -61,12 +67,21 @@ class StreamHandler:
     def push(self, chunk: ChatCompletionChunk) -> str:
         """Append a chunk; returns the text it carries ('' if none). Loop thread only."""
         text = ""
-        for choice in chunk.choices:
-            if choice.delta.content:
-                text += choice.delta.content
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
         with self._cond:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    text += choice.delta.content
+                if choice.finish_reason:
+                    self.finish_reason = choice.finish_reason
+                for call in choice.delta.tool_calls or ():
+                    slot = self._calls.setdefault(call.index, ["", "", ""])
+                    if call.id:
+                        slot[0] = call.id
+                    if call.function is not None:
+                        if call.function.name:
+                            slot[1] += call.function.name
+                        if call.function.arguments:
+                            slot[2] += call.function.arguments
             self._chunks.append(chunk)
             if text:
                 self._parts.append(text)
@@ -108,6 +123,21 @@ class StreamHandler:
         """The text received so far (the full text once the stream has ended)."""
         with self._cond:
             return "".join(self._parts)
+
+    @property
+    def tool_calls(self) -> list[ChatCompletionMessageToolCall]:
+        """The tool calls assembled from the chunks so far (all of them once the stream
+        has ended), in index order, as the ``openai`` package's objects."""
+        with self._cond:
+            calls = sorted(self._calls.items())
+        return [
+            ChatCompletionMessageToolCall(
+                id=call_id or f"call_{index}",
+                type="function",
+                function=Function(name=name, arguments=arguments),
+            )
+            for index, (call_id, name, arguments) in calls
+        ]
 
     @property
     def chunks(self) -> list[ChatCompletionChunk]:

@@ -48,7 +48,7 @@ from .api.keys import HUB
 from .config import HubConfig
 from .hub import Hub as CoreHub
 from .models.base import ModelProvider
-from .models.scripted import Fail, Finish, Gate, Say, ScriptedModel, Stall, Step
+from .models.scripted import Fail, Finish, Gate, Say, ScriptedModel, Stall, Step, ToolCall
 from .objects import Message, Thread, new_id, now
 from .run_log import delta_text
 from .server import Server
@@ -71,6 +71,7 @@ __all__ = [
     "ScriptedModel",
     "Stall",
     "Step",
+    "ToolCall",
 ]
 
 FAST_MODEL = "simulated:tokens=20,rate=0"

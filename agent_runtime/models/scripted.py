@@ -15,6 +15,12 @@ A script is a sequence of steps, played in order by each completion::
 - :class:`Gate` — wait until the test calls :meth:`Gate.open`; :meth:`Gate.reached` waits
   until the model gets there. The deterministic way to hold a stream mid-way.
 - :class:`Finish` — end the completion now with ``finish_reason`` (``"stop"`` otherwise).
+- :class:`ToolCall` — one tool call (``name``, ``arguments`` as a JSON string or a dict)
+  streamed as OpenAI streams it: a chunk with its id and name, then the arguments in
+  ``chunks`` fragments (``delay`` seconds before each). Several ``ToolCall`` steps get
+  indexes 0, 1, …; a script that made tool calls ends with ``finish_reason``
+  ``"tool_calls"`` unless a :class:`Finish` says otherwise. ``complete`` returns them as
+  the message's ``tool_calls``.
 
 Scripts are chosen per completion call: scripts queued with ``scripts=[...]`` or
 :meth:`ScriptedModel.add_script` are consumed one per call, first in first out; when none
@@ -37,6 +43,7 @@ at once, in any step; nothing needs cleaning up.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -49,12 +56,20 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice as CompletionChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import (
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+)
+from openai.types.chat.chat_completion_message_tool_call import (
+    ChatCompletionMessageToolCall,
+    Function,
+)
 
 from ..errors import ProviderError
 from .base import CompletionRequest
 
-__all__ = ["Fail", "Finish", "Gate", "Say", "ScriptedModel", "Stall", "Step"]
+__all__ = ["Fail", "Finish", "Gate", "Say", "ScriptedModel", "Stall", "Step", "ToolCall"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +107,30 @@ class Finish:
     reason: FinishReason = "stop"
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call: ``name`` and ``arguments`` (a JSON string, or a dict encoded as one),
+    the arguments streamed in ``chunks`` fragments, ``delay`` seconds before each chunk."""
+
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+    chunks: int = 1
+    delay: float = 0.0
+    id: str | None = None
+
+    @property
+    def arguments_text(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments)
+
+    def fragments(self) -> list[str]:
+        text = self.arguments_text
+        count = max(1, min(self.chunks, len(text) or 1))
+        size = -(-len(text) // count) if text else 0
+        return [text[i * size : (i + 1) * size] for i in range(count)] if text else [""]
+
+
 class Gate:
     """A step that holds the stream until :meth:`open` is called (on the model's loop).
 
@@ -122,22 +161,23 @@ class Gate:
         return f"Gate(open={self.is_open})"
 
 
-Step: TypeAlias = Say | Fail | Stall | Gate | Finish | str
-Script: TypeAlias = tuple[Say | Fail | Stall | Gate | Finish, ...]
+Step: TypeAlias = Say | Fail | Stall | Gate | Finish | ToolCall | str
+Script: TypeAlias = tuple[Say | Fail | Stall | Gate | Finish | ToolCall, ...]
 
 
 def _script(steps: Iterable[Step]) -> Script:
-    if isinstance(steps, (str, Say, Fail, Stall, Gate, Finish)):
+    if isinstance(steps, (str, Say, Fail, Stall, Gate, Finish, ToolCall)):
         steps = [steps]
-    out: list[Say | Fail | Stall | Gate | Finish] = []
+    out: list[Say | Fail | Stall | Gate | Finish | ToolCall] = []
     for step in steps:
         if isinstance(step, str):
             out.append(Say(step))
-        elif isinstance(step, (Say, Fail, Stall, Gate, Finish)):
+        elif isinstance(step, (Say, Fail, Stall, Gate, Finish, ToolCall)):
             out.append(step)
         else:
             raise TypeError(
-                f"a script step must be Say, Fail, Stall, Gate, Finish or str, not {step!r}"
+                "a script step must be Say, Fail, Stall, Gate, Finish, ToolCall or str, "
+                f"not {step!r}"
             )
     return tuple(out)
 
@@ -221,8 +261,32 @@ class ScriptedModel:
         role = chunk(ChoiceDelta(role="assistant", content=""))
         started = False
         finish: FinishReason = "stop"
+        calls = 0
         for step in script:
-            if isinstance(step, Say):
+            if isinstance(step, ToolCall):
+                index, calls = calls, calls + 1
+                finish = "tool_calls"
+                for number, fragment in enumerate(step.fragments()):
+                    await asyncio.sleep(step.delay)
+                    if number == 0:
+                        call = ChoiceDeltaToolCall(
+                            index=index,
+                            id=step.id or f"call_{uuid.uuid4().hex[:24]}",
+                            type="function",
+                            function=ChoiceDeltaToolCallFunction(
+                                name=step.name, arguments=fragment
+                            ),
+                        )
+                    else:
+                        call = ChoiceDeltaToolCall(
+                            index=index, function=ChoiceDeltaToolCallFunction(arguments=fragment)
+                        )
+                    delta = ChoiceDelta(tool_calls=[call])
+                    if not started:
+                        started = True
+                        delta = ChoiceDelta(role="assistant", content=None, tool_calls=[call])
+                    yield chunk(delta)
+            elif isinstance(step, Say):
                 await asyncio.sleep(step.delay)
                 if not started:
                     started = True
@@ -250,13 +314,30 @@ class ScriptedModel:
         """Play the next script and return its whole text (errors raise as in ``stream``)."""
         parts: list[str] = []
         finish: FinishReason = "stop"
+        calls: dict[int, list[str]] = {}
         async for piece in self.stream(request):
             for choice in piece.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
+                for call in choice.delta.tool_calls or ():
+                    slot = calls.setdefault(call.index, ["", "", ""])
+                    slot[0] = call.id or slot[0]
+                    if call.function is not None:
+                        slot[1] += call.function.name or ""
+                        slot[2] += call.function.arguments or ""
                 if choice.finish_reason:
                     finish = choice.finish_reason
-        message = ChatCompletionMessage(role="assistant", content="".join(parts))
+        tool_calls = [
+            ChatCompletionMessageToolCall(
+                id=call_id, type="function", function=Function(name=name, arguments=args)
+            )
+            for _index, (call_id, name, args) in sorted(calls.items())
+        ]
+        message = ChatCompletionMessage(
+            role="assistant",
+            content="".join(parts) if parts or not tool_calls else None,
+            tool_calls=tool_calls or None,
+        )
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             choices=[

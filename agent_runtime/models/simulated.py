@@ -7,9 +7,11 @@ It is configured entirely through its model name::
 
 ``tokens`` is the length of a reply in tokens (default 60), ``rate`` the tokens per
 second (default 20; ``0`` streams as fast as possible), ``delay`` the seconds before the
-first token (default 0) and ``seed`` varies the text (default 0; an OpenAI ``seed``
-parameter in the request overrides it). Keys may be given in any order and any subset; a
-bad spec raises :class:`~agent_runtime.errors.InvalidRequest` naming the key.
+first token (default 0), ``seed`` varies the text (default 0; an OpenAI ``seed``
+parameter in the request overrides it) and ``tools=1`` makes it call a tool whenever the
+request offers ``tools`` (default 0: only when ``tool_choice`` forces one). Keys may be
+given in any order and any subset; a bad spec raises
+:class:`~agent_runtime.errors.InvalidRequest` naming the key.
 
 The reply reflects the conversation: a system prompt asking for Socrates gets a Socratic
 answer (questions, "my friend"), one asking for Plato a Platonic one (the Forms, the
@@ -18,6 +20,15 @@ last user message. The text is a pure function of (messages, seed, tokens): the 
 conversation always gets the same words, and a shorter ``tokens`` gives a prefix of the
 same text (ending on a full stop). ``max_tokens`` cuts the reply (``finish_reason``
 ``"length"``) and ``stop`` sequences end it early, as a real model would.
+
+Tool calls: a request with ``tools`` whose ``tool_choice`` is ``"required"`` or names a
+function (``{"type": "function", "function": {"name": …}}``) — or any request with
+``tools`` under ``tools=1``, unless its last message is a tool result — gets one tool
+call instead of text (``finish_reason`` ``"tool_calls"``): the named (else the first)
+function, with arguments built from its JSON schema (strings are the topic of the last
+user message, numbers 1, booleans true, enums their first value, defaults kept), streamed
+as OpenAI streams them: the call's id and name first, then the arguments in fragments of
+a few characters, paced like tokens. ``tool_choice="none"`` never calls a tool.
 
 Concurrency and cancellation: a :class:`SimulatedModel` holds no mutable state, so any
 number of streams may run on it at once. Pacing uses ``asyncio.sleep`` against deadlines
@@ -45,7 +56,15 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice as CompletionChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import (
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+)
+from openai.types.chat.chat_completion_message_tool_call import (
+    ChatCompletionMessageToolCall,
+    Function,
+)
 
 from ..errors import InvalidRequest
 from .base import CompletionRequest
@@ -66,7 +85,7 @@ SIMULATED = "simulated"
 MAX_TOKENS = 100_000
 """Upper bound of ``tokens=``: the reply is built in memory before it streams."""
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 # --------------------------------------------------------------------------- spec
@@ -80,18 +99,20 @@ class SimulatedConfig:
     rate: float = 20.0
     delay: float = 0.0
     seed: int = 0
+    tools: int = 0
 
     @property
     def spec(self) -> str:
         """The canonical model name of these settings."""
-        return (
+        spec = (
             f"{SIMULATED}:tokens={self.tokens},rate={self.rate:g},"
             f"delay={self.delay:g},seed={self.seed}"
         )
+        return spec + (f",tools={self.tools}" if self.tools else "")
 
 
-_KEYS = ("tokens", "rate", "delay", "seed")
-_INTEGER_KEYS = frozenset({"tokens", "seed"})
+_KEYS = ("tokens", "rate", "delay", "seed", "tools")
+_INTEGER_KEYS = frozenset({"tokens", "seed", "tools"})
 
 
 def is_simulated(model: str) -> bool:
@@ -154,6 +175,7 @@ def parse_spec(spec: str) -> SimulatedConfig:
         rate=float(values.get("rate", defaults.rate)),
         delay=float(values.get("delay", defaults.delay)),
         seed=int(values.get("seed", defaults.seed)),
+        tools=int(values.get("tools", defaults.tools)),
     )
 
 
@@ -457,6 +479,100 @@ def _apply_stop(tokens: list[str], stop: Any) -> list[str]:
     return out
 
 
+_ARGUMENT_FRAGMENT = 6
+"""Characters of tool call arguments per streamed fragment."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolPlan:
+    call_id: str
+    name: str
+    arguments: str
+
+    def fragments(self) -> list[str]:
+        text = self.arguments
+        return [text[i : i + _ARGUMENT_FRAGMENT] for i in range(0, len(text), _ARGUMENT_FRAGMENT)]
+
+
+def _example(schema: Any, topic: str, depth: int = 0) -> Any:
+    """A deterministic value fitting a JSON schema (the common subset)."""
+    if not isinstance(schema, Mapping) or depth > 6:
+        return topic
+    if "default" in schema:
+        return schema["default"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind is None and isinstance(schema.get("properties"), Mapping):
+        kind = "object"
+    if kind == "integer":
+        return 1
+    if kind == "number":
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    if kind == "array":
+        return [_example(schema.get("items"), topic, depth + 1)]
+    if kind == "object":
+        properties = schema.get("properties")
+        if not isinstance(properties, Mapping):
+            return {}
+        required = schema.get("required")
+        names = [n for n in properties if not isinstance(required, list) or n in required]
+        return {n: _example(properties[n], topic, depth + 1) for n in names}
+    return topic
+
+
+def _function_tools(tools: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(tools, list):
+        return []
+    out = []
+    for tool in tools:
+        if isinstance(tool, Mapping) and isinstance(tool.get("function"), Mapping):
+            if isinstance(tool["function"].get("name"), str):
+                out.append(tool["function"])
+    return out
+
+
+def _plan_tool_call(request: CompletionRequest, always: bool) -> _ToolPlan | None:
+    """The tool call the simulated model makes for ``request``, if any (module doc)."""
+    functions = _function_tools(request.extra.get("tools"))
+    if not functions:
+        return None
+    choice = request.extra.get("tool_choice")
+    if choice == "none":
+        return None
+    forced: str | None = None
+    if isinstance(choice, Mapping):
+        function = choice.get("function")
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            forced = function["name"]
+    messages = request.messages
+    answered = bool(messages) and isinstance(messages[-1], Mapping)
+    answered = answered and messages[-1].get("role") == "tool"
+    if forced is None and choice != "required" and (not always or answered):
+        return None
+    function = next((f for f in functions if f["name"] == forced), functions[0])
+    if forced is not None and function["name"] != forced:
+        raise InvalidRequest(
+            f"tool_choice names the function {forced!r}, which is not among the tools",
+            param="tool_choice",
+        )
+    arguments = _example(function.get("parameters") or {}, _topic(messages) or "this")
+    if not isinstance(arguments, dict):
+        arguments = {}
+    text = orjson.dumps(arguments).decode()
+    digest = hashlib.sha256(
+        orjson.dumps([function["name"], text, len(messages)], default=str)
+    ).hexdigest()
+    return _ToolPlan(call_id=f"call_{digest[:24]}", name=function["name"], arguments=text)
+
+
 def _prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     return sum(
         4 + len(tokenize(_text_of(m.get("content")))) for m in messages if isinstance(m, Mapping)
@@ -499,7 +615,8 @@ class SimulatedModel:
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """Chunks exactly as OpenAI streams them: role, one per token, finish, usage."""
-        tokens, finish = self._plan(request)
+        tool = _plan_tool_call(request, bool(self.config.tools))
+        tokens, finish = ([], "tool_calls") if tool is not None else self._plan(request)
         options = request.extra.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -522,9 +639,25 @@ class SimulatedModel:
         loop = asyncio.get_running_loop()
         start = loop.time() + config.delay
         await _sleep_until(loop, start)
-        yield chunk(ChoiceDelta(role="assistant", content=""), None)
         interval = 1.0 / config.rate if config.rate > 0 else 0.0
-        for index, token in enumerate(tokens):
+        if tool is not None:
+            head = ChoiceDeltaToolCall(
+                index=0,
+                id=tool.call_id,
+                type="function",
+                function=ChoiceDeltaToolCallFunction(name=tool.name, arguments=""),
+            )
+            yield chunk(ChoiceDelta(role="assistant", content=None, tool_calls=[head]), None)
+            for index, fragment in enumerate(tool.fragments()):
+                await _sleep_until(loop, start + (index + 1) * interval)
+                piece = ChoiceDeltaToolCall(
+                    index=0, function=ChoiceDeltaToolCallFunction(arguments=fragment)
+                )
+                yield chunk(ChoiceDelta(tool_calls=[piece]), None)
+            tokens = tool.fragments()  # counted as completion tokens in the usage
+        else:
+            yield chunk(ChoiceDelta(role="assistant", content=""), None)
+        for index, token in enumerate(tokens if tool is None else ()):
             await _sleep_until(loop, start + index * interval)
             yield chunk(ChoiceDelta(content=token), None)
         await asyncio.sleep(0)
@@ -538,14 +671,31 @@ class SimulatedModel:
         parts: list[str] = []
         finish: FinishReason = "stop"
         created = int(time.time())
+        calls: dict[int, list[str]] = {}
         async for chunk in self.stream(request):
             created = chunk.created
             for choice in chunk.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
-                if choice.finish_reason == "length":
-                    finish = "length"
-        message = ChatCompletionMessage(role="assistant", content="".join(parts))
+                for call in choice.delta.tool_calls or ():
+                    slot = calls.setdefault(call.index, ["", "", ""])
+                    slot[0] = call.id or slot[0]
+                    if call.function is not None:
+                        slot[1] += call.function.name or ""
+                        slot[2] += call.function.arguments or ""
+                        parts.append(call.function.arguments or "")
+                if choice.finish_reason in ("length", "tool_calls"):
+                    finish = choice.finish_reason
+        if calls:
+            tool_calls = [
+                ChatCompletionMessageToolCall(
+                    id=call_id, type="function", function=Function(name=name, arguments=args)
+                )
+                for _index, (call_id, name, args) in sorted(calls.items())
+            ]
+            message = ChatCompletionMessage(role="assistant", content=None, tool_calls=tool_calls)
+        else:
+            message = ChatCompletionMessage(role="assistant", content="".join(parts))
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             choices=[

@@ -16,6 +16,12 @@
  *
  * The page state is in the URL (?agent=NAME&thread=ID), so a thread can be reopened or
  * shared; opening it while a run is live joins that run mid-way.
+ *
+ * Run activity (what a run does besides writing messages) is shown above the run's reply,
+ * in a per-run block: progress lines (thread.agent.progress) as muted italic lines, and one
+ * collapsed <details> per tool call (name, arguments as they stream) and per child run
+ * (agent, status, a link to its thread, relayed text) from thread.run.step.* and
+ * thread.agent.child_delta. Activity is not stored: it shows for runs watched live.
  */
 (() => {
   'use strict';
@@ -75,6 +81,7 @@
     run: null, // the thread's latest run object, as last seen
     stream: null, // the live subscription, see startStream()
     messages: new Map(), // message id -> view {id, role, runId, assistantId, text, final, el}
+    activity: new Map(), // run id -> {el, lines, steps: Map(key -> {el, args, relay, ...})}
     sending: false,
     generation: 0, // bumped whenever the page switches threads; stale async work checks it
   };
@@ -429,7 +436,188 @@
 
   function clearMessages() {
     state.messages.clear();
+    state.activity.clear();
     ui.messages.replaceChildren();
+  }
+
+  // -- rendering: run activity (progress lines, tool calls, child runs) -------------------
+
+  /** Place a run's activity block just above the run's first assistant message. */
+  function placeActivity(runId) {
+    const block = state.activity.get(runId);
+    if (!block) return;
+    let first = null;
+    for (const view of state.messages.values()) {
+      if (view.el && view.role === 'assistant' && view.runId === runId && view.el.isConnected) {
+        if (!first || first.compareDocumentPosition(view.el) & Node.DOCUMENT_POSITION_PRECEDING) {
+          first = view.el;
+        }
+      }
+    }
+    if (first) {
+      if (block.el.nextSibling !== first) ui.messages.insertBefore(block.el, first);
+    } else if (!block.el.isConnected) {
+      ui.messages.append(block.el);
+    }
+  }
+
+  function activityBlock(runId) {
+    let block = state.activity.get(runId);
+    if (!block) {
+      const li = document.createElement('li');
+      li.className = 'activity';
+      li.dataset.runId = runId;
+      const lines = document.createElement('div');
+      lines.className = 'progress-lines';
+      const steps = document.createElement('div');
+      steps.className = 'steps';
+      li.append(lines, steps);
+      block = { el: li, lines, stepsEl: steps, steps: new Map() };
+      state.activity.set(runId, block);
+    }
+    const wasNearBottom = nearBottom();
+    placeActivity(runId);
+    keepScrolled(wasNearBottom);
+    return block;
+  }
+
+  function addProgress(runId, text) {
+    const block = activityBlock(runId);
+    const line = document.createElement('p');
+    line.className = 'progress-line';
+    line.textContent = text;
+    block.lines.append(line);
+  }
+
+  const STEP_LABELS = {
+    in_progress: 'running',
+    completed: 'done',
+    cancelled: 'cancelled',
+    failed: 'failed',
+    expired: 'expired',
+  };
+
+  function stepItem(block, key, kind) {
+    let item = block.steps.get(key);
+    if (!item) {
+      const details = document.createElement('details');
+      details.className = `step ${kind}`;
+      details.dataset.step = key;
+      const summary = document.createElement('summary');
+      const label = document.createElement('span');
+      label.className = 'step-label';
+      const status = document.createElement('span');
+      status.className = 'step-status';
+      summary.append(label, status);
+      details.append(summary);
+      item = { el: details, label, status, body: null, args: '', relay: '' };
+      block.steps.set(key, item);
+      block.stepsEl.append(details);
+    }
+    return item;
+  }
+
+  function setStepStatus(item, status) {
+    item.el.dataset.status = status;
+    item.status.textContent = STEP_LABELS[status] || status;
+  }
+
+  function renderToolCall(item, name, args) {
+    item.label.textContent = `Tool call: ${name || 'function'}`;
+    if (!item.body) {
+      item.body = document.createElement('pre');
+      item.body.className = 'tool-args';
+      item.el.append(item.body);
+    }
+    item.args = args;
+    item.body.textContent = args;
+  }
+
+  function renderChildRun(item, child) {
+    const agent = agentByName(child.assistant_id);
+    item.label.textContent = `Child run: ${agentLabel(agent) || child.assistant_id}`;
+    item.el.dataset.childThread = child.thread_id;
+    item.el.dataset.childRun = child.run_id;
+    item.el.dataset.childStatus = child.status;
+    if (!item.body) {
+      item.body = document.createElement('div');
+      item.body.className = 'child-body';
+      const meta = document.createElement('p');
+      meta.className = 'child-meta';
+      const link = document.createElement('a');
+      link.className = 'child-link';
+      link.textContent = 'Open the child thread';
+      const relay = document.createElement('pre');
+      relay.className = 'child-relay';
+      relay.hidden = true;
+      item.body.append(meta, link, relay);
+      item.el.append(item.body);
+    }
+    const params = new URLSearchParams({ agent: child.assistant_id, thread: child.thread_id });
+    item.body.querySelector('.child-link').href = `${window.location.pathname}?${params}`;
+    item.body.querySelector('.child-meta').textContent =
+      `${child.assistant_id} · run ${child.run_id} · ${STATUS_LABELS[child.status] || child.status}`;
+  }
+
+  /** thread.run.step.created / in_progress / completed / cancelled / failed / expired. */
+  function applyStep(sub, name, step) {
+    if (!step?.id || !step.step_details) return;
+    const block = activityBlock(step.run_id || sub.runId);
+    const details = step.step_details;
+    if (details.type === 'tool_calls') {
+      const calls = details.tool_calls || [];
+      if (name === 'thread.run.step.created') {
+        // (Re)start: a snapshot replays the step from its creation.
+        for (const [key, item] of block.steps) {
+          if (key.startsWith(`${step.id}:`)) {
+            item.args = '';
+            item.name = '';
+          }
+        }
+      }
+      calls.forEach((call, index) => {
+        const item = stepItem(block, `${step.id}:${call.index ?? index}`, 'tool-call');
+        item.name = call.function?.name || item.name || '';
+        renderToolCall(item, item.name, call.function?.arguments ?? '');
+        setStepStatus(item, step.status);
+      });
+      for (const [key, item] of block.steps) {
+        if (key.startsWith(`${step.id}:`)) setStepStatus(item, step.status);
+      }
+    } else if (details.type === 'child_run' && details.child_run) {
+      const item = stepItem(block, step.id, 'child-run');
+      renderChildRun(item, details.child_run);
+      setStepStatus(item, step.status);
+    }
+  }
+
+  function applyStepDelta(sub, delta) {
+    const calls = delta?.delta?.step_details?.tool_calls;
+    if (!delta?.id || !Array.isArray(calls)) return;
+    const block = activityBlock(sub.runId);
+    for (const call of calls) {
+      const key = `${delta.id}:${call.index ?? 0}`;
+      const known = block.steps.has(key);
+      const item = stepItem(block, key, 'tool-call');
+      if (!known) {
+        item.name = '';
+        setStepStatus(item, 'in_progress');
+      }
+      if (call.function?.name) item.name = (item.name || '') + call.function.name;
+      renderToolCall(item, item.name, item.args + (call.function?.arguments ?? ''));
+    }
+  }
+
+  function applyChildDelta(sub, data) {
+    if (!data?.step_id) return;
+    const block = activityBlock(sub.runId);
+    const item = block.steps.get(data.step_id);
+    if (!item?.body) return;
+    const relay = item.body.querySelector('.child-relay');
+    relay.hidden = false;
+    if (item.relayMessage && item.relayMessage !== data.message_id) relay.textContent += '\n\n';
+    item.relayMessage = data.message_id;
+    relay.textContent += data.text || '';
   }
 
   /** Show exactly the stored ``messages`` (in order), reusing bubbles that already match. */
@@ -446,6 +634,7 @@
         state.messages.delete(id);
       }
     }
+    for (const runId of state.activity.keys()) placeActivity(runId);
   }
 
   async function listMessages(threadId) {
@@ -608,6 +797,27 @@
         renderFinal(data);
         break;
       }
+
+      case 'thread.run.step.created':
+      case 'thread.run.step.in_progress':
+      case 'thread.run.step.completed':
+      case 'thread.run.step.cancelled':
+      case 'thread.run.step.failed':
+      case 'thread.run.step.expired':
+        applyStep(sub, name, data);
+        break;
+
+      case 'thread.run.step.delta':
+        applyStepDelta(sub, data);
+        break;
+
+      case 'thread.agent.progress':
+        if (typeof data?.text === 'string') addProgress(data.run_id || sub.runId, data.text);
+        break;
+
+      case 'thread.agent.child_delta':
+        applyChildDelta(sub, data);
+        break;
 
       default:
         if (name?.startsWith('thread.run.') && data?.object === 'thread.run') {

@@ -193,7 +193,7 @@ if globals().get('env', None):
     "unsupported": _SYNC_HEAD
     + """
 if globals().get('env', None):
-    env.run_agent("someone/else", query="hi")
+    env.exec_command("ls")
 """,
     # Replies without streaming, including an empty reply.
     "plain-replies": """

@@ -131,7 +131,7 @@ async def test_unsupported_environment_method_fails_the_run_naming_it(
     trace = check_run(await hub.events(thread_id, run_id), "thread.run.failed")
 
     message = trace.terminal.data["last_error"]["message"]
-    assert "run_agent" in message and "not supported" in message
+    assert "exec_command" in message and "not supported" in message
 
 
 async def test_replies_without_streaming(start_hub: StartHub, agents_dir: Path) -> None:

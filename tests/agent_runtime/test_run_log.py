@@ -210,7 +210,8 @@ def test_cancelled_run_with_an_incomplete_message() -> None:
 def test_unrelated_events_are_ignored() -> None:
     rec = Recorder()
     rec.add("thread.run.in_progress", run_obj("in_progress"))
-    rec.add("thread.run.step.created", {"id": "step_1", "object": "thread.run.step"})
+    # Agent-written events are not state (run steps are: test_tools_and_children.py).
+    rec.add("thread.agent.progress", {"object": "thread.agent.progress", "text": "hm"})
     rec.add("thread.message.delta", delta_payload("ghost", "boo"))  # never created
     assert rec.log.snapshot(3) == [("thread.run.in_progress", run_obj("in_progress"))]
     assert rec.log.message_text("ghost") == ""
