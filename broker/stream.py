@@ -360,37 +360,51 @@ class Stream:
 
     def _flush(self) -> None:
         """Bring every live subscriber to the head; subscribers at the same cursor,
-        framing and wire share one encoded batch."""
+        framing and wire share one encoded batch.
+
+        The hot loop of the broker: per subscriber it does a few comparisons, one
+        ``write`` and one buffer-size check. Consecutive subscribers at the same position
+        (the common case) reuse the previous batch without a dictionary lookup.
+        """
         self._flush_handle = None
         head = self.buffer.head
         closed = self.closed
+        live = SubState.LIVE
         batches: dict[tuple[int, Framing, object], tuple[bytes, int, bool]] = {}
+        last_key: tuple[int, Framing, object] | None = None
+        batch: tuple[bytes, int, bool] = (b"", 0, False)
         writes = delivered = gaps = 0
         for sub in list(self._subs):
-            if sub.state is not SubState.LIVE:
+            if sub.state is not live:
                 continue
-            if sub.cursor >= head and not closed:
+            start = sub.cursor
+            if start >= head and not closed:
                 continue
             sink = sub.sink
             if sink.is_closing():
                 self._remove(sub, SubState.DROPPED)
                 continue
-            key = (sub.cursor, sub.framing, sink.wire)
-            batch = batches.get(key)
-            if batch is None:
-                data, cursor, gap = self._batch(sub.cursor, sub.framing)
-                if closed and sub.framing is Framing.OPENAI:
-                    data += DONE_FRAME
-                batch = batches[key] = (sink.wire(data) if data else b"", cursor, gap)
+            key = (start, sub.framing, sink.wire)
+            if key != last_key:
+                found = batches.get(key)
+                if found is None:
+                    data, cursor, gap = self._batch(start, sub.framing)
+                    if closed and sub.framing is Framing.OPENAI:
+                        data += DONE_FRAME
+                    found = batches[key] = (sink.wire(data) if data else b"", cursor, gap)
+                batch, last_key = found, key
             wire_bytes, cursor, gap = batch
             if wire_bytes:
                 sink.write(wire_bytes)
                 sub.quiet = False
                 writes += 1
-                delivered += cursor - sub.cursor
+                delivered += cursor - start
                 gaps += gap
             sub.cursor = cursor
-            self._after_write(sub, closed)
+            if closed:
+                self._remove(sub, SubState.DONE)
+            elif not sink.writable():
+                sub._set_state(SubState.PAUSED)
         counters = self.counters
         counters.writes += writes
         counters.delivered += delivered
