@@ -51,6 +51,8 @@ __all__ = [
     "broker_error_response",
     "chunked_wire",
     "make_stream_handler",
+    "request_cursor",
+    "request_framing",
     "serve_stream",
 ]
 
@@ -68,6 +70,23 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 def chunked_wire(data: bytes) -> bytes:
     """HTTP/1.1 chunk framing of one batch."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def request_cursor(request: web.Request) -> tuple[int | None, str]:
+    """The request's cursor and the name of the parameter it came from (for errors):
+    ``Last-Event-ID`` when that header is present and not blank, else ``last_event_id``."""
+    header = request.headers.get(hdrs.LAST_EVENT_ID)
+    cursor = parse_cursor(header, request.query.get("last_event_id"))
+    source = "Last-Event-ID" if header is not None and header.strip() else "last_event_id"
+    return cursor, source
+
+
+def request_framing(request: web.Request) -> Framing:
+    """The framing the ``format`` query parameter asks for (400 naming ``format``)."""
+    try:
+        return Framing.parse(request.query.get("format"))
+    except BrokerError as exc:
+        raise InvalidCursor(str(exc), param="format") from exc
 
 
 def _set_user_timeout(request: web.Request, seconds: float) -> None:
@@ -118,18 +137,13 @@ async def serve_stream(
     a bad cursor, format or a refused limit; callers turn them into error answers (see
     :func:`broker_error_response`). ``framing`` overrides the ``format`` query parameter.
     """
-    header = request.headers.get(hdrs.LAST_EVENT_ID)
-    cursor = parse_cursor(header, request.query.get("last_event_id"))
+    cursor, source = request_cursor(request)
     if framing is None:
-        try:
-            framing = Framing.parse(request.query.get("format"))
-        except BrokerError as exc:
-            raise InvalidCursor(str(exc), param="format") from exc
+        framing = request_framing(request)
     want_snapshot = request.query.get("snapshot", "").lower() in _TRUE
     try:
         stream.check_cursor(cursor)
     except InvalidCursor as exc:
-        source = "Last-Event-ID" if header is not None and header.strip() else "last_event_id"
         raise InvalidCursor(str(exc), param=source) from None
     if stream.at_end(cursor):
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})

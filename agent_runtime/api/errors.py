@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from broker import BrokerError, InvalidCursor, LimitExceeded, StreamNotFound
+from broker import BrokerError, broker_error_response
 
 from ..errors import AgentRuntimeError
 
@@ -40,14 +40,8 @@ def _from_exception(exc: BaseException) -> web.Response:
         return error_response(
             exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code
         )
-    if isinstance(exc, InvalidCursor):
-        return error_response(400, str(exc), param=exc.param)
-    if isinstance(exc, StreamNotFound):
-        return error_response(404, str(exc), type="not_found_error")
-    if isinstance(exc, LimitExceeded):
-        return error_response(429, str(exc), type="rate_limit_error", param=exc.limit)
     if isinstance(exc, BrokerError):
-        return error_response(400, str(exc))
+        return broker_error_response(exc)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(
             413,

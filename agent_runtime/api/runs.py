@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker import Event, Framing, InvalidCursor, parse_cursor, serve_stream
-from broker.sse import SSE_HEADERS
+from broker import Event, Framing, InvalidCursor, serve_stream
+from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
 from ..objects import Run
 from ..run_log import delta_payload
@@ -144,18 +144,15 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     run from the store (each message with its full text), the last event carrying the
     id of the run's real last event."""
     hub = request.app[HUB]
-    cursor = parse_cursor(
-        request.headers.get(hdrs.LAST_EVENT_ID), request.query.get("last_event_id")
-    )
-    try:
-        framing = Framing.parse(request.query.get("format"))
-    except Exception as exc:
-        raise InvalidCursor(str(exc), param="format") from exc
+    cursor, source = request_cursor(request)
+    framing = request_framing(request)
     # A run interrupted by a crash has no recorded last event id: any cursor is behind.
     known = run.last_event_id is not None
     last = run.last_event_id or 0
     if known and cursor is not None and cursor > last:
-        raise InvalidCursor(f"cursor {cursor} is ahead of the stream (last event id is {last})")
+        raise InvalidCursor(
+            f"cursor {cursor} is ahead of the stream (last event id is {last})", param=source
+        )
     if known and cursor is not None and cursor >= last:
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
