@@ -1,12 +1,8 @@
-"""A real Server-Sent-Events parser for the runtime's end-to-end tests, and a reader of
-live SSE responses.
+"""Protocol events for the runtime's end-to-end tests, and a reader of live SSE responses.
 
-Parsing follows the WHATWG "event stream interpretation" rules: lines end with CRLF, LF or
-CR; a line starting with ``:`` is a comment; ``field: value`` loses one leading space of
-its value; a line without a colon is a field with an empty value; ``data`` lines
-accumulate, joined by ``\\n``; a blank line ends a frame. Unlike a browser it also
-reports frames made only of comments (keepalives), and keeps every raw field, so tests
-can check exactly what went over the wire.
+Frames come from the broker tests' SSE parser (:mod:`tests.broker.sse_parse`: WHATWG
+rules, keepalive comments and every raw field kept, so tests can check exactly what went
+over the wire).
 
 :func:`decode` turns frames into protocol events (:class:`Ev`) in either framing of
 ``shared/spec/protocol.md``: the default one (no ``event:`` line, ``data:`` holding
@@ -17,13 +13,14 @@ can check exactly what went over the wire.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from tests.broker.sse_parse import Frame, SSEParser, parse_frames
 
 __all__ = [
     "DONE",
@@ -39,123 +36,6 @@ __all__ = [
 
 DONE = "done"
 """Name given to the OpenAI framing's ``event: done`` / ``data: [DONE]`` sentinel."""
-
-
-@dataclass
-class Frame:
-    """One block of lines ended by a blank line."""
-
-    id: str | None = None
-    event: str | None = None
-    data: str | None = None
-    """The ``data`` lines joined by ``\\n``; ``None`` when the frame had none."""
-    retry: int | None = None
-    comments: list[str] = field(default_factory=list)
-    fields: list[tuple[str, str]] = field(default_factory=list)
-    """Every non-comment line, in order, as ``(name, value)``."""
-
-    @property
-    def is_comment(self) -> bool:
-        """A frame made only of comment lines (a keepalive)."""
-        return not self.fields and bool(self.comments)
-
-
-class SSEParser:
-    """Incremental parser: :meth:`feed` bytes as they arrive, get the completed frames."""
-
-    def __init__(self) -> None:
-        self.retry: int | None = None
-        """The last ``retry:`` value received (reconnection delay in ms)."""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-        self._text = ""
-        self._started = False
-        self._after_cr = False
-        self._frame = Frame()
-        self._data: list[str] = []
-        self._has_lines = False
-
-    def feed(self, data: bytes) -> list[Frame]:
-        text = self._decoder.decode(data)
-        if not self._started and text:
-            self._started = True
-            text = text.removeprefix("\ufeff")
-        if self._after_cr and text:
-            self._after_cr = False
-            text = text.removeprefix("\n")  # the CR ending the last feed and this LF: one end
-        buf = self._text + text
-        frames: list[Frame] = []
-        pos = 0
-        while True:
-            ends = [i for i in (buf.find("\r", pos), buf.find("\n", pos)) if i >= 0]
-            if not ends:
-                break
-            end = min(ends)
-            line = buf[pos:end]
-            if buf[end] == "\r" and end + 1 == len(buf):
-                self._after_cr = True
-                pos = end + 1
-            elif buf[end] == "\r" and buf[end + 1] == "\n":
-                pos = end + 2
-            else:
-                pos = end + 1
-            frame = self._line(line)
-            if frame is not None:
-                frames.append(frame)
-        self._text = buf[pos:]
-        return frames
-
-    def _line(self, line: str) -> Frame | None:
-        if line == "":
-            if not self._has_lines:
-                return None
-            frame = self._frame
-            if self._data:
-                frame.data = "\n".join(self._data)
-            if frame.data is None and not frame.comments:
-                # Fields without data (a lone ``retry:``) set parser state; browsers
-                # dispatch no event for them, so neither do we.
-                if frame.retry is not None:
-                    self.retry = frame.retry
-                self._frame = Frame()
-                self._data = []
-                self._has_lines = False
-                return None
-            self._frame, self._data, self._has_lines = Frame(), [], False
-            return frame
-        self._has_lines = True
-        if line.startswith(":"):
-            self._frame.comments.append(line[1:].removeprefix(" "))
-            return None
-        name, colon, value = line.partition(":")
-        if colon:
-            value = value.removeprefix(" ")
-        self._frame.fields.append((name, value))
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._frame.event = value
-        elif name == "id" and "\0" not in value:
-            self._frame.id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self._frame.retry = int(value)
-        return None
-
-    def at_boundary(self) -> bool:
-        """True when everything fed so far ended on a frame boundary."""
-        return not self._has_lines and self._text == ""
-
-    @property
-    def pending(self) -> str:
-        return self._text
-
-
-def parse_frames(data: bytes, *, complete: bool = True) -> list[Frame]:
-    """Parse a whole body; with ``complete``, fail unless it ends on a frame boundary."""
-    parser = SSEParser()
-    frames = parser.feed(data)
-    if complete:
-        assert parser.at_boundary(), f"body ends inside a frame: {parser.pending[-200:]!r}"
-    return frames
 
 
 @dataclass
