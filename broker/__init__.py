@@ -8,13 +8,16 @@ Layers, from the inside out:
 
 * ``events``, ``buffer``, ``cursor`` — pure, synchronous (the sans-I/O core);
 * ``stream``, ``registry`` — asyncio, no sockets; publishing never awaits;
-* ``sse`` — the aiohttp handler.
+* ``sse`` — the aiohttp handler;
+* ``redis_streams`` — the same registry shared by several nodes through Redis Streams
+  (imported on its own: ``from broker.redis_streams import RedisRegistry``).
 """
 
 from .buffer import ByteBudget, Gap, ReplayBuffer
 from .config import BrokerConfig
 from .cursor import parse_cursor
 from .errors import (
+    BackendUnavailable,
     BrokerError,
     InvalidCursor,
     InvalidEvent,
@@ -27,13 +30,14 @@ from .events import DONE_FRAME, PING_FRAME, Event, Framing, encode_frame
 from .registry import Registry, RegistryStats
 from .sse import SSE_HEADERS, broker_error_response, make_stream_handler, serve_stream
 from .stream import GAP_EVENT, Stream, Subscription, SubState
-from .types import Sink, SnapshotFn, SnapshotItem, StreamStats
+from .types import Projection, ProjectionFactory, Sink, SnapshotFn, SnapshotItem, StreamStats
 
 __all__ = [
     "DONE_FRAME",
     "GAP_EVENT",
     "PING_FRAME",
     "SSE_HEADERS",
+    "BackendUnavailable",
     "BrokerConfig",
     "BrokerError",
     "ByteBudget",
@@ -44,6 +48,8 @@ __all__ = [
     "InvalidCursor",
     "InvalidEvent",
     "LimitExceeded",
+    "Projection",
+    "ProjectionFactory",
     "Registry",
     "RegistryStats",
     "ReplayBuffer",

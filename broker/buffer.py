@@ -141,6 +141,16 @@ class ReplayBuffer:
         self._start = 0
         self._bytes = 0
 
+    def restart_after(self, head: int) -> None:
+        """Make an empty buffer continue after event ``head`` (a mirror that joins a
+        stream whose earlier events are gone): the next event appended must be
+        ``head + 1``, and every cursor before it is a :class:`Gap`."""
+        if len(self) or self._events:
+            raise ValueError("only an empty buffer can be restarted")
+        if head < 0:
+            raise ValueError(f"head must be >= 0, got {head}")
+        self._first_id = head + 1
+
     # -- reading ---------------------------------------------------------------------
 
     def check_cursor(self, cursor: int) -> None:

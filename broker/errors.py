@@ -44,3 +44,7 @@ class LimitExceeded(BrokerError):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class BackendUnavailable(BrokerError):
+    """The shared backend (Redis) cannot be reached. HTTP layers answer ``503``."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .buffer import ByteBudget
 from .config import BrokerConfig
 from .errors import LimitExceeded, StreamExists
+from .events import Event
 from .stream import Stream, Tally
 from .types import Counters, SnapshotFn, StreamStats
 
@@ -74,6 +75,17 @@ class Registry:
                     f"{limit} streams are open; raise max_streams to allow more",
                     limit="max_streams",
                 )
+        return self._add(key, snapshot=snapshot, resume_snapshot=resume_snapshot)
+
+    def _add(
+        self,
+        key: str,
+        *,
+        snapshot: SnapshotFn | None,
+        resume_snapshot: SnapshotFn | None,
+        tap: Callable[[Event], None] | None = None,
+    ) -> Stream:
+        """Make and register a stream (limits already checked)."""
         stream = Stream(
             key,
             snapshot=snapshot,
@@ -85,6 +97,7 @@ class Registry:
             on_over_budget=self._relieve_budget,
             on_close=self._retain,
             subscriber_tally=self._subscribers,
+            tap=tap,
         )
         self._streams[key] = stream
         if self._keepalive_task is None:
@@ -92,6 +105,27 @@ class Registry:
                 self._keepalive(), name="broker keepalive"
             )
         return stream
+
+    async def open(
+        self, key: str, *, expected: bool = False, cursor: int | None = None
+    ) -> Stream | None:
+        """The stream to serve a subscriber of ``key``, if there is one.
+
+        In memory that is :meth:`get`. A registry shared between nodes (see
+        :class:`broker.redis_streams.RedisRegistry`) may have to find the stream
+        elsewhere first: ``expected`` says the caller knows the stream is live (so a
+        stream with no event yet is waited for rather than missing), and ``cursor`` is
+        the subscriber's, which a mirror catches up to before answering.
+        """
+        return self._streams.get(key)
+
+    async def start(self) -> None:
+        """Connect to whatever the registry needs (nothing, in memory)."""
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Shut down (see :meth:`shutdown`); a shared registry first hands what it still
+        holds to its backend, for at most ``timeout`` seconds."""
+        self.shutdown()
 
     def get(self, key: str) -> Stream | None:
         """The open or retained stream under ``key``, if any."""

@@ -40,7 +40,7 @@ from aiohttp import hdrs, web
 
 from .config import BrokerConfig
 from .cursor import parse_cursor
-from .errors import BrokerError, InvalidCursor, LimitExceeded, StreamNotFound
+from .errors import BackendUnavailable, BrokerError, InvalidCursor, LimitExceeded, StreamNotFound
 from .events import RETRY_LINE, Framing
 from .registry import Registry
 from .stream import Stream, SubState
@@ -214,12 +214,15 @@ def broker_error_response(exc: BrokerError) -> web.Response:
         status, kind, param = 404, "not_found_error", None
     elif isinstance(exc, LimitExceeded):
         status, kind, param = 429, "rate_limit_error", exc.limit
+    elif isinstance(exc, BackendUnavailable):
+        status, kind, param = 503, "server_error", None
     elif isinstance(exc, InvalidCursor):
         status, kind, param = 400, "invalid_request_error", exc.param
     else:
         status, kind, param = 400, "invalid_request_error", None
     body = {"error": {"message": str(exc), "type": kind, "param": param, "code": None}}
-    return web.json_response(body, status=status, headers={"x-should-retry": "false"})
+    retry = "true" if status == 503 else "false"
+    return web.json_response(body, status=status, headers={"x-should-retry": retry})
 
 
 def make_stream_handler(
@@ -230,8 +233,9 @@ def make_stream_handler(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         key = key_of(request)
-        stream = registry.get(key)
         try:
+            cursor, _source = request_cursor(request)
+            stream = await registry.open(key, cursor=cursor)
             if stream is None:
                 raise StreamNotFound(f"no stream {key!r}")
             return await serve_stream(request, stream, config=registry.config, registry=registry)

@@ -146,6 +146,7 @@ class Stream:
         subscriber_tally: Tally | None = None,
         resume_snapshot: SnapshotFn | None = None,
         counters: Counters | None = None,
+        tap: Callable[[Event], None] | None = None,
     ) -> None:
         kwargs = {}
         if max_events is not None:
@@ -170,6 +171,7 @@ class Stream:
         self._discarded = False
         self.reserved = 0
         """Subscriber slots held by requests still starting (see ``Registry.reserve``)."""
+        self._tap = tap
 
     # -- publishing ------------------------------------------------------------------
 
@@ -186,8 +188,21 @@ class Stream:
         if self.closed:
             raise StreamClosed(f"stream {self.key!r} is closed")
         event = Event.create(self.buffer.head + 1, name, payload)
-        self.buffer.append(event)
+        self._append(event)
         self.counters.published += 1
+        if self._tap is not None:
+            self._tap(event)
+        return event
+
+    def append(self, event: Event) -> None:
+        """Append an event published elsewhere (a mirror of another node's stream); its
+        id must be ``head + 1``. Delivered exactly like a published one; never awaits."""
+        if self.closed:
+            raise StreamClosed(f"stream {self.key!r} is closed")
+        self._append(event)
+
+    def _append(self, event: Event) -> None:
+        self.buffer.append(event)
         budget = self._budget
         if budget is not None and budget.over and self._on_over_budget is not None:
             self._on_over_budget(self)
@@ -195,7 +210,6 @@ class Stream:
             self._flush_handle = self._loop.call_soon(self._flush)
         if self._followers:
             self._wake_followers()
-        return event
 
     def close(self) -> None:
         """Mark the end of the stream. Subscribers receive what is left, then finish."""
@@ -471,6 +485,11 @@ class Stream:
     @property
     def subscriber_count(self) -> int:
         return len(self._subs)
+
+    @property
+    def watched(self) -> bool:
+        """Someone is subscribed, starting a subscription, or following in-process."""
+        return bool(self._subs or self.reserved or self._followers)
 
     def subscriptions(self) -> list[Subscription]:
         return list(self._subs)

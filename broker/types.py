@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 __all__ = [
     "Counters",
+    "Projection",
+    "ProjectionFactory",
     "SnapshotFn",
     "SnapshotItem",
     "Sink",
@@ -24,6 +26,24 @@ SnapshotFn = Callable[[int], Sequence[SnapshotItem]]
 played from nothing, rebuild the publisher's state as of event id ``at``. It is called
 synchronously on the event loop, so for ``at == head`` the publisher's current state is
 exactly right. The broker stamps the last item with id ``at``; the others carry none."""
+
+
+class Projection(Protocol):
+    """The publisher's state as a fold over its events, for nodes that only *read* a
+    stream (see :mod:`broker.redis_streams`): such a node records every event it mirrors
+    and answers the snapshot questions itself. ``snapshot``/``resume_snapshot`` are
+    snapshot functions (:data:`SnapshotFn`). A projection rebuilt from a snapshot taken at ``at`` is
+    recorded with every item at id ``at``, and is then exact for any ``at`` or later."""
+
+    def record(self, event_id: int, name: str, payload: Any) -> None: ...
+
+    def snapshot(self, at: int) -> Sequence[SnapshotItem]: ...
+
+    def resume_snapshot(self, at: int) -> Sequence[SnapshotItem]: ...
+
+
+ProjectionFactory = Callable[[str], Projection]
+"""Makes an empty projection for the stream with this key."""
 
 Wire = Callable[[bytes], bytes]
 """Transfer framing applied to a batch of SSE frames before it is written (identity for

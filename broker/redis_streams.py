@@ -1,0 +1,515 @@
+"""The broker on Redis Streams: the same streams, shared by every node on one Redis.
+
+:class:`RedisRegistry` is a :class:`~broker.registry.Registry` whose streams are also
+written to, and read from, Redis Streams, so that a subscriber on any node can follow,
+join late and resume a stream published on another.
+
+Layout (every key under ``prefix``)
+-----------------------------------
+* ``{prefix}s:{key}`` — a Redis stream; event ``n`` is the entry with id ``0-n`` and the
+  fields ``n`` (name) and ``d`` (JSON data), so a contract event id *is* an entry id and
+  cursors work on every node. The end of the stream is one more entry, ``0-(head+1)``,
+  with the field ``end``. ``XADD … MAXLEN ~ max_events_per_stream`` trims it like the
+  in-memory replay buffer (Redis trims by count only; each node's own buffer also keeps
+  the byte cap). The key expires ``retention`` seconds after the end (``open_ttl`` while
+  open, so that a stream nobody ends cannot stay forever).
+* ``{prefix}s:{key}:ckpt`` — a checkpoint of the publisher's state (its snapshot at some
+  event id), written every ``max_events_per_stream // 2`` events, so a node that starts
+  mirroring a stream Redis has already trimmed can still answer gap snapshots.
+
+Publishing
+----------
+The publishing node serves its own subscribers from its local stream, exactly as in
+memory. Publishing still never awaits: each event is also queued on the node's *outbox*,
+whose one task writes everything queued during a loop turn in one pipeline, in order.
+If Redis is unreachable the outbox keeps the events and retries with backoff (local
+subscribers are unaffected; the queue is not bounded).
+
+Reading (one reader per stream per node)
+----------------------------------------
+A node asked for a stream it does not publish opens a *mirror*: a local stream fed by
+one task that loads what Redis holds (``XRANGE``, atomically with the checkpoint), then
+follows it with a blocking ``XREAD``. Every local subscriber of that stream is served
+from the mirror with the same encode-once fan-out, backpressure, gap and snapshot rules
+as in memory; a :data:`~broker.types.ProjectionFactory` gives the mirror the publisher's
+snapshots (the mirror folds every event it reads into it). A mirror ends with its
+stream, or is dropped after ``mirror_idle`` seconds without a subscriber.
+
+Cancellation: every task is tracked; :meth:`RedisRegistry.aclose` drains the outbox
+(bounded) and cancels the readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from .config import BrokerConfig
+from .errors import BackendUnavailable, LimitExceeded, StreamExists
+from .events import Event
+from .registry import Registry
+from .stream import Stream
+from .types import Projection, ProjectionFactory, SnapshotFn
+
+__all__ = ["RedisRegistry", "RedisSettings"]
+
+logger = logging.getLogger(__name__)
+
+_END = b"end"
+
+# Append one event and the end marker after whatever the stream holds, unless it has
+# ended already: used to end the stream of a node that died (see append_final).
+_APPEND_FINAL = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local n = 0
+if #last > 0 then
+  local fields = last[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'end' then return -1 end
+  end
+  n = tonumber(string.match(last[1][1], '-(%d+)$'))
+end
+n = n + 1
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-' .. n, 'n', ARGV[1], 'd', ARGV[2])
+redis.call('XADD', KEYS[1], '0-' .. (n + 1), 'end', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where and how a :class:`RedisRegistry` uses Redis."""
+
+    url: str
+    prefix: str = "agentstream:"
+    block: float = 5.0
+    """Seconds one blocking ``XREAD`` waits before a mirror checks on itself."""
+    open_ttl: float = 24 * 3600.0
+    """Expiry of an open stream's key (refreshed by nothing: a stream should end first)."""
+    mirror_idle: float = 30.0
+    """A mirror without subscribers for this long stops reading and is dropped."""
+    catch_up: float = 2.0
+    """Seconds a subscriber whose cursor is ahead of a mirror waits for it (the publisher
+    serves its own subscribers before its outbox reaches Redis) before a 400."""
+
+
+def _entry_id(raw: bytes) -> int:
+    return int(raw.rsplit(b"-", 1)[1])
+
+
+class _Outbox:
+    """Everything the node publishes, queued and written to Redis in order, one pipeline
+    per loop turn. ``put`` never awaits."""
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings, config: BrokerConfig):
+        self._client = client
+        self._settings = settings
+        self._config = config
+        self._ops: list[tuple[Any, ...]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis outbox")
+
+    def put(self, *op: Any) -> None:
+        self._ops.append(op)
+        self._idle.clear()
+        self._wake.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until everything queued is written (or ``timeout``); returns whether it was."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            if not ops:
+                self._idle.set()
+                continue
+            try:
+                await self._write(ops)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay = min(2.0, 0.05 * 2**failures)
+                logger.warning(
+                    "redis outbox: %s; retrying %d writes in %.2fs", exc, len(ops), delay
+                )
+                self._ops[:0] = ops
+                await asyncio.sleep(delay)
+                self._wake.set()
+                continue
+            failures = 0
+            if not self._ops:
+                self._idle.set()
+
+    async def _write(self, ops: list[tuple[Any, ...]]) -> None:
+        prefix = self._settings.prefix
+        maxlen = self._config.max_events_per_stream
+        open_ttl = int(self._settings.open_ttl)
+        retention = max(1, int(self._config.retention))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for op in ops:
+                kind, key = op[0], f"{prefix}s:{op[1]}"
+                if kind == "x":
+                    event: Event = op[2]
+                    event_id: int = op[2].id
+                    pipe.xadd(
+                        key,
+                        {b"n": event.name, b"d": event.data},
+                        id=b"0-%d" % event_id,
+                        maxlen=maxlen,
+                        approximate=True,
+                    )
+                    if event_id == 1:
+                        pipe.expire(key, open_ttl)
+                elif kind == "end":
+                    pipe.xadd(key, {_END: b"1"}, id=b"0-%d" % (op[2] + 1))
+                    pipe.expire(key, retention)
+                    pipe.expire(key + ":ckpt", retention)
+                elif kind == "ckpt":
+                    at, snapshot = op[2], op[3]
+                    items = [[name, payload] for name, payload in snapshot(at)]
+                    pipe.set(key + ":ckpt", orjson.dumps({"at": at, "items": items}), ex=open_ttl)
+                elif kind == "del":
+                    pipe.delete(key, key + ":ckpt")
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, ResponseError):
+                # An id already written (a retried batch) or a stream ended by another
+                # node (its owner was presumed dead): nothing to redo.
+                logger.debug("redis outbox: %s", result)
+            elif isinstance(result, (RedisError, OSError)):
+                raise result
+
+
+class _Mirror:
+    """The reader of one stream published on another node."""
+
+    __slots__ = ("stream", "projection", "task", "waiters")
+
+    def __init__(self, stream: Stream, projection: Projection | None) -> None:
+        self.stream = stream
+        self.projection = projection
+        self.task: asyncio.Task[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def progressed(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def reach(self, cursor: int, timeout: float) -> None:
+        """Wait until the mirror holds event ``cursor`` or has ended (at most ``timeout``)."""
+        stream = self.stream
+        try:
+            async with asyncio.timeout(timeout):
+                while stream.head < cursor and not stream.closed and not stream.discarded:
+                    fut = asyncio.get_running_loop().create_future()
+                    self.waiters.append(fut)
+                    await fut
+        except TimeoutError:
+            pass
+
+
+class RedisRegistry(Registry):
+    """A registry whose streams live in Redis too: publish on one node, serve on any.
+
+    Same interface and guarantees as :class:`Registry`; call :meth:`start` before use and
+    :meth:`aclose` at the end. See the module docstring for the layout and tasks.
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig | None,
+        settings: RedisSettings,
+        *,
+        projection: ProjectionFactory | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self._projection = projection
+        self._client = aioredis.Redis.from_url(settings.url, protocol=2)
+        self._outbox: _Outbox | None = None
+        self._owned: set[str] = set()
+        self._mirrors: dict[str, _Mirror] = {}
+        self._opening: dict[str, asyncio.Task[Stream | None]] = {}
+        self._append_final = self._client.register_script(_APPEND_FINAL)
+        self._checkpoint_every = max(1, self.config.max_events_per_stream // 2)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of the stream ``key``."""
+        return f"{self.settings.prefix}s:{key}"
+
+    async def start(self) -> None:
+        """Connect (raises :class:`BackendUnavailable` naming the URL) and start the outbox."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"cannot reach Redis at {self.settings.url}: {exc}") from exc
+        if self._outbox is None:
+            self._outbox = _Outbox(self._client, self.settings, self.config)
+
+    def _out(self) -> _Outbox:
+        if self._outbox is None:  # start() not awaited: begin without the reachability check
+            self._outbox = _Outbox(self._client, self.settings, self.config)
+        return self._outbox
+
+    async def flushed(self, timeout: float = 5.0) -> bool:
+        """Wait until everything published so far is in Redis (at most ``timeout``)."""
+        return self._outbox is None or await self._outbox.drain(timeout)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def create(
+        self,
+        key: str,
+        *,
+        snapshot: SnapshotFn | None = None,
+        resume_snapshot: SnapshotFn | None = None,
+    ) -> Stream:
+        if key in self._streams:
+            raise StreamExists(f"stream {key!r} already exists")
+        outbox = self._out()
+        every = self._checkpoint_every
+
+        def tap(event: Event) -> None:
+            outbox.put("x", key, event)
+            if snapshot is not None and event.id is not None and event.id % every == 0:
+                outbox.put("ckpt", key, event.id, snapshot)
+
+        self._check_room()
+        stream = self._add(key, snapshot=snapshot, resume_snapshot=resume_snapshot, tap=tap)
+        self._owned.add(key)
+        return stream
+
+    def _check_room(self) -> None:
+        if self._shut:
+            raise LimitExceeded("the broker is shutting down", limit="shutdown")
+        limit = self.config.max_streams
+        if limit is not None and len(self._streams) >= limit:
+            self._drop_retained(until=lambda: len(self._streams) < limit)
+            if len(self._streams) >= limit:
+                raise LimitExceeded(
+                    f"{limit} streams are open; raise max_streams to allow more",
+                    limit="max_streams",
+                )
+
+    def _retain(self, stream: Stream) -> None:
+        if stream.key in self._owned and self._streams.get(stream.key) is stream:
+            self._out().put("end", stream.key, stream.head)
+        super()._retain(stream)
+
+    def discard(self, key: str) -> None:
+        stream = self._streams.get(key)
+        if key in self._owned:
+            self._owned.discard(key)
+            if stream is not None and not stream.closed and self._outbox is not None:
+                self._outbox.put("del", key)  # never finished: a failed start
+        mirror = self._mirrors.pop(key, None)
+        if mirror is not None and mirror.task is not None:
+            mirror.task.cancel()
+        super().discard(key)
+
+    async def append_final(self, key: str, name: str, payload: Any) -> int | None:
+        """End a stream another node was publishing (it died): append ``name`` and the
+        end marker after what Redis holds. Returns the event's id, or ``None`` if the
+        stream had already ended. Atomic (one script)."""
+        data = orjson.dumps(payload)
+        retention = max(1, int(self.config.retention))
+        result = await self._append_final(
+            keys=[self.redis_key(key)],
+            args=[name, data, self.config.max_events_per_stream, retention],
+        )
+        n = int(result)
+        return None if n < 0 else n
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def open(
+        self, key: str, *, expected: bool = False, cursor: int | None = None
+    ) -> Stream | None:
+        stream = self._streams.get(key)
+        if stream is None:
+            task = self._opening.get(key)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(
+                    self._open_mirror(key, expected), name=f"open mirror {key}"
+                )
+                self._opening[key] = task
+                task.add_done_callback(lambda _t: self._opening.pop(key, None))
+            stream = await asyncio.shield(task)
+            if stream is None:
+                return None
+        mirror = self._mirrors.get(key)
+        if mirror is not None and cursor is not None and cursor > stream.head:
+            await mirror.reach(cursor, self.settings.catch_up)
+        return stream
+
+    async def _open_mirror(self, key: str, expected: bool) -> Stream | None:
+        rkey = self.redis_key(key)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xrange(rkey, "-", "+")
+                pipe.get(rkey + ":ckpt")
+                entries, checkpoint = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"cannot read stream {key!r} from Redis: {exc}") from exc
+        if not entries and not expected:
+            return None
+        if key in self._streams:  # created locally meanwhile
+            return self._streams[key]
+        self._check_room()
+        projection = self._projection(key) if self._projection is not None else None
+        stream = self._add(
+            key,
+            snapshot=projection.snapshot if projection is not None else None,
+            resume_snapshot=projection.resume_snapshot if projection is not None else None,
+        )
+        mirror = self._mirrors[key] = _Mirror(stream, projection)
+        if entries and _entry_id(entries[0][0]) > 1:
+            # Redis has trimmed the start: begin at the checkpoint (its state folded into
+            # the projection) and keep only what follows it.
+            at = _entry_id(entries[0][0]) - 1
+            if checkpoint is not None:
+                saved = orjson.loads(checkpoint)
+                if saved["at"] >= at:
+                    at = saved["at"]
+                    if projection is not None:
+                        for name, payload in saved["items"]:
+                            projection.record(at, name, payload)
+            entries = [e for e in entries if _entry_id(e[0]) > at]
+            stream.buffer.restart_after(at)
+        last = b"0-0"
+        if entries:
+            last = self._apply(key, mirror, entries)
+        if not stream.closed:
+            mirror.task = asyncio.get_running_loop().create_task(
+                self._follow(key, mirror, last), name=f"redis mirror {key}"
+            )
+        return stream
+
+    def _apply(self, key: str, mirror: _Mirror, entries: Sequence[Any]) -> bytes:
+        """Append entries read from Redis to the mirror; returns the last entry id."""
+        stream = mirror.stream
+        projection = mirror.projection
+        last = b"0-0"
+        for raw_id, fields in entries:
+            last = raw_id
+            if stream.closed:
+                break
+            if _END in fields:
+                stream.close()
+                break
+            event_id = _entry_id(raw_id)
+            if event_id <= stream.head:
+                continue
+            if event_id != stream.head + 1:
+                logger.error(
+                    "stream %r: Redis jumped from event %d to %d; dropping the mirror",
+                    key,
+                    stream.head,
+                    event_id,
+                )
+                self.discard(key)
+                break
+            name = fields[b"n"].decode()
+            data = fields[b"d"]
+            if projection is not None:
+                projection.record(event_id, name, orjson.loads(data))
+            stream.append(Event(event_id, name, data))
+        mirror.progressed()
+        return last
+
+    async def _follow(self, key: str, mirror: _Mirror, last: bytes) -> None:
+        rkey = self.redis_key(key)
+        stream = mirror.stream
+        block_ms = max(1, int(self.settings.block * 1000))
+        loop = asyncio.get_running_loop()
+        unwatched_since: float | None = None
+        failures = 0
+        while not stream.closed and not stream.discarded:
+            try:
+                found = cast(
+                    "list[Any]",
+                    await self._client.xread({rkey: last}, count=1000, block=block_ms),
+                )
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay = min(2.0, 0.05 * 2**failures)
+                logger.warning(
+                    "stream %r: reading Redis failed: %s; retry in %.2fs", key, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if found:
+                for _name, entries in found:
+                    last = self._apply(key, mirror, entries)
+                continue
+            # A blocking read timed out: is anyone still watching, is the stream still there?
+            if stream.watched:
+                unwatched_since = None
+            elif unwatched_since is None:
+                unwatched_since = loop.time()
+            elif loop.time() - unwatched_since >= self.settings.mirror_idle:
+                logger.debug("stream %r: mirror unwatched; dropped", key)
+                self._mirrors.pop(key, None)
+                super().discard(key)
+                return
+            if not await self._client.exists(rkey):
+                logger.info("stream %r: gone from Redis before its end; dropping the mirror", key)
+                self._mirrors.pop(key, None)
+                super().discard(key)
+                return
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        for mirror in self._mirrors.values():
+            if mirror.task is not None:
+                mirror.task.cancel()
+        self._mirrors.clear()
+        for task in self._opening.values():
+            task.cancel()
+        if self._outbox is not None:
+            self._outbox.cancel()
+        super().shutdown()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        if self._outbox is not None and not await self._outbox.drain(timeout):
+            logger.warning("redis outbox: writes still queued at shutdown were dropped")
+        tasks: list[asyncio.Task[Any]] = [
+            m.task for m in self._mirrors.values() if m.task is not None
+        ]
+        tasks += self._opening.values()
+        outbox = self._outbox
+        self.shutdown()
+        if outbox is not None:
+            tasks.append(outbox._task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.aclose()

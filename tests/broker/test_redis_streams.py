@@ -1,0 +1,232 @@
+"""The broker on Redis Streams (a real ``redis-server``): two registries on one Redis
+stand for two nodes; one publishes, the other mirrors and serves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from broker import BackendUnavailable, Event, InvalidCursor, StreamExists
+from broker.config import BrokerConfig
+from broker.redis_streams import RedisRegistry, RedisSettings
+from broker.stream import GAP_EVENT
+
+from .helpers import UNIT, CollectingSink, records_of, within
+
+MakeNode = Callable[..., Awaitable[RedisRegistry]]
+
+
+class Counting:
+    """A projection: the number of events and the last text seen (its snapshot says so)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str, Any]] = []
+
+    def record(self, event_id: int, name: str, payload: Any) -> None:
+        if name == "state":  # its own snapshot, read back from a checkpoint
+            name, payload = "tick", payload["last"]
+        self.seen.append((event_id, name, payload))
+
+    def snapshot(self, at: int) -> list[tuple[str, Any]]:
+        upto = [p for i, _n, p in self.seen if i <= at]
+        return [("state", {"last": upto[-1] if upto else None})]
+
+    def resume_snapshot(self, at: int) -> list[tuple[str, Any]]:
+        return self.snapshot(at)
+
+
+@pytest.fixture
+async def node(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeNode]:
+    made: list[RedisRegistry] = []
+
+    async def make(config: BrokerConfig | None = None, **settings: Any) -> RedisRegistry:
+        settings.setdefault("block", 0.2 * UNIT)
+        registry = RedisRegistry(
+            config,
+            RedisSettings(redis_url, prefix=redis_prefix, **settings),
+            projection=lambda _key: Counting(),
+        )
+        await registry.start()
+        made.append(registry)
+        return registry
+
+    yield make
+    for registry in made:
+        await registry.aclose()
+
+
+def publish(stream: Any, n: int) -> list[tuple[str, Any]]:
+    out = []
+    for _ in range(n):
+        payload = {"i": stream.head + 1}
+        stream.publish("tick", payload)
+        out.append(("tick", payload))
+    return out
+
+
+async def collect(stream: Any, cursor: int | None = None) -> list[Event]:
+    return [event async for event in stream.follow(cursor)]
+
+
+async def test_a_stream_published_on_one_node_is_followed_on_another(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    stream = a.create("k")
+    publish(stream, 3)
+    assert await a.flushed()
+    mirror = await b.open("k")
+    assert mirror is not None and mirror is not stream
+    assert mirror.head == 3
+    publish(stream, 2)
+    stream.close()
+    async with within():
+        events = await collect(mirror)
+    assert [(e.id, e.name, e.payload()) for e in events] == [
+        (i, "tick", {"i": i}) for i in range(1, 6)
+    ]
+    # The bytes are the publisher's: every node frames an event identically.
+    assert events == [stream.buffer.get(i) for i in range(1, 6)]
+    assert mirror.closed
+
+
+async def test_late_join_and_resume_on_the_mirror(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    stream = a.create("k")
+    publish(stream, 10)
+    stream.close()
+    assert await a.flushed()
+    mirror = await b.open("k")
+    assert mirror is not None and mirror.closed and mirror.head == 10
+    sink = CollectingSink()
+    mirror.subscribe(sink, 7)
+    assert [r.id for r in records_of(sink.data)] == [8, 9, 10]
+    assert mirror.at_end(10)
+    with pytest.raises(InvalidCursor):
+        mirror.check_cursor(11)
+
+
+async def test_one_reader_per_stream_per_node(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    stream = a.create("k")
+    publish(stream, 1)
+    assert await a.flushed()
+    first, second = await b.open("k"), await b.open("k")
+    assert first is second
+    assert len(b._mirrors) == 1
+
+
+async def test_an_unknown_stream_is_none_unless_expected(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    assert await b.open("nothing") is None
+    expected = await b.open("later", expected=True)
+    assert expected is not None and expected.head == 0
+    stream = a.create("later")
+    publish(stream, 2)
+    stream.close()
+    async with within():
+        events = await collect(expected)
+    assert [e.id for e in events] == [1, 2]
+
+
+async def test_a_cursor_ahead_of_the_mirror_waits_for_it(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    stream = a.create("k")
+    publish(stream, 2)
+    assert await a.flushed()
+    assert await b.open("k") is not None
+    publish(stream, 3)  # the publisher's subscribers saw event 5; Redis may not have it yet
+    async with within():
+        mirror = await b.open("k", cursor=5)
+    assert mirror is not None and mirror.head >= 5
+
+
+async def test_trimmed_stream_starts_at_the_checkpoint_with_gap_and_snapshot(
+    node: MakeNode,
+) -> None:
+    config = BrokerConfig(max_events_per_stream=10)
+    a, b = await node(config), await node(config)
+    log = Counting()
+    stream = a.create("k", snapshot=log.snapshot, resume_snapshot=log.resume_snapshot)
+    for _ in range(250):
+        event = stream.publish("tick", {"i": stream.head + 1})
+        assert event.id is not None
+        log.record(event.id, "tick", event.payload())
+    assert await a.flushed()
+    raw = await a.client.xrange(a.redis_key("k"), "-", "+")
+    assert 10 <= len(raw) < 250  # trimmed by Redis, approximately
+    checkpoint = orjson.loads(await a.client.get(a.redis_key("k") + ":ckpt"))
+    assert checkpoint["at"] == 250  # every max_events // 2 events
+    mirror = await b.open("k")
+    assert mirror is not None and mirror.head == 250
+    stream.close()
+    async with within():
+        events = await collect(mirror, 0)
+    assert events[0].name == GAP_EVENT
+    assert events[1].name == "state" and events[1].payload() == {"last": {"i": 250}}
+    assert events[1].id == 250
+
+
+async def test_append_final_ends_a_stream_whose_publisher_died(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    stream = a.create("k")
+    publish(stream, 4)
+    assert await a.flushed()
+    mirror = await b.open("k")
+    assert mirror is not None
+    # Node A is gone without closing the stream: node B ends it.
+    assert await b.append_final("k", "thread.run.failed", {"why": "node died"}) == 5
+    assert await b.append_final("k", "thread.run.failed", {"why": "again"}) is None
+    async with within():
+        events = await collect(mirror, 3)
+    assert [(e.id, e.name) for e in events] == [(4, "tick"), (5, "thread.run.failed")]
+    assert mirror.closed
+    ttl = await b.client.ttl(b.redis_key("k"))
+    assert 0 < ttl <= 300
+
+
+async def test_closed_streams_expire_after_retention(node: MakeNode) -> None:
+    a = await node(BrokerConfig(retention=7))
+    stream = a.create("k")
+    publish(stream, 1)
+    assert await a.flushed()
+    assert await a.client.ttl(a.redis_key("k")) > 3600  # open: the long safety expiry
+    stream.close()
+    assert await a.flushed()
+    assert 0 < await a.client.ttl(a.redis_key("k")) <= 7
+
+
+async def test_a_failed_start_deletes_the_stream(node: MakeNode) -> None:
+    a = await node()
+    stream = a.create("k")
+    publish(stream, 1)
+    with pytest.raises(StreamExists):
+        a.create("k")
+    a.discard("k")
+    assert await a.flushed()
+    assert not await a.client.exists(a.redis_key("k"))
+
+
+async def test_a_mirror_nobody_watches_is_dropped(node: MakeNode) -> None:
+    a, b = await node(), await node(mirror_idle=0.1 * UNIT, block=0.05 * UNIT)
+    stream = a.create("k")
+    publish(stream, 1)
+    assert await a.flushed()
+    mirror = await b.open("k")
+    assert mirror is not None
+    task = b._mirrors["k"].task
+    assert task is not None
+    async with within():
+        await task
+    assert b.get("k") is None and mirror.discarded
+
+
+async def test_unreachable_redis_is_a_clear_error() -> None:
+    registry = RedisRegistry(None, RedisSettings("redis://127.0.0.1:1/0"))
+    try:
+        with pytest.raises(BackendUnavailable, match=r"redis://127\.0\.0\.1:1/0"):
+            async with within():
+                await registry.start()
+    finally:
+        await registry.aclose()
