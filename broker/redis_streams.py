@@ -11,8 +11,10 @@ Layout (every key under ``prefix``)
   cursors work on every node. The end of the stream is one more entry, ``0-(head+1)``,
   with the field ``end``. ``XADD … MAXLEN ~ max_events_per_stream`` trims it like the
   in-memory replay buffer (Redis trims by count only; each node's own buffer also keeps
-  the byte cap). The key expires ``retention`` seconds after the end (``open_ttl`` while
-  open, so that a stream nobody ends cannot stay forever).
+  the byte cap). The stream is created empty (``XGROUP CREATE … MKSTREAM``) when the
+  publisher creates it, so every node sees it before its first event. The key expires
+  ``retention`` seconds after the end (``open_ttl`` while open, so that a stream nobody
+  ends cannot stay forever).
 * ``{prefix}s:{key}:ckpt`` — a checkpoint of the publisher's state (its snapshot at some
   event id), written every ``max_events_per_stream // 2`` events, so a node that starts
   mirroring a stream Redis has already trimmed can still answer gap snapshots.
@@ -169,7 +171,10 @@ class _Outbox:
         async with self._client.pipeline(transaction=False) as pipe:
             for op in ops:
                 kind, key = op[0], f"{prefix}s:{op[1]}"
-                if kind == "x":
+                if kind == "new":  # an empty stream, visible to every node at once
+                    pipe.xgroup_create(key, "agentstream", id="0", mkstream=True)
+                    pipe.expire(key, open_ttl)
+                elif kind == "x":
                     event: Event = op[2]
                     event_id: int = op[2].id
                     pipe.xadd(
@@ -179,8 +184,6 @@ class _Outbox:
                         maxlen=maxlen,
                         approximate=True,
                     )
-                    if event_id == 1:
-                        pipe.expire(key, open_ttl)
                 elif kind == "end":
                     pipe.xadd(key, {_END: b"1"}, id=b"0-%d" % (op[2] + 1))
                     pipe.expire(key, retention)
@@ -304,6 +307,7 @@ class RedisRegistry(Registry):
         self._check_room()
         stream = self._add(key, snapshot=snapshot, resume_snapshot=resume_snapshot, tap=tap)
         self._owned.add(key)
+        outbox.put("new", key)
         return stream
 
     def _check_room(self) -> None:
@@ -373,12 +377,13 @@ class RedisRegistry(Registry):
         rkey = self.redis_key(key)
         try:
             async with self._client.pipeline(transaction=True) as pipe:
+                pipe.exists(rkey)
                 pipe.xrange(rkey, "-", "+")
                 pipe.get(rkey + ":ckpt")
-                entries, checkpoint = await pipe.execute()
+                exists, entries, checkpoint = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"cannot read stream {key!r} from Redis: {exc}") from exc
-        if not entries and not expected:
+        if not exists and not expected:
             return None
         if key in self._streams:  # created locally meanwhile
             return self._streams[key]

@@ -47,7 +47,7 @@ async def serve(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Serve]:
 
     yield start
     for runner, registry in reversed(started):
-        registry.shutdown()
+        await registry.aclose()
         await runner.cleanup()
     errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
     assert not errors, "server logged errors:\n" + "\n".join(

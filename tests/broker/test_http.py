@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from .helpers import (
     records_of,
     within,
 )
+from .split import SplitRegistry
 from .sse_parse import parse_frames
 
 
@@ -62,6 +64,21 @@ def frames_of(stream: Stream, first: int, last: int, framing: Framing = Framing.
 def body_of(stream: Stream, first: int, last: int) -> bytes:
     """A whole default-framing response body carrying events ``first`` to ``last``."""
     return RETRY + frames_of(stream, first, last)
+
+
+@pytest.fixture(autouse=True, params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: on one in-memory registry, and on two nodes sharing Redis
+    (published on one, served by the other; see ``split.SplitRegistry``)."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+
+        def on_redis(config: BrokerConfig | None = None) -> Any:
+            return SplitRegistry(config, url=url, prefix=prefix)
+
+        monkeypatch.setattr(sys.modules[__name__], "Registry", on_redis)
+    return str(request.param)
 
 
 @pytest.fixture
