@@ -87,6 +87,25 @@ def _parser() -> argparse.ArgumentParser:
         help="sqlite (default): threads survive restarts; memory: ephemeral",
     )
     serve_p.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="run as one node of several sharing this Redis (redis://host:port/db): "
+        "streams, threads and runs live there, any node serves any run; replaces --store",
+    )
+    serve_p.add_argument(
+        "--redis-prefix",
+        default="agentstream:",
+        help="prefix of every Redis key (default 'agentstream:')",
+    )
+    serve_p.add_argument("--node-id", default=None, help="this node's name (default: host-pid-…)")
+    serve_p.add_argument(
+        "--node-lease",
+        type=float,
+        default=10.0,
+        help="seconds after a node stops that the others fail its live runs (default 10)",
+    )
+    serve_p.add_argument(
         "--data-dir",
         type=Path,
         default=Path("agentstream-data"),
@@ -318,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bench(args)
         if args.command == "serve":
             config = HubConfig(
+                redis_url=args.redis,
+                redis_prefix=args.redis_prefix,
+                node_id=args.node_id,
+                node_lease=args.node_lease,
                 host=args.host,
                 port=args.port,
                 agents=tuple(args.agents),

@@ -37,6 +37,15 @@ class HubConfig(BaseModel):
     store: Literal["memory", "sqlite"] = "memory"
     """Where threads, messages and runs live: in memory (lost at exit) or in SQLite under
     ``data_dir`` (what ``agentstream serve`` uses by default)."""
+    redis_url: str | None = None
+    """Run as one node of several sharing this Redis (``redis://host:port/db``): streams,
+    threads, messages and runs live there, any node serves any run. Replaces ``store``."""
+    redis_prefix: str = "agentstream:"
+    """Prefix of every Redis key: deployments sharing one Redis need different ones."""
+    node_id: str | None = None
+    """This node's name in the cluster (default: host, pid and a random suffix)."""
+    node_lease: float = Field(10.0, gt=0)
+    """Seconds after a node stops renewing its lease that the others fail its live runs."""
     data_dir: Path = Path("agentstream-data")
     """Folder of the SQLite database (``agentstream.db``) when ``store`` is ``sqlite``."""
     max_body_bytes: int = Field(4 * MiB, ge=1024)

@@ -16,14 +16,18 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from broker import Registry
+from broker import BackendUnavailable, Registry
+from broker.redis_streams import RedisRegistry, RedisSettings
 
 from .agents import AgentCatalog, bundled_examples_dir, discover_agents
+from .cluster import Cluster, new_node_id
 from .config import HubConfig
+from .errors import ServiceUnavailable
 from .models.base import ModelProvider
 from .models.router import ModelRouter
+from .run_log import RunLog
 from .runs import RunManager
-from .store import MemoryStore, SQLiteStore, Store
+from .store import MemoryStore, RedisStore, SQLiteStore, Store
 
 __all__ = ["Hub"]
 
@@ -50,7 +54,19 @@ class Hub:
         )
         for name, provider in (providers or {}).items():
             self.models.register(name, provider)
-        self.registry = Registry(config.broker_config())
+        self.cluster: Cluster | None = None
+        redis_registry: RedisRegistry | None = None
+        if config.redis_url is not None:
+            redis_registry = RedisRegistry(
+                config.broker_config(),
+                RedisSettings(config.redis_url, prefix=config.redis_prefix),
+                projection=lambda _key: RunLog(),
+            )
+            self.registry: Registry = redis_registry
+            if store is None:
+                store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+        else:
+            self.registry = Registry(config.broker_config())
         if store is None:
             store = SQLiteStore(config.database_path) if config.store == "sqlite" else MemoryStore()
         self.store: Store = store
@@ -61,6 +77,16 @@ class Hub:
             models=self.models,
             config=config.runs_config(),
         )
+        if redis_registry is not None:
+            self.cluster = self.runs.cluster = Cluster(
+                redis_registry.client,
+                prefix=config.redis_prefix,
+                node_id=config.node_id or new_node_id(),
+                lease=config.node_lease,
+                runs=self.runs,
+                registry=redis_registry,
+                store=self.store,
+            )
         self._closed = False
         self._started = False
 
@@ -70,6 +96,15 @@ class Hub:
         if self._started:
             return
         self._started = True
+        if self.cluster is not None:
+            # Several nodes: runs of a node that died are failed by the survivors once
+            # its lease expires (see .cluster), never by a node that starts.
+            try:
+                await self.registry.start()
+            except BackendUnavailable as exc:
+                raise ServiceUnavailable(str(exc)) from exc
+            await self.cluster.start()
+            return
         interrupted = await self.store.mark_interrupted_runs(
             "the hub stopped while this run was live (it was not resumed on restart)"
         )
@@ -99,6 +134,8 @@ class Hub:
                 "%d subscribers still connected at shutdown; disconnecting them",
                 self.registry.subscriber_count,
             )
-        self.registry.shutdown()
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        await self.registry.aclose(max(0.0, deadline - loop.time()))
         await self.models.aclose()
         await self.store.close()

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from openai.types.chat import ChatCompletion
@@ -59,6 +59,9 @@ from .objects import Message, Run, RunStatus, Thread, new_id, now
 from .run_log import RunLog, delta_payload, delta_text, step_delta_payload
 from .store import Store
 from .stream_handler import StreamHandler
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 __all__ = ["ChildRunResult", "RunContext", "RunManager", "RunsConfig"]
 
@@ -782,6 +785,8 @@ class RunManager:
         limit = self.config.max_concurrent_runs
         self._slots = asyncio.Semaphore(limit) if limit else None
         self._closing = False
+        self.cluster: Cluster | None = None
+        """Set when this hub is one node of several on Redis (see :mod:`.cluster`)."""
         self.finished: Counter[str] = Counter()
         """Runs ended since start, by terminal status (for metrics)."""
         self.started = 0
@@ -795,6 +800,9 @@ class RunManager:
     def live_on_thread(self, thread_id: str) -> RunContext | None:
         run_id = self._live_by_thread.get(thread_id)
         return None if run_id is None else self._live.get(run_id)
+
+    def live_contexts(self) -> list[RunContext]:
+        return list(self._live.values())
 
     @property
     def live_count(self) -> int:
@@ -838,7 +846,17 @@ class RunManager:
         run_id = new_id("run")
         # Claim the thread before the first await, so concurrent requests get the 409.
         self._live_by_thread[thread_id] = run_id
+        cluster = self.cluster
+        claimed = False
         try:
+            if cluster is not None:  # and across every node
+                holder = await cluster.claim(thread_id, run_id)
+                if holder is not None:
+                    raise Conflict(
+                        f"Thread {thread_id} already has an active run {holder}.",
+                        param="thread_id",
+                    )
+                claimed = True
             return await self._create(
                 run_id, thread_id, agent, model, instructions, additional_messages, metadata, parent
             )
@@ -847,6 +865,8 @@ class RunManager:
                 del self._live_by_thread[thread_id]
             self._live.pop(run_id, None)
             self.registry.discard(run_id)
+            if claimed and cluster is not None:
+                cluster.release_soon(thread_id, run_id)
             raise
 
     async def _create(
@@ -906,10 +926,20 @@ class RunManager:
         self._live.pop(ctx.run.id, None)
         if self._live_by_thread.get(ctx.run.thread_id) == ctx.run.id:
             del self._live_by_thread[ctx.run.thread_id]
+        if self.cluster is not None:
+            self.cluster.release_soon(ctx.run.thread_id, ctx.run.id)
 
-    async def cancel(self, thread_id: str, run_id: str) -> Run:
-        """Ask a live run to stop: ``cancelling`` now, ``cancelled`` when it has."""
+    async def cancel(self, thread_id: str, run_id: str, *, local: bool = False) -> Run:
+        """Ask a live run to stop: ``cancelling`` now, ``cancelled`` when it has.
+
+        A run live on another node (several hubs on Redis) is cancelled by its owner, to
+        which the request is forwarded (unless ``local``: the request came from there).
+        """
         ctx = self._live.get(run_id)
+        if ctx is None and self.cluster is not None and not local:
+            remote = await self.cluster.cancel_remote(thread_id, run_id)
+            if remote is not None:
+                return remote
         if ctx is None or ctx.run.thread_id != thread_id or ctx.run.terminal:
             run = await self.store.get_run(thread_id, run_id)
             raise InvalidRequest(f"Cannot cancel run with status '{run.status}'.", param="run_id")

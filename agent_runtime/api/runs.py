@@ -133,7 +133,9 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
     thread_id = request.match_info["thread_id"]
     run_id = request.match_info["run_id"]
     run = await hub.store.get_run(thread_id, run_id)  # 404 for a run of another thread
-    stream = hub.registry.get(run_id)
+    cursor, _source = request_cursor(request)
+    # On several nodes the stream may be published elsewhere: ``open`` mirrors it here.
+    stream = await hub.registry.open(run_id, expected=not run.terminal, cursor=cursor)
     if stream is None:
         return await _rebuilt(request, run)
     return await serve_stream(request, stream, config=hub.registry.config, registry=hub.registry)

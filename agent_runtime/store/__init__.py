@@ -2,6 +2,7 @@
 
 from .base import Page, Store
 from .memory import MemoryStore
+from .redis_store import RedisStore
 from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "Page", "SQLiteStore", "Store"]
+__all__ = ["MemoryStore", "Page", "RedisStore", "SQLiteStore", "Store"]

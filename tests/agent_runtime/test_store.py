@@ -22,7 +22,7 @@ import pytest
 
 from agent_runtime.errors import AgentRuntimeError, InvalidRequest, NotFound
 from agent_runtime.objects import Message, Run, Thread, new_id, now
-from agent_runtime.store import MemoryStore, SQLiteStore, Store
+from agent_runtime.store import MemoryStore, RedisStore, SQLiteStore, Store
 from agent_runtime.store.memory import paginate
 from agent_runtime.store.sqlite import SCHEMA_VERSION
 
@@ -31,13 +31,17 @@ from .conftest import UNIT
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = (
-        MemoryStore()
-        if request.param == "memory"
-        else await SQLiteStore.open(tmp_path / "data" / "store.db")
-    )
+    made: Store
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = await SQLiteStore.open(tmp_path / "data" / "store.db")
+    else:
+        made = await RedisStore.open(
+            request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix")
+        )
     yield made
     await made.close()
 

@@ -1,0 +1,235 @@
+"""A store on Redis, shared by every node of a deployment (see :mod:`agent_runtime.cluster`).
+
+Key layout (every key starts with ``prefix``)
+---------------------------------------------
+* ``thread:{id}`` — the thread, as JSON;
+* ``thread:{id}:m`` / ``thread:{id}:r`` — sorted sets of its message / run ids, scored by
+  ``thread:{id}:seq`` (an ``INCR`` counter): insertion order, whatever ``created_at`` says;
+* ``thread:{id}:mh`` / ``thread:{id}:rh`` — hashes of id → the message / run as JSON.
+
+Atomicity and order
+-------------------
+Every write is one Lua script (checks and changes together: a message is never added to a
+thread being deleted, adding a message again replaces it in place). Writes of one store
+object go out in the order they were called: each takes an ``asyncio.Lock`` (FIFO) as its
+first step and holds it for its one round trip, so two updates of a run can never be
+reordered by the connection pool. Reads use the pool freely. Objects are serialised on
+the call, so a caller mutating them afterwards changes nothing stored.
+
+Lists are paginated here, from the thread's whole index (one round trip), with the same
+rules as the in-memory store (:func:`~agent_runtime.store.memory.paginate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..errors import NotFound, ServiceUnavailable
+from ..objects import Message, Run, Thread
+from .base import Order, Page
+from .memory import paginate
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T", Message, Run)
+
+# KEYS: thread, index, hash, seq. ARGV: id, json. 0: no thread.
+_PUT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), ARGV[1])
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
+# As _PUT, but -1 when the object does not exist yet.
+_REPLACE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
+_DELETE_THREAD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', unpack(KEYS))
+return 1
+"""
+
+
+def _thread_missing(thread_id: str) -> NotFound:
+    return NotFound(f"No thread found with id '{thread_id}'.", param="thread_id")
+
+
+def _dump(obj: Any) -> bytes:
+    return orjson.dumps(dataclasses.asdict(obj))
+
+
+class RedisStore:
+    """Threads, messages and runs in Redis. See the module docstring."""
+
+    def __init__(self, url: str, *, prefix: str = "agentstream:") -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client = aioredis.Redis.from_url(url, protocol=2)
+        self._put = self._client.register_script(_PUT)
+        self._replace = self._client.register_script(_REPLACE)
+        self._delete = self._client.register_script(_DELETE_THREAD)
+        self._writes: asyncio.Lock | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, *, prefix: str = "agentstream:") -> RedisStore:
+        """A store on ``url``, checked reachable (:class:`ServiceUnavailable` if not)."""
+        store = cls(url, prefix=prefix)
+        try:
+            await store._client.ping()
+        except (RedisError, OSError) as exc:
+            await store.close()
+            raise ServiceUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
+        return store
+
+    def _lock(self) -> asyncio.Lock:
+        if self._writes is None:
+            self._writes = asyncio.Lock()
+        return self._writes
+
+    def _keys(self, thread_id: str, kind: str) -> list[str]:
+        base = f"{self.prefix}thread:{thread_id}"
+        return [base, f"{base}:{kind}", f"{base}:{kind}h", f"{base}:seq"]
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> int:
+        async with self._lock():
+            try:
+                return int(await script(keys=keys, args=args))
+            except (RedisError, OSError) as exc:
+                raise ServiceUnavailable(f"the store (Redis at {self.url}) failed: {exc}") from exc
+
+    async def _read(self, *commands: tuple[str, tuple[Any, ...]]) -> list[Any]:
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for name, args in commands:
+                    getattr(pipe, name)(*args)
+                return await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"the store (Redis at {self.url}) failed: {exc}") from exc
+
+    # -- threads ---------------------------------------------------------------------
+
+    async def create_thread(self, thread: Thread) -> None:
+        key = f"{self.prefix}thread:{thread.id}"
+        data = _dump(thread)
+        async with self._lock():
+            try:
+                await self._client.set(key, data)
+            except (RedisError, OSError) as exc:
+                raise ServiceUnavailable(f"the store (Redis at {self.url}) failed: {exc}") from exc
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        (raw,) = await self._read(("get", (f"{self.prefix}thread:{thread_id}",)))
+        if raw is None:
+            raise _thread_missing(thread_id)
+        return Thread(**orjson.loads(raw))
+
+    async def delete_thread(self, thread_id: str) -> None:
+        base = f"{self.prefix}thread:{thread_id}"
+        keys = [base, f"{base}:m", f"{base}:mh", f"{base}:r", f"{base}:rh", f"{base}:seq"]
+        if not await self._run(self._delete, keys, []):
+            raise _thread_missing(thread_id)
+
+    # -- messages --------------------------------------------------------------------
+
+    async def add_message(self, message: Message) -> None:
+        keys = self._keys(message.thread_id, "m")
+        if not await self._run(self._put, keys, [message.id, _dump(message)]):
+            raise _thread_missing(message.thread_id)
+
+    async def update_message(self, message: Message) -> None:
+        keys = self._keys(message.thread_id, "m")
+        done = await self._run(self._replace, keys, [message.id, _dump(message)])
+        if done == 0:
+            raise _thread_missing(message.thread_id)
+        if done < 0:
+            raise NotFound(f"No message found with id '{message.id}'.", param="message_id")
+
+    async def get_message(self, thread_id: str, message_id: str) -> Message:
+        thread, _index, table, _seq = self._keys(thread_id, "m")
+        exists, raw = await self._read(("exists", (thread,)), ("hget", (table, message_id)))
+        if not exists:
+            raise _thread_missing(thread_id)
+        if raw is None:
+            raise NotFound(f"No message found with id '{message_id}'.", param="message_id")
+        return Message(**orjson.loads(raw))
+
+    async def _all(self, thread_id: str, kind: str, cls: type[T]) -> list[T]:
+        thread, index, table, _seq = self._keys(thread_id, kind)
+        exists, ids, rows = await self._read(
+            ("exists", (thread,)), ("zrange", (index, 0, -1)), ("hgetall", (table,))
+        )
+        if not exists:
+            raise _thread_missing(thread_id)
+        return [cls(**orjson.loads(rows[i])) for i in ids if i in rows]
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+        run_id: str | None = None,
+    ) -> Page[Message]:
+        items = await self._all(thread_id, "m", Message)
+        if run_id is not None:
+            items = [m for m in items if m.run_id == run_id]
+        return paginate(items, order=order, limit=limit, after=after, before=before)
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def create_run(self, run: Run) -> None:
+        await self.update_run(run)
+
+    async def update_run(self, run: Run) -> None:
+        keys = self._keys(run.thread_id, "r")
+        if not await self._run(self._put, keys, [run.id, _dump(run)]):
+            raise _thread_missing(run.thread_id)
+
+    async def get_run(self, thread_id: str, run_id: str) -> Run:
+        thread, _index, table, _seq = self._keys(thread_id, "r")
+        exists, raw = await self._read(("exists", (thread,)), ("hget", (table, run_id)))
+        if not exists:
+            raise _thread_missing(thread_id)
+        if raw is None:
+            raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
+        return Run(**orjson.loads(raw))
+
+    async def list_runs(
+        self,
+        thread_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[Run]:
+        items = await self._all(thread_id, "r", Run)
+        return paginate(items, order=order, limit=limit, after=after, before=before)
+
+    async def mark_interrupted_runs(self, message: str) -> list[Run]:
+        """Nothing, on Redis: the store is shared, and other nodes' live runs are alive.
+        The runs of a node that died are failed by the survivors once its lease expires
+        (:class:`agent_runtime.cluster.Cluster`)."""
+        return []
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
