@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import logging
 import math
 import re
@@ -949,7 +950,9 @@ class RunManager:
             ctx.run.status = "cancelling"
             ctx.publish("thread.run.cancelling", ctx.run.to_dict())
             ctx.end("cancelled")
+            answer = dataclasses.replace(ctx.run)  # as of the cancel: the run moves on
             await self.store.update_run(ctx.run)
+            return answer
         return ctx.run
 
     def cancel_now(self, ctx: RunContext) -> None:

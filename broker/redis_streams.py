@@ -81,7 +81,7 @@ end
 n = n + 1
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-' .. n, 'n', ARGV[1], 'd', ARGV[2])
 redis.call('XADD', KEYS[1], '0-' .. (n + 1), 'end', '1')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return n
 """
 
@@ -167,7 +167,7 @@ class _Outbox:
         prefix = self._settings.prefix
         maxlen = self._config.max_events_per_stream
         open_ttl = int(self._settings.open_ttl)
-        retention = max(1, int(self._config.retention))
+        retention = max(1, int(self._config.retention * 1000))  # ms
         async with self._client.pipeline(transaction=False) as pipe:
             for op in ops:
                 kind, key = op[0], f"{prefix}s:{op[1]}"
@@ -186,8 +186,8 @@ class _Outbox:
                     )
                 elif kind == "end":
                     pipe.xadd(key, {_END: b"1"}, id=b"0-%d" % (op[2] + 1))
-                    pipe.expire(key, retention)
-                    pipe.expire(key + ":ckpt", retention)
+                    pipe.pexpire(key, retention)
+                    pipe.pexpire(key + ":ckpt", retention)
                 elif kind == "ckpt":
                     at, snapshot = op[2], op[3]
                     items = [[name, payload] for name, payload in snapshot(at)]
@@ -343,7 +343,7 @@ class RedisRegistry(Registry):
         end marker after what Redis holds. Returns the event's id, or ``None`` if the
         stream had already ended. Atomic (one script)."""
         data = orjson.dumps(payload)
-        retention = max(1, int(self.config.retention))
+        retention = max(1, int(self.config.retention * 1000))  # ms
         result = await self._append_final(
             keys=[self.redis_key(key)],
             args=[name, data, self.config.max_events_per_stream, retention],

@@ -32,6 +32,7 @@ from agent_runtime.api.keys import HUB
 from agent_runtime.config import HubConfig
 from agent_runtime.hub import Hub
 from agent_runtime.server import Server
+from broker.redis_streams import RedisRegistry
 
 from .sse import Ev, SSEReader, parse_events
 
@@ -263,13 +264,22 @@ class Reply:
 class HubClient:
     """A started hub and an aiohttp session on it."""
 
-    def __init__(self, server: Server, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, server: Server, session: aiohttp.ClientSession, watcher: Server | None = None
+    ) -> None:
         self.server = server
         self.session = session
+        self.watcher = watcher
+        """On the Redis backend, the second node: it serves every stream request."""
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def stream_url(self) -> str:
+        """Where stream requests go: the other node on Redis, else the hub itself."""
+        return (self.watcher or self.server).url
 
     @property
     def hub(self) -> Hub:
@@ -291,6 +301,17 @@ class HubClient:
         ) as response:
             body = await response.read()
             return Reply(response.status, response.headers, body)
+
+    async def dropped(self, run_id: str) -> None:
+        """Wait until the hub has dropped the run's stream (its retention is over) and,
+        on Redis, until Redis has expired it too."""
+        await eventually(lambda: run_id not in self.hub.registry, what="the stream is dropped")
+        registry = self.hub.registry
+        if isinstance(registry, RedisRegistry):
+            key = registry.redis_key(run_id)
+            async with within(5):
+                while await registry.client.exists(key):  # noqa: ASYNC110 - no event exists
+                    await asyncio.sleep(0.005)  # a key's expiry: nothing to await
 
     async def create_thread(self, *texts: str) -> str:
         messages = [{"role": "user", "content": text} for text in texts]
@@ -324,8 +345,12 @@ class HubClient:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
         prefix: str = "/v1",
+        on_owner: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        url = f"{self.url}{prefix}/threads/{thread_id}/stream/{run_id}"
+        """``on_owner``: ask the node running the run even on Redis (a subscriber that
+        must be there from the first event)."""
+        base = self.url if on_owner else self.stream_url
+        url = f"{base}{prefix}/threads/{thread_id}/stream/{run_id}"
         async with self.session.get(url, headers=headers, params=params) as response:
             yield response
 
@@ -391,12 +416,50 @@ def text_of(message: dict[str, Any]) -> str:
 StartHub = Callable[..., Awaitable[HubClient]]
 
 
+CONTRACT_MODULES = frozenset(
+    {
+        "test_e2e_agent_usage",
+        "test_e2e_cancel",
+        "test_e2e_concurrency",
+        "test_e2e_errors",
+        "test_e2e_failures",
+        "test_e2e_flow",
+        "test_e2e_openai_sdk",
+        "test_e2e_resume",
+        "test_clients_openai_sdk",
+    }
+)
+"""The end-to-end contract suite: each of its tests runs on both backends."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in CONTRACT_MODULES and "start_hub" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["memory", "redis"], indirect=True)
+
+
 @pytest.fixture
-async def start_hub() -> AsyncIterator[StartHub]:
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """HubConfig settings of the backend: ``{}`` in memory; on ``redis``, the test's own
+    Redis prefix (then ``start_hub`` starts two nodes, see there)."""
+    if getattr(request, "param", "memory") != "redis":
+        return {}
+    return {
+        "redis_url": request.getfixturevalue("redis_url"),
+        "redis_prefix": request.getfixturevalue("redis_prefix"),
+    }
+
+
+@pytest.fixture
+async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
     """``await start_hub(**HubConfig settings)`` → a :class:`HubClient` on a fresh hub.
 
     Defaults: port 0, :data:`FAST_MODEL`, the bundled example agents. At teardown every
     session is closed and every hub shut down (live runs end, subscribers are released).
+
+    On the Redis backend (the contract modules run on both) two nodes are started on one
+    Redis: requests go to the first, which runs the runs, and stream requests to the
+    second, which follows them through Redis.
     """
     started: list[HubClient] = []
 
@@ -404,13 +467,18 @@ async def start_hub() -> AsyncIterator[StartHub]:
         settings.setdefault("port", 0)
         settings.setdefault("model", FAST_MODEL)
         settings.setdefault("shutdown_timeout", 2 * UNIT)
-        server = Server(HubConfig(**settings))
+        settings = {**backend, **settings}
+        server = Server(HubConfig(**settings, node_id="a") if backend else HubConfig(**settings))
         await server.start()
+        watcher = None
+        if backend:
+            watcher = Server(HubConfig(**settings, node_id="b"))
+            await watcher.start()
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=30 * UNIT),
         )
-        client = HubClient(server, session)
+        client = HubClient(server, session, watcher)
         started.append(client)
         return client
 
@@ -418,6 +486,8 @@ async def start_hub() -> AsyncIterator[StartHub]:
     for client in reversed(started):
         await client.session.close()
         await client.server.stop()
+        if client.watcher is not None:
+            await client.watcher.stop()
 
 
 # -- the contract's event sequence -------------------------------------------------------------

@@ -14,7 +14,7 @@ from agent_runtime.errors import Conflict
 from agent_runtime.hub import Hub
 from agent_runtime.objects import Message, Run, Thread, new_id, now
 from agent_runtime.runs import RunContext
-from agent_runtime.store import MemoryStore
+from agent_runtime.store import MemoryStore, RedisStore
 
 from .conftest import SLOW_MODEL, UNIT, HubClient, Reply, StartHub, check_run
 
@@ -137,7 +137,11 @@ async def test_thread_and_run_with_unknown_agent_creates_no_thread(start_hub: St
     body = {"assistant_id": "nobody", "thread": {"messages": [{"role": "user", "content": "hi"}]}}
     reply = await hub.request("POST", "/v1/threads/runs", json_body=body)
     check_error(reply, 404, param="assistant_id")
-    assert hub.hub.store._threads == {}  # type: ignore[attr-defined]  # MemoryStore
+    store = hub.hub.store
+    if isinstance(store, RedisStore):
+        assert await store._client.keys(f"{store.prefix}thread:*") == []
+    else:
+        assert store._threads == {}  # type: ignore[attr-defined]  # MemoryStore
 
 
 async def test_second_run_on_a_thread_with_a_live_run_is_409(start_hub: StartHub) -> None:

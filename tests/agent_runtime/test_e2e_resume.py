@@ -17,7 +17,6 @@ from .conftest import (
     HubClient,
     StartHub,
     check_run,
-    eventually,
     within,
 )
 from .sse import DONE, Ev
@@ -229,7 +228,7 @@ async def test_live_late_joiner_of_a_trimmed_stream_ends_with_the_right_text(
 ) -> None:
     hub = await start_hub(model=PACED_MODEL, max_events_per_stream=5)
     thread_id, run_id = await hub.start()
-    async with hub.reader(thread_id, run_id) as early:
+    async with hub.reader(thread_id, run_id, on_owner=True) as early:
         async with within(2):
             await early.until(lambda e: e.id is not None and e.id >= 15)
         assert hub.hub.runs.live(run_id) is not None
@@ -268,7 +267,7 @@ async def test_after_retention_the_stream_is_rebuilt_from_the_store(start_hub: S
         )
     original = check_run(reply.events("openai")[:-1])
     run_id = original.events[0].data["id"]
-    await eventually(lambda: run_id not in hub.hub.registry, what="the stream is dropped")
+    await hub.dropped(run_id)
 
     events = await hub.events(thread_id, run_id)
 
@@ -312,7 +311,7 @@ async def test_a_cancelled_run_is_rebuilt_with_its_incomplete_message(
             await hub.request("POST", f"/v1/threads/{thread_id}/runs/{run_id}/cancel")
             await reader.rest()
     original = check_run(reader.events, "thread.run.cancelled")
-    await eventually(lambda: run_id not in hub.hub.registry, what="the stream is dropped")
+    await hub.dropped(run_id)
 
     events = await hub.events(thread_id, run_id)
 
