@@ -121,6 +121,15 @@ class Cluster:
     async def start(self) -> None:
         """Take this node's lease and start its heartbeat, inbox and reaper."""
         await self._renew(first=True)
+        # Runs recorded as ours are a previous process's under the same node id (it
+        # died, and its lease was taken over before anyone noticed): fail them now.
+        live = cast("dict[bytes, bytes]", await self.client.hgetall(self._live))
+        for raw_run, value in live.items():
+            node, _, thread = _text(value).partition(" ")
+            if node == self.node_id:
+                await self._fail_orphan(
+                    node, thread, _text(raw_run), "was restarted while this run was live"
+                )
         for body, name in (
             (self._heartbeat(), "cluster heartbeat"),
             (self._serve_inbox(), "cluster inbox"),
@@ -296,16 +305,17 @@ class Cluster:
                     f"{self.prefix}reap:{run_id}", self.node_id, nx=True, ex=60
                 )
                 if claimed:
-                    await self._fail_orphan(node, thread_id, run_id)
+                    await self._fail_orphan(
+                        node, thread_id, run_id, f"stopped (its lease of {self.lease:g}s expired)"
+                    )
                     failed += 1
         self.reaped += failed
         return failed
 
-    async def _fail_orphan(self, node: str, thread_id: str, run_id: str) -> None:
-        message = (
-            f"node {node} stopped (its lease of {self.lease:g}s expired) while this run was "
-            "live; a surviving node marked it failed"
-        )
+    async def _fail_orphan(self, node: str, thread_id: str, run_id: str, what: str) -> None:
+        """Fail a run whose node is gone: the run and its unfinished messages in the store,
+        then ``thread.run.failed`` and the end of its stream for every subscriber."""
+        message = f"node {node} {what} while this run was live; it was marked failed"
         logger.warning("run %s on thread %s: %s", run_id, thread_id, message)
         try:
             run = await self.store.get_run(thread_id, run_id)

@@ -22,15 +22,16 @@ async def healthz(request: web.Request) -> web.Response:
     """Liveness, with the figures an operator checks first (``tasks``: asyncio tasks
     alive in the process, which must not grow with finished runs or connections)."""
     hub = request.app[HUB]
-    return json_response(
-        {
-            "status": "ok",
-            "live_runs": hub.runs.live_count,
-            "agents": len(hub.catalog),
-            "subscribers": hub.registry.subscriber_count,
-            "tasks": len(asyncio.all_tasks()),
-        }
-    )
+    body = {
+        "status": "ok",
+        "live_runs": hub.runs.live_count,
+        "agents": len(hub.catalog),
+        "subscribers": hub.registry.subscriber_count,
+        "tasks": len(asyncio.all_tasks()),
+    }
+    if hub.cluster is not None:  # one node of several on Redis
+        body["node"] = hub.cluster.node_id
+    return json_response(body)
 
 
 def routes() -> list[tuple[str, str, Any]]:

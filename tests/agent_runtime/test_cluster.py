@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,6 +109,8 @@ async def test_a_run_on_a_watched_from_b_resumed_on_a_cancelled_from_b(
     nodes: list[ServeProcess], session: aiohttp.ClientSession
 ) -> None:
     a, b = (node.url for node in nodes)
+    for url, name in ((a, "node-a"), (b, "node-b")):
+        assert (await call(session, "GET", f"{url}/healthz"))["node"] == name
     thread_id = await new_thread(session, a, "What is virtue?")
     run = await new_run(session, a, thread_id, SLOW)
     stream_path = f"/v1/threads/{thread_id}/stream/{run['id']}"
@@ -217,7 +221,8 @@ async def test_node_a_killed_mid_run_is_failed_by_node_b(
     assert events[-1].name == "thread.run.failed", [e.name for e in events[-4:]]
     assert sum(e.name in TERMINAL_EVENTS for e in events) == 1
     error = events[-1].data["last_error"]
-    assert error["code"] == "server_error" and "node-a" in error["message"]
+    assert error["code"] == "server_error"
+    assert error["message"].startswith("node node-a stopped (its lease of"), error
     ids = [e.id for e in events]
     assert ids == list(range(1, len(events) + 1)), ids
     got = await call(session, "GET", f"{b}/v1/threads/{thread_id}/runs/{run['id']}")
@@ -234,7 +239,7 @@ async def test_node_a_killed_mid_run_is_failed_by_node_b(
     again = await new_run(session, b, thread_id, FAST)
     status, body = await whole(session, b, thread_id, again["id"])
     check_run(parse_events(body))
-    assert "node-a" in node_b.output and "marked it failed" in node_b.output
+    assert "node node-a stopped" in node_b.output and "marked failed" in node_b.output
 
 
 async def test_node_a_stopped_mid_run_ends_it_for_subscribers_on_b(
@@ -254,3 +259,40 @@ async def test_node_a_stopped_mid_run_ends_it_for_subscribers_on_b(
     assert "shut down" in watcher.events[-1].data["last_error"]["message"]
     got = await call(session, "GET", f"{node_b.url}/v1/threads/{thread_id}/runs/{run['id']}")
     assert got["status"] == "failed"
+
+
+async def test_a_node_restarted_under_its_id_fails_the_runs_it_had(
+    nodes: list[ServeProcess], session: aiohttp.ClientSession
+) -> None:
+    node_a, node_b = nodes
+    thread_id = await new_thread(session, node_a.url, "What is temperance?")
+    run = await new_run(session, node_a.url, thread_id, SLOW)
+    async with session.get(f"{node_b.url}/v1/threads/{thread_id}/stream/{run['id']}") as on_b:
+        watcher = SSEReader(on_b)
+        await watch_until_deltas(watcher, 2)
+        node_a.send(signal.SIGKILL)
+        assert await node_a.wait(5 * UNIT) == -signal.SIGKILL
+        # Back at once, under the same id: it takes its lease again before it expires,
+        # so nobody else would fail the run; the new process does, as it starts.
+        await node_a.start()
+        async with asyncio.timeout(10 * UNIT):
+            await watcher.rest()
+    assert watcher.events[-1].name == "thread.run.failed"
+    message = watcher.events[-1].data["last_error"]["message"]
+    assert message.startswith("node node-a was restarted while this run was live"), message
+    again = await new_run(session, node_a.url, thread_id, FAST)
+    status, body = await whole(session, node_b.url, thread_id, again["id"])
+    assert status == 200
+    check_run(parse_events(body))
+
+
+def test_serve_with_an_unreachable_redis_says_so() -> None:
+    command = [sys.executable, "-m", "agent_runtime.cli", "serve", "--port", "0"]
+    done = subprocess.run(
+        [*command, "--redis", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "agentstream: cannot reach Redis at redis://127.0.0.1:1/0" in done.stderr

@@ -900,3 +900,60 @@ async def test_closing_a_store_never_used(tmp_path: Path) -> None:
     await store.close()
     assert store_threads() == []
     assert not (tmp_path / "store.db").exists()
+
+
+# -- RedisStore: shared by nodes ----------------------------------------------------------
+
+
+async def test_two_redis_stores_on_one_prefix_share_everything(
+    redis_url: str, redis_prefix: str
+) -> None:
+    one = await RedisStore.open(redis_url, prefix=redis_prefix)
+    two = await RedisStore.open(redis_url, prefix=redis_prefix)
+    other = await RedisStore.open(redis_url, prefix=redis_prefix + "other:")
+    try:
+        thread = a_thread(owner="digest")
+        await one.create_thread(thread)
+        assert await two.get_thread(thread.id) == thread
+        message = a_message(thread.id)
+        await two.add_message(message)
+        assert (await one.list_messages(thread.id)).data == [message]
+        with pytest.raises(NotFound):
+            await other.get_thread(thread.id)
+        await two.delete_thread(thread.id)
+        with pytest.raises(NotFound):
+            await one.get_thread(thread.id)
+        assert await one._client.keys(f"{redis_prefix}*") == []
+    finally:
+        for store in (one, two, other):
+            await store.close()
+            await store.close()  # idempotent
+
+
+async def test_a_redis_store_leaves_live_runs_alone_at_start(
+    redis_url: str, redis_prefix: str
+) -> None:
+    store = await RedisStore.open(redis_url, prefix=redis_prefix)
+    try:
+        thread = a_thread()
+        await store.create_thread(thread)
+        run = Run(
+            id=new_id("run"),
+            thread_id=thread.id,
+            assistant_id="a",
+            created_at=now(),
+            expires_at=None,
+            model="m",
+            status="in_progress",
+        )
+        await store.create_run(run)
+        assert await store.mark_interrupted_runs("stopped") == []
+        assert (await store.get_run(thread.id, run.id)).status == "in_progress"
+    finally:
+        await store.close()
+
+
+async def test_an_unreachable_redis_store_is_a_clear_error() -> None:
+    with pytest.raises(AgentRuntimeError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
+        async with asyncio.timeout(10 * UNIT):
+            await RedisStore.open("redis://127.0.0.1:1/0")
