@@ -296,6 +296,14 @@ class Cluster:
             node, _, thread = _text(value).partition(" ")
             if node != self.node_id:
                 owners.setdefault(node, []).append((thread, _text(raw_run)))
+        for raw_run, value in live.items():
+            # Ours but unknown here: a run whose release did not reach Redis. Release it,
+            # or its thread would never take another run.
+            node, _, thread = _text(value).partition(" ")
+            run_id = _text(raw_run)
+            if node == self.node_id and not self.runs.knows(thread, run_id):
+                logger.info("run %s: ended here but still recorded live; releasing it", run_id)
+                await self._release_now(thread, run_id)
         failed = 0
         for node, runs in owners.items():
             if await self.client.exists(self._lease_key(node)):

@@ -802,6 +802,10 @@ class RunManager:
         run_id = self._live_by_thread.get(thread_id)
         return None if run_id is None else self._live.get(run_id)
 
+    def knows(self, thread_id: str, run_id: str) -> bool:
+        """The run is live here or being created here."""
+        return run_id in self._live or self._live_by_thread.get(thread_id) == run_id
+
     def live_contexts(self) -> list[RunContext]:
         return list(self._live.values())
 

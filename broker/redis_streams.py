@@ -338,6 +338,13 @@ class RedisRegistry(Registry):
             mirror.task.cancel()
         super().discard(key)
 
+    def _expire(self, key: str) -> None:
+        self._owned.discard(key)
+        mirror = self._mirrors.pop(key, None)
+        if mirror is not None and mirror.task is not None:
+            mirror.task.cancel()
+        super()._expire(key)
+
     async def append_final(self, key: str, name: str, payload: Any) -> int | None:
         """End a stream another node was publishing (it died): append ``name`` and the
         end marker after what Redis holds. Returns the event's id, or ``None`` if the

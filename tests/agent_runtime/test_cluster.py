@@ -23,6 +23,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent_runtime.config import HubConfig
+from agent_runtime.hub import Hub
+
 from .conftest import TERMINAL_EVENTS, UNIT, ClientState, check_run
 from .provider_stub import ServeProcess
 from .sse import Ev, SSEReader, parse_events
@@ -296,3 +299,22 @@ def test_serve_with_an_unreachable_redis_says_so() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "agentstream: cannot reach Redis at redis://127.0.0.1:1/0" in done.stderr
+
+
+async def test_a_claim_this_node_no_longer_knows_is_released(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A run that ended while Redis was unreachable stays recorded live; the node's own
+    reaper pass releases it, so its thread can take runs again."""
+    hub = Hub(HubConfig(redis_url=redis_url, redis_prefix=redis_prefix, node_id="solo"))
+    await hub.start()
+    try:
+        assert hub.cluster is not None
+        client = hub.cluster.client
+        await client.hset(f"{redis_prefix}runs:live", "run_gone", "solo thread_x")
+        await client.hset(f"{redis_prefix}threads:live", "thread_x", "run_gone")
+        assert await hub.cluster.reap() == 0
+        assert not await client.hexists(f"{redis_prefix}runs:live", "run_gone")
+        assert not await client.hexists(f"{redis_prefix}threads:live", "thread_x")
+    finally:
+        await hub.aclose()
