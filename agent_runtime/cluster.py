@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -243,7 +244,7 @@ class Cluster:
             error = AgentRuntimeError(body["error"]["message"], param=body["error"].get("param"))
             error.status = body["error"]["status"]
             raise error
-        return await self.store.get_run(thread_id, run_id)
+        return Run(**body["run"])  # as the owner answered: ``cancelling``, like a local cancel
 
     async def _serve_inbox(self) -> None:
         inbox = self._inbox(self.node_id)
@@ -268,8 +269,8 @@ class Cluster:
             answer = {"error": {"message": f"unknown op {request.get('op')!r}", "status": 400}}
         else:
             try:
-                await self.runs.cancel(request["thread_id"], request["run_id"], local=True)
-                answer = {"ok": True}
+                run = await self.runs.cancel(request["thread_id"], request["run_id"], local=True)
+                answer = {"run": dataclasses.asdict(run)}
             except AgentRuntimeError as exc:
                 answer = {"error": {"message": str(exc), "param": exc.param, "status": exc.status}}
         async with self.client.pipeline(transaction=True) as pipe:

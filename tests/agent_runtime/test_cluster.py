@@ -141,7 +141,7 @@ async def test_a_run_on_a_watched_from_b_resumed_on_a_cancelled_from_b(
             cancelled = await call(
                 session, "POST", f"{b}/v1/threads/{thread_id}/runs/{run['id']}/cancel"
             )
-            assert cancelled["status"] in ("cancelling", "cancelled"), cancelled
+            assert cancelled["status"] == "cancelling", cancelled  # as a local cancel says
             async with asyncio.timeout(10 * UNIT):
                 rest_a = await resumed.rest()
                 rest_b = await watcher.rest()
