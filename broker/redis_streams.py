@@ -478,11 +478,9 @@ class RedisRegistry(Registry):
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            if found:
-                for _name, entries in found:
-                    last = self._apply(key, mirror, entries)
-                continue
-            # A blocking read timed out: is anyone still watching, is the stream still there?
+            for _name, entries in found:
+                last = self._apply(key, mirror, entries)
+            # Is anyone still watching? (A mirror costs a reader and a buffer.)
             if stream.watched:
                 unwatched_since = None
             elif unwatched_since is None:
@@ -492,7 +490,8 @@ class RedisRegistry(Registry):
                 self._mirrors.pop(key, None)
                 super().discard(key)
                 return
-            if not await self._client.exists(rkey):
+            # A blocking read that timed out: is the stream still there?
+            if not found and not await self._client.exists(rkey):
                 logger.info("stream %r: gone from Redis before its end; dropping the mirror", key)
                 self._mirrors.pop(key, None)
                 super().discard(key)

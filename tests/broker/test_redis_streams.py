@@ -3,6 +3,7 @@ stand for two nodes; one publishes, the other mirrors and serves."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -230,3 +231,26 @@ async def test_unreachable_redis_is_a_clear_error() -> None:
                 await registry.start()
     finally:
         await registry.aclose()
+
+
+async def test_a_busy_mirror_nobody_watches_is_dropped_too(node: MakeNode) -> None:
+    a, b = await node(), await node(mirror_idle=0.1 * UNIT)
+    stream = a.create("k")
+    publish(stream, 1)
+    assert await a.flushed()
+    assert await b.open("k") is not None
+    task = b._mirrors["k"].task
+    assert task is not None
+
+    async def keep_publishing() -> None:
+        while True:
+            publish(stream, 1)
+            await asyncio.sleep(0.01)  # a paced publisher
+
+    publisher = asyncio.create_task(keep_publishing())
+    try:
+        async with within():
+            await task
+    finally:
+        publisher.cancel()
+    assert b.get("k") is None
