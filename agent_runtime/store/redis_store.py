@@ -11,9 +11,10 @@ Atomicity and order
 -------------------
 Every write is one Lua script (checks and changes together: a message is never added to a
 thread being deleted, adding a message again replaces it in place). Writes of one store
-object go out in the order they were called: each takes an ``asyncio.Lock`` (FIFO) as its
-first step and holds it for its one round trip, so two updates of a run can never be
-reordered by the connection pool. Reads use the pool freely. Objects are serialised on
+object go out in the order they were called: they are queued, and one writer task sends
+everything queued during a loop turn as one pipeline on one connection (so many runs'
+writes share a round trip, and two updates of a run are never reordered by the
+connection pool). Reads use the pool freely. Objects are serialised on
 the call, so a caller mutating them afterwards changes nothing stored.
 
 Lists are paginated here, from the thread's whole index (one round trip), with the same
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -79,10 +81,8 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self._client = aioredis.Redis.from_url(url, protocol=2)
-        self._put = self._client.register_script(_PUT)
-        self._replace = self._client.register_script(_REPLACE)
-        self._delete = self._client.register_script(_DELETE_THREAD)
-        self._writes: asyncio.Lock | None = None
+        self._queue: list[tuple[Callable[[Any], object], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
@@ -96,21 +96,56 @@ class RedisStore:
             raise ServiceUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
         return store
 
-    def _lock(self) -> asyncio.Lock:
-        if self._writes is None:
-            self._writes = asyncio.Lock()
-        return self._writes
-
     def _keys(self, thread_id: str, kind: str) -> list[str]:
         base = f"{self.prefix}thread:{thread_id}"
         return [base, f"{base}:{kind}", f"{base}:{kind}h", f"{base}:seq"]
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> int:
-        async with self._lock():
-            try:
-                return int(await script(keys=keys, args=args))
-            except (RedisError, OSError) as exc:
-                raise ServiceUnavailable(f"the store (Redis at {self.url}) failed: {exc}") from exc
+    def _write(self, add: Callable[[Any], object]) -> asyncio.Future[Any]:
+        """Queue one write (``add`` puts its command on a pipeline); its result later.
+
+        Every write queued during a loop turn goes out in one pipeline, in call order, on
+        one connection, so writes apply in the order they were called and many runs'
+        writes cost one round trip. The write happens even if the caller is cancelled.
+        """
+        if self._closed:
+            raise ServiceUnavailable("the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((add, future))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._drain(), name="redis store writer"
+            )
+        return future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for add, _future in batch:
+                            add(pipe)
+                        results = await pipe.execute(raise_on_error=False)
+                except (RedisError, OSError) as exc:
+                    results = [exc] * len(batch)
+                for (_add, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, (RedisError, OSError)):
+                        future.set_exception(
+                            ServiceUnavailable(f"the store (Redis at {self.url}) failed: {result}")
+                        )
+                    else:
+                        future.set_result(result)
+        finally:
+            self._writer = None
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> int:
+        # EVAL, not EVALSHA: Redis caches the compiled script by its digest either way, and
+        # EVAL needs no "load the script first" round trip before a pipeline, nor a retry
+        # after Redis restarted and forgot it.
+        future = self._write(lambda pipe: pipe.eval(script, len(keys), *keys, *args))
+        return int(await asyncio.shield(future))
 
     async def _read(self, *commands: tuple[str, tuple[Any, ...]]) -> list[Any]:
         try:
@@ -126,11 +161,7 @@ class RedisStore:
     async def create_thread(self, thread: Thread) -> None:
         key = f"{self.prefix}thread:{thread.id}"
         data = _dump(thread)
-        async with self._lock():
-            try:
-                await self._client.set(key, data)
-            except (RedisError, OSError) as exc:
-                raise ServiceUnavailable(f"the store (Redis at {self.url}) failed: {exc}") from exc
+        await asyncio.shield(self._write(lambda pipe: pipe.set(key, data)))
 
     async def get_thread(self, thread_id: str) -> Thread:
         (raw,) = await self._read(("get", (f"{self.prefix}thread:{thread_id}",)))
@@ -141,19 +172,19 @@ class RedisStore:
     async def delete_thread(self, thread_id: str) -> None:
         base = f"{self.prefix}thread:{thread_id}"
         keys = [base, f"{base}:m", f"{base}:mh", f"{base}:r", f"{base}:rh", f"{base}:seq"]
-        if not await self._run(self._delete, keys, []):
+        if not await self._run(_DELETE_THREAD, keys, []):
             raise _thread_missing(thread_id)
 
     # -- messages --------------------------------------------------------------------
 
     async def add_message(self, message: Message) -> None:
         keys = self._keys(message.thread_id, "m")
-        if not await self._run(self._put, keys, [message.id, _dump(message)]):
+        if not await self._run(_PUT, keys, [message.id, _dump(message)]):
             raise _thread_missing(message.thread_id)
 
     async def update_message(self, message: Message) -> None:
         keys = self._keys(message.thread_id, "m")
-        done = await self._run(self._replace, keys, [message.id, _dump(message)])
+        done = await self._run(_REPLACE, keys, [message.id, _dump(message)])
         if done == 0:
             raise _thread_missing(message.thread_id)
         if done < 0:
@@ -199,7 +230,7 @@ class RedisStore:
 
     async def update_run(self, run: Run) -> None:
         keys = self._keys(run.thread_id, "r")
-        if not await self._run(self._put, keys, [run.id, _dump(run)]):
+        if not await self._run(_PUT, keys, [run.id, _dump(run)]):
             raise _thread_missing(run.thread_id)
 
     async def get_run(self, thread_id: str, run_id: str) -> Run:
@@ -230,6 +261,9 @@ class RedisStore:
         return []
 
     async def close(self) -> None:
+        """Write what is queued, then disconnect. Idempotent."""
         if not self._closed:
             self._closed = True
+            if self._writer is not None:
+                await asyncio.gather(self._writer, return_exceptions=True)
             await self._client.aclose()
