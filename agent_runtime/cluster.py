@@ -250,7 +250,8 @@ class Cluster:
         inbox = self._inbox(self.node_id)
         while True:
             try:
-                item = await self.client.blpop([inbox], timeout=max(1.0, self.lease))
+                # The registry's blocking-read period: below the client's socket timeout.
+                item = await self.client.blpop([inbox], timeout=self.registry.settings.block)
             except (RedisError, OSError) as exc:
                 logger.warning("node %s: reading the inbox failed: %s", self.node_id, exc)
                 await asyncio.sleep(min(1.0, self.lease / 3))

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.exceptions import ResponseError
 
 from broker import BackendUnavailable, Event, InvalidCursor, StreamExists
 from broker.config import BrokerConfig
@@ -187,6 +188,28 @@ async def test_append_final_ends_a_stream_whose_publisher_died(node: MakeNode) -
     assert 0 < ttl <= 300
 
 
+async def test_replayed_writes_and_writes_after_a_foreign_end_add_nothing(
+    node: MakeNode,
+) -> None:
+    a, b = await node(), await node()
+    stream = a.create("k")
+    publish(stream, 3)
+    assert await a.flushed()
+    # As if the reply to that write was lost and the outbox wrote it all again.
+    await a._out()._write([("x", "k", stream.buffer.get(i)) for i in (1, 2, 3)])
+    # Node B ends the stream of an A it presumed dead; A, alive after all, publishes on.
+    assert await b.append_final("k", "thread.run.failed", {"why": "presumed dead"}) == 4
+    publish(stream, 2)
+    assert await a.flushed()
+    entries = await a.client.xrange(a.redis_key("k"))
+    assert [raw_id for raw_id, _ in entries] == [b"0-%d" % i for i in range(1, 6)]
+    assert entries[3][1][b"n"] == b"thread.run.failed" and b"end" in entries[4][1]
+    # Any other error is the outbox's to retry, not a skipped event.
+    await a.client.set(a.redis_key("w"), "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await a._out()._write([("x", "w", stream.buffer.get(1))])
+
+
 async def test_closed_streams_expire_after_retention(node: MakeNode) -> None:
     a = await node(BrokerConfig(retention=7))
     stream = a.create("k")
@@ -231,6 +254,29 @@ async def test_unreachable_redis_is_a_clear_error() -> None:
                 await registry.start()
     finally:
         await registry.aclose()
+
+
+async def test_idle_blocking_reads_outlast_the_socket_timeout(
+    node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mirror of a quiet stream blocks again and again, longer in all than the client's
+    socket timeout, without the client cutting its reads (and the mirror logging it)."""
+    with pytest.raises(ValueError, match="below socket_timeout"):
+        RedisRegistry(None, RedisSettings("redis://127.0.0.1:1/0", block=5, socket_timeout=5))
+    a, b = await node(), await node(block=0.3 * UNIT, socket_timeout=0.5 * UNIT)
+    stream = a.create("k")
+    publish(stream, 1)
+    assert await a.flushed()
+    mirror = await b.open("k")
+    assert mirror is not None
+    sink = CollectingSink()
+    mirror.subscribe(sink, 0)
+    await asyncio.sleep(3 * 0.5 * UNIT)  # quiet: several blocking reads time out in Redis
+    publish(stream, 1)
+    async with within():
+        await b._mirrors["k"].reach(2, 10 * UNIT)
+    assert mirror.head == 2
+    assert [r.levelname for r in caplog.records if r.name == "broker.redis_streams"] == []
 
 
 async def test_a_busy_mirror_nobody_watches_is_dropped_too(node: MakeNode) -> None:
