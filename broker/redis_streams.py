@@ -47,15 +47,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .config import BrokerConfig
 from .errors import BackendUnavailable, LimitExceeded, StreamExists
 from .events import Event
+from .redis_io import _END, Outbox, StreamReader
 from .registry import Registry
 from .stream import Stream
 from .types import Projection, ProjectionFactory, SnapshotFn
@@ -63,8 +64,6 @@ from .types import Projection, ProjectionFactory, SnapshotFn
 __all__ = ["RedisRegistry", "RedisSettings"]
 
 logger = logging.getLogger(__name__)
-
-_END = b"end"
 
 # Append one event and the end marker after whatever the stream holds, unless it has
 # ended already: used to end the stream of a node that died (see append_final).
@@ -84,30 +83,6 @@ redis.call('XADD', KEYS[1], '0-' .. (n + 1), 'end', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return n
 """
-
-
-# Append a batch of events, to any number of streams, in order: ARGV[1] is MAXLEN, then
-# four arguments per event (index into KEYS, entry id, name, data). An entry whose id is
-# not above its stream's last (a batch retried after a lost reply, or a stream another node
-# ended for its dead owner) is skipped, so a batch can be replayed safely; any other error
-# stops the batch and is returned (the outbox retries it). Returns how many were skipped.
-# One command per batch rather than one XADD per event: the publisher's cost per event is
-# mostly the client's, in packing commands and parsing replies.
-_APPEND_BATCH = """
-local maxlen = ARGV[1]
-local skipped = 0
-for i = 2, #ARGV, 4 do
-  local r = redis.pcall('XADD', KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', maxlen,
-                        ARGV[i + 1], 'n', ARGV[i + 2], 'd', ARGV[i + 3])
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'equal or smaller', 1, true) then return r end
-    skipped = skipped + 1
-  end
-end
-return skipped
-"""
-_BATCH = 1000
-"""Events per batch command at most (a script holds Redis while it runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,115 +110,6 @@ class RedisSettings:
 
 def _entry_id(raw: bytes) -> int:
     return int(raw.rsplit(b"-", 1)[1])
-
-
-class _Outbox:
-    """Everything the node publishes, queued and written to Redis in order, one pipeline
-    per loop turn. ``put`` never awaits."""
-
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings, config: BrokerConfig):
-        self._client = client
-        self._settings = settings
-        self._config = config
-        self._ops: list[tuple[Any, ...]] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis outbox")
-
-    def put(self, *op: Any) -> None:
-        self._ops.append(op)
-        self._idle.clear()
-        self._wake.set()
-
-    async def drain(self, timeout: float) -> bool:
-        """Wait until everything queued is written (or ``timeout``); returns whether it was."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    def cancel(self) -> None:
-        self._task.cancel()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ops, self._ops = self._ops, []
-            if not ops:
-                self._idle.set()
-                continue
-            try:
-                await self._write(ops)
-            except (RedisError, OSError) as exc:
-                failures += 1
-                delay = min(2.0, 0.05 * 2**failures)
-                logger.warning(
-                    "redis outbox: %s; retrying %d writes in %.2fs", exc, len(ops), delay
-                )
-                self._ops[:0] = ops
-                await asyncio.sleep(delay)
-                self._wake.set()
-                continue
-            failures = 0
-            if not self._ops:
-                self._idle.set()
-
-    async def _write(self, ops: list[tuple[Any, ...]]) -> None:
-        prefix = self._settings.prefix
-        maxlen = self._config.max_events_per_stream
-        open_ttl = int(self._settings.open_ttl)
-        retention = max(1, int(self._config.retention * 1000))  # ms
-        async with self._client.pipeline(transaction=False) as pipe:
-            keys: dict[str, int] = {}  # the current batch of events: its streams ...
-            args: list[Any] = [maxlen]  # ... and its arguments
-            batches: set[int] = set()  # which replies are batches'
-
-            def flush_batch() -> None:
-                if keys:
-                    batches.add(len(pipe.command_stack))
-                    pipe.eval(_APPEND_BATCH, len(keys), *keys, *args)
-                    keys.clear()
-                    del args[1:]
-
-            for op in ops:
-                kind, key = op[0], f"{prefix}s:{op[1]}"
-                if kind == "x":
-                    event: Event = op[2]
-                    index = keys.setdefault(key, len(keys) + 1)
-                    args += (index, b"0-%d" % cast(int, event.id), event.name, event.data)
-                    if len(args) > 4 * _BATCH:
-                        flush_batch()
-                    continue
-                flush_batch()  # everything else goes after the events queued before it
-                if kind == "new":  # an empty stream, visible to every node at once
-                    pipe.xgroup_create(key, "agentstream", id="0", mkstream=True)
-                    pipe.expire(key, open_ttl)
-                elif kind == "end":
-                    pipe.xadd(key, {_END: b"1"}, id=b"0-%d" % (op[2] + 1))
-                    pipe.pexpire(key, retention)
-                    pipe.pexpire(key + ":ckpt", retention)
-                elif kind == "ckpt":
-                    at, snapshot = op[2], op[3]
-                    items = [[name, payload] for name, payload in snapshot(at)]
-                    pipe.set(key + ":ckpt", orjson.dumps({"at": at, "items": items}), ex=open_ttl)
-                elif kind == "del":
-                    pipe.delete(key, key + ":ckpt")
-            flush_batch()
-            results = await pipe.execute(raise_on_error=False)
-        for i, result in enumerate(results):
-            if isinstance(result, ResponseError) and i not in batches:
-                # A stream created already or an end marker written already (a retried
-                # write), or a stream ended by another node (its owner presumed dead).
-                logger.debug("redis outbox: %s", result)
-            elif isinstance(result, (RedisError, OSError)):
-                raise result
-            elif i in batches and result:
-                logger.debug("redis outbox: %d events were in Redis already", result)
 
 
 class _Mirror:
@@ -304,7 +170,14 @@ class RedisRegistry(Registry):
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.connect_timeout,
         )
-        self._outbox: _Outbox | None = None
+        # The mirrors' readers: a connection each, no socket timeout (each read has its own)
+        self._reader_pool = aioredis.ConnectionPool.from_url(
+            settings.url,
+            protocol=2,
+            socket_timeout=None,
+            socket_connect_timeout=settings.connect_timeout,
+        )
+        self._outbox: Outbox | None = None
         self._owned: set[str] = set()
         self._mirrors: dict[str, _Mirror] = {}
         self._opening: dict[str, asyncio.Task[Stream | None]] = {}
@@ -325,12 +198,17 @@ class RedisRegistry(Registry):
             await self._client.ping()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"cannot reach Redis at {self.settings.url}: {exc}") from exc
-        if self._outbox is None:
-            self._outbox = _Outbox(self._client, self.settings, self.config)
+        self._out()
 
-    def _out(self) -> _Outbox:
+    def _out(self) -> Outbox:
         if self._outbox is None:  # start() not awaited: begin without the reachability check
-            self._outbox = _Outbox(self._client, self.settings, self.config)
+            self._outbox = Outbox(
+                self._client,
+                prefix=self.settings.prefix,
+                maxlen=self.config.max_events_per_stream,
+                open_ttl=self.settings.open_ttl,
+                retention=self.config.retention,
+            )
         return self._outbox
 
     async def flushed(self, timeout: float = 5.0) -> bool:
@@ -509,18 +387,27 @@ class RedisRegistry(Registry):
         return last
 
     async def _follow(self, key: str, mirror: _Mirror, last: bytes) -> None:
+        """The mirror's task: read the stream until it ends, is gone or nobody watches."""
+        reader = StreamReader(
+            self._reader_pool,
+            self.redis_key(key),
+            block=self.settings.block,
+            timeout=self.settings.socket_timeout,
+        )
+        try:
+            await self._read(key, mirror, reader, last)
+        finally:
+            await reader.close()
+
+    async def _read(self, key: str, mirror: _Mirror, reader: StreamReader, last: bytes) -> None:
         rkey = self.redis_key(key)
         stream = mirror.stream
-        block_ms = max(1, int(self.settings.block * 1000))
         loop = asyncio.get_running_loop()
         unwatched_since: float | None = None
         failures = 0
         while not stream.closed and not stream.discarded:
             try:
-                found = cast(
-                    "list[Any]",
-                    await self._client.xread({rkey: last}, count=1000, block=block_ms),
-                )
+                found = await reader.read(last)
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay = min(2.0, 0.05 * 2**failures)
@@ -530,8 +417,8 @@ class RedisRegistry(Registry):
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            for _name, entries in found:
-                last = self._apply(key, mirror, entries)
+            if found:
+                last = self._apply(key, mirror, found)
             # Is anyone still watching? (A mirror costs a reader and a buffer.)
             if stream.watched:
                 unwatched_since = None
@@ -572,7 +459,8 @@ class RedisRegistry(Registry):
         outbox = self._outbox
         self.shutdown()
         if outbox is not None:
-            tasks.append(outbox._task)
+            tasks.append(outbox.task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
+        await self._reader_pool.aclose()

@@ -9,10 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from broker import BackendUnavailable, Event, InvalidCursor, StreamExists
 from broker.config import BrokerConfig
+from broker.redis_io import StreamReader
 from broker.redis_streams import RedisRegistry, RedisSettings
 from broker.stream import GAP_EVENT
 
@@ -300,3 +302,40 @@ async def test_a_busy_mirror_nobody_watches_is_dropped_too(node: MakeNode) -> No
     finally:
         publisher.cancel()
     assert b.get("k") is None
+
+
+async def test_a_reader_cancelled_mid_read_never_takes_its_stale_reply(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The reply to a cancelled blocking read may still come: that connection is dropped,
+    so the next read gets its own reply."""
+    key = f"{redis_prefix}s:direct"
+    client = aioredis.Redis.from_url(redis_url, protocol=2)
+    pool = aioredis.ConnectionPool.from_url(redis_url, protocol=2)
+    reader = StreamReader(pool, key, block=30 * UNIT, timeout=60 * UNIT)
+    try:
+        for n in (1, 2):
+            await client.xadd(key, {"n": "tick", "d": str(n)}, id=f"0-{n}")
+        blocked = asyncio.create_task(reader.read(b"0-2"))
+        async with within():
+            # Until Redis holds that read blocked (state of another process: polled).
+            for _attempt in range(100_000):
+                clients = await client.client_list()
+                if any(c["cmd"] == "xread" and "b" in c["flags"] for c in clients):
+                    break
+                await asyncio.sleep(0.01)
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        await client.xadd(key, {"n": "tick", "d": "3"}, id="0-3")
+        async with within():
+            got = await reader.read(b"0-0")
+        assert [(raw_id, fields[b"d"]) for raw_id, fields in got] == [
+            (b"0-1", b"1"),
+            (b"0-2", b"2"),
+            (b"0-3", b"3"),
+        ]
+    finally:
+        await reader.close()
+        await pool.aclose()
+        await client.aclose()

@@ -1,0 +1,246 @@
+"""The two I/O paths between a node and Redis: the outbox (its writes) and the stream
+reader (one blocking reader per mirrored stream). :mod:`broker.redis_streams` decides
+what to write and what to do with what is read; this module only moves it.
+
+Both are built for the cost per event, which on the publishing node is mostly the
+client's own (building commands and parsing replies in Python), not Redis's: the outbox
+sends a loop turn's events as one batch command; a reader keeps one connection for its
+whole life and sends one pre-built command per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from .events import Event
+
+__all__ = ["Outbox", "StreamReader"]
+
+logger = logging.getLogger("broker.redis_streams")
+
+_END = b"end"
+
+# Append a batch of events, to any number of streams, in order: ARGV[1] is MAXLEN, then
+# four arguments per event (index into KEYS, entry id, name, data). An entry whose id is
+# not above its stream's last (a batch retried after a lost reply, or a stream another node
+# ended for its dead owner) is skipped, so a batch can be replayed safely; any other error
+# stops the batch and is returned (the outbox retries it). Returns how many were skipped.
+# One command per batch rather than one XADD per event: the publisher's cost per event is
+# mostly the client's, in packing commands and parsing replies.
+_APPEND_BATCH = """
+local maxlen = ARGV[1]
+local skipped = 0
+for i = 2, #ARGV, 4 do
+  local r = redis.pcall('XADD', KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', maxlen,
+                        ARGV[i + 1], 'n', ARGV[i + 2], 'd', ARGV[i + 3])
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'equal or smaller', 1, true) then return r end
+    skipped = skipped + 1
+  end
+end
+return skipped
+"""
+_BATCH = 1000
+"""Events per batch command at most (a script holds Redis while it runs)."""
+
+
+class Outbox:
+    """Everything the node publishes, queued and written to Redis in order, one pipeline
+    per loop turn, by one task. ``put`` never awaits.
+
+    Operations (tuples): ``("new", key)`` creates the empty stream, ``("x", key, event)``
+    appends an event, ``("ckpt", key, at, snapshot)`` writes a checkpoint (``snapshot(at)``
+    runs when the write goes out), ``("end", key, head)`` writes the end marker and starts
+    the retention expiry, ``("del", key)`` deletes the stream. Consecutive events, of any
+    streams, go out as one batch command.
+
+    Backpressure: none; while Redis is unreachable the queue grows and the task retries
+    with backoff (a replayed batch is harmless: see ``_APPEND_BATCH``). Cancellation:
+    :meth:`cancel` stops the task; :meth:`drain` waits for the queue to empty.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        maxlen: int,
+        open_ttl: float,
+        retention: float,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._maxlen = maxlen
+        self._open_ttl = max(1, int(open_ttl))
+        self._retention_ms = max(1, int(retention * 1000))
+        self._ops: list[tuple[Any, ...]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis outbox")
+
+    def put(self, *op: Any) -> None:
+        self._ops.append(op)
+        self._idle.clear()
+        self._wake.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until everything queued is written (or ``timeout``); returns whether it was."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        return self._task
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            if not ops:
+                self._idle.set()
+                continue
+            try:
+                await self._write(ops)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay = min(2.0, 0.05 * 2**failures)
+                logger.warning(
+                    "redis outbox: %s; retrying %d writes in %.2fs", exc, len(ops), delay
+                )
+                self._ops[:0] = ops
+                await asyncio.sleep(delay)
+                self._wake.set()
+                continue
+            failures = 0
+            if not self._ops:
+                self._idle.set()
+
+    async def _write(self, ops: list[tuple[Any, ...]]) -> None:
+        prefix, maxlen, open_ttl, retention = (
+            self._prefix,
+            self._maxlen,
+            self._open_ttl,
+            self._retention_ms,
+        )
+        async with self._client.pipeline(transaction=False) as pipe:
+            keys: dict[str, int] = {}  # the current batch of events: its streams ...
+            args: list[Any] = [maxlen]  # ... and its arguments
+            batches: set[int] = set()  # which replies are batches'
+
+            def flush_batch() -> None:
+                if keys:
+                    batches.add(len(pipe.command_stack))
+                    pipe.eval(_APPEND_BATCH, len(keys), *keys, *args)
+                    keys.clear()
+                    del args[1:]
+
+            for op in ops:
+                kind, key = op[0], f"{prefix}s:{op[1]}"
+                if kind == "x":
+                    event: Event = op[2]
+                    index = keys.setdefault(key, len(keys) + 1)
+                    args += (index, b"0-%d" % cast(int, event.id), event.name, event.data)
+                    if len(args) > 4 * _BATCH:
+                        flush_batch()
+                    continue
+                flush_batch()  # everything else goes after the events queued before it
+                if kind == "new":  # an empty stream, visible to every node at once
+                    pipe.xgroup_create(key, "agentstream", id="0", mkstream=True)
+                    pipe.expire(key, open_ttl)
+                elif kind == "end":
+                    pipe.xadd(key, {_END: b"1"}, id=b"0-%d" % (op[2] + 1))
+                    pipe.pexpire(key, retention)
+                    pipe.pexpire(key + ":ckpt", retention)
+                elif kind == "ckpt":
+                    at, snapshot = op[2], op[3]
+                    items = [[name, payload] for name, payload in snapshot(at)]
+                    pipe.set(key + ":ckpt", orjson.dumps({"at": at, "items": items}), ex=open_ttl)
+                elif kind == "del":
+                    pipe.delete(key, key + ":ckpt")
+            flush_batch()
+            results = await pipe.execute(raise_on_error=False)
+        for i, result in enumerate(results):
+            if isinstance(result, ResponseError) and i not in batches:
+                # A stream created already or an end marker written already (a retried
+                # write), or a stream ended by another node (its owner presumed dead).
+                logger.debug("redis outbox: %s", result)
+            elif isinstance(result, (RedisError, OSError)):
+                raise result
+            elif i in batches and result:
+                logger.debug("redis outbox: %d events were in Redis already", result)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class StreamReader:
+    """Blocking reads of one Redis stream on a connection of its own.
+
+    ``read(last)`` sends ``XREAD COUNT 1000 BLOCK block STREAMS key last`` and returns its
+    entries, each ``(id, {field: value})``, or ``[]`` when the block ran out. The command
+    is built once, only ``last`` changes; the connection comes from ``pool`` (which must
+    not have a socket timeout: a blocked read would be cut) on the first read and stays
+    until :meth:`close`, so a read costs one send and one parse.
+
+    Timeouts and cancellation: a read that has no reply ``timeout`` seconds after it was
+    sent (Redis or the network gone: ``timeout`` must exceed ``block``) raises
+    :class:`redis.exceptions.TimeoutError`; a read cancelled mid-way, or failing, drops
+    the connection (its reply may still come), and the next read connects again.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool, key: str, block: float, timeout: float):
+        self._pool = pool
+        self._timeout = timeout
+        block_ms = b"%d" % max(1, int(block * 1000))
+        self._command = (
+            b"*8\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$4\r\n1000\r\n$5\r\nBLOCK\r\n"
+            + _bulk(block_ms)
+            + b"$7\r\nSTREAMS\r\n"
+            + _bulk(key.encode())
+        )
+        self._conn: Any = None
+
+    async def read(self, last: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if self._conn is None:
+            self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.send_packed_command(self._command + _bulk(last), check_health=False)
+                reply = await conn.read_response()
+        except BaseException as exc:
+            await conn.disconnect(nowait=True)
+            if self._conn is conn:  # (not given back by a close() meanwhile)
+                self._conn = None
+                await self._pool.release(conn)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeout(f"no reply from Redis in {self._timeout:g}s") from exc
+            raise
+        if not reply:
+            return []
+        entries = cast("list[list[Any]]", reply[0][1])
+        return [(raw_id, dict(zip(flat[::2], flat[1::2], strict=True))) for raw_id, flat in entries]
+
+    async def close(self) -> None:
+        """Give the connection back to the pool. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)
