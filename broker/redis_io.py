@@ -2,10 +2,12 @@
 reader (one blocking reader per mirrored stream). :mod:`broker.redis_streams` decides
 what to write and what to do with what is read; this module only moves it.
 
-Both are built for the cost per event, which on the publishing node is mostly the
-client's own (building commands and parsing replies in Python), not Redis's: the outbox
-sends a loop turn's events as one batch command; a reader keeps one connection for its
-whole life and sends one pre-built command per read.
+Both are built for the cost per event, which is mostly the client's own (building
+commands and parsing replies in Python, waking tasks), not Redis's: each keeps one
+connection of its own for its whole life (:class:`Link`) and sends commands encoded here,
+once per write or read; the outbox sends everything queued as one pipeline, a loop
+turn's events as one batch command. redis-py still connects (URL, auth, TLS, database)
+and parses the replies (hiredis).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from .events import Event
 
-__all__ = ["Outbox", "StreamReader"]
+__all__ = ["Link", "Outbox", "StreamReader", "pack"]
 
 logger = logging.getLogger("broker.redis_streams")
 
@@ -51,15 +53,80 @@ _BATCH = 1000
 """Events per batch command at most (a script holds Redis while it runs)."""
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _encode(value: bytes | str | int) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return b"%d" % value
+
+
+def pack(*args: bytes | str | int) -> bytes:
+    """One command in Redis's protocol (RESP): ``pack("GET", "k")``."""
+    return b"*%d\r\n" % len(args) + b"".join([_bulk(_encode(a)) for a in args])
+
+
+class Link:
+    """One connection of ``pool``, kept by one user (the outbox, a reader) for its life.
+
+    :meth:`call` sends packed commands and returns their replies, an error reply as its
+    :class:`~redis.exceptions.ResponseError` (the connection is still in step). ``pool``
+    must have no socket timeout: each call has its own, ``timeout`` (a blocking read must
+    be shorter). A call that times out, fails or is cancelled drops the connection (its
+    replies may still come) and the next call takes another.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    async def call(self, packed: bytes, replies: int = 1) -> list[Any]:
+        if self._conn is None:
+            self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        out: list[Any] = []
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in range(replies):
+                    try:
+                        out.append(await conn.read_response())
+                    except ResponseError as exc:
+                        out.append(exc)
+        except BaseException as exc:
+            await conn.disconnect(nowait=True)
+            if self._conn is conn:  # (not given back by a close() meanwhile)
+                self._conn = None
+                await self._pool.release(conn)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeout(f"no reply from Redis in {self._timeout:g}s") from exc
+            raise
+        return out
+
+    async def close(self) -> None:
+        """Give the connection back to the pool. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)
+
+
 class Outbox:
-    """Everything the node publishes, queued and written to Redis in order, one pipeline
-    per loop turn, by one task. ``put`` never awaits.
+    """Everything the node publishes, queued and written to Redis in order by one task,
+    on one :class:`Link`, everything queued as one pipeline. ``put`` never awaits.
 
     Operations (tuples): ``("new", key)`` creates the empty stream, ``("x", key, event)``
     appends an event, ``("ckpt", key, at, snapshot)`` writes a checkpoint (``snapshot(at)``
     runs when the write goes out), ``("end", key, head)`` writes the end marker and starts
     the retention expiry, ``("del", key)`` deletes the stream. Consecutive events, of any
     streams, go out as one batch command.
+
+    Writes are at least ``linger`` seconds apart: the first event after a quiet spell goes
+    out at once, and under load each write carries all that was published meanwhile.
 
     Backpressure: none; while Redis is unreachable the queue grows and the task retries
     with backoff (a replayed batch is harmless: see ``_APPEND_BATCH``). Cancellation:
@@ -68,14 +135,17 @@ class Outbox:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        pool: aioredis.ConnectionPool,
         *,
+        timeout: float,
         prefix: str,
         maxlen: int,
         open_ttl: float,
         retention: float,
+        linger: float = 0.0,
     ) -> None:
-        self._client = client
+        self._link = Link(pool, timeout)
+        self._linger = linger
         self._prefix = prefix
         self._maxlen = maxlen
         self._open_ttl = max(1, int(open_ttl))
@@ -107,10 +177,22 @@ class Outbox:
     def cancel(self) -> None:
         self._task.cancel()
 
+    async def close(self) -> None:
+        """Give the connection back (once the task has ended)."""
+        await self._link.close()
+
     async def _run(self) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
+        last_write = -self._linger
         while True:
             await self._wake.wait()
+            # At most one write per ``linger``: under load each write carries more events
+            # (the cost is per write, not per event); a lone event goes out at once.
+            wait = last_write + self._linger - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_write = loop.time()
             self._wake.clear()
             ops, self._ops = self._ops, []
             if not ops:
@@ -139,43 +221,44 @@ class Outbox:
             self._open_ttl,
             self._retention_ms,
         )
-        async with self._client.pipeline(transaction=False) as pipe:
-            keys: dict[str, int] = {}  # the current batch of events: its streams ...
-            args: list[Any] = [maxlen]  # ... and its arguments
-            batches: set[int] = set()  # which replies are batches'
+        commands: list[bytes] = []
+        keys: dict[str, int] = {}  # the current batch of events: its streams ...
+        args: list[Any] = [maxlen]  # ... and its arguments
+        batches: set[int] = set()  # which replies are batches'
 
-            def flush_batch() -> None:
-                if keys:
-                    batches.add(len(pipe.command_stack))
-                    pipe.eval(_APPEND_BATCH, len(keys), *keys, *args)
-                    keys.clear()
-                    del args[1:]
+        def flush_batch() -> None:
+            if keys:
+                batches.add(len(commands))
+                commands.append(pack("EVAL", _APPEND_BATCH, len(keys), *keys, *args))
+                keys.clear()
+                del args[1:]
 
-            for op in ops:
-                kind, key = op[0], f"{prefix}s:{op[1]}"
-                if kind == "x":
-                    event: Event = op[2]
-                    index = keys.setdefault(key, len(keys) + 1)
-                    args += (index, b"0-%d" % cast(int, event.id), event.name, event.data)
-                    if len(args) > 4 * _BATCH:
-                        flush_batch()
-                    continue
-                flush_batch()  # everything else goes after the events queued before it
-                if kind == "new":  # an empty stream, visible to every node at once
-                    pipe.xgroup_create(key, "agentstream", id="0", mkstream=True)
-                    pipe.expire(key, open_ttl)
-                elif kind == "end":
-                    pipe.xadd(key, {_END: b"1"}, id=b"0-%d" % (op[2] + 1))
-                    pipe.pexpire(key, retention)
-                    pipe.pexpire(key + ":ckpt", retention)
-                elif kind == "ckpt":
-                    at, snapshot = op[2], op[3]
-                    items = [[name, payload] for name, payload in snapshot(at)]
-                    pipe.set(key + ":ckpt", orjson.dumps({"at": at, "items": items}), ex=open_ttl)
-                elif kind == "del":
-                    pipe.delete(key, key + ":ckpt")
-            flush_batch()
-            results = await pipe.execute(raise_on_error=False)
+        for op in ops:
+            kind, key = op[0], f"{prefix}s:{op[1]}"
+            if kind == "x":
+                event: Event = op[2]
+                index = keys.setdefault(key, len(keys) + 1)
+                args += (index, b"0-%d" % cast(int, event.id), event.name, event.data)
+                if len(args) > 4 * _BATCH:
+                    flush_batch()
+                continue
+            flush_batch()  # everything else goes after the events queued before it
+            if kind == "new":  # an empty stream, visible to every node at once
+                commands.append(pack("XGROUP", "CREATE", key, "agentstream", "0", "MKSTREAM"))
+                commands.append(pack("EXPIRE", key, open_ttl))
+            elif kind == "end":
+                commands.append(pack("XADD", key, b"0-%d" % (op[2] + 1), _END, b"1"))
+                commands.append(pack("PEXPIRE", key, retention))
+                commands.append(pack("PEXPIRE", key + ":ckpt", retention))
+            elif kind == "ckpt":
+                at, snapshot = op[2], op[3]
+                items = [[name, payload] for name, payload in snapshot(at)]
+                saved = orjson.dumps({"at": at, "items": items})
+                commands.append(pack("SET", key + ":ckpt", saved, "EX", open_ttl))
+            elif kind == "del":
+                commands.append(pack("DEL", key, key + ":ckpt"))
+        flush_batch()
+        results = await self._link.call(b"".join(commands), len(commands))
         for i, result in enumerate(results):
             if isinstance(result, ResponseError) and i not in batches:
                 # A stream created already or an end marker written already (a retried
@@ -187,53 +270,30 @@ class Outbox:
                 logger.debug("redis outbox: %d events were in Redis already", result)
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
 class StreamReader:
-    """Blocking reads of one Redis stream on a connection of its own.
+    """Blocking reads of one Redis stream, on a :class:`Link` of its own.
 
     ``read(last)`` sends ``XREAD COUNT 1000 BLOCK block STREAMS key last`` and returns its
     entries, each ``(id, {field: value})``, or ``[]`` when the block ran out. The command
-    is built once, only ``last`` changes; the connection comes from ``pool`` (which must
-    not have a socket timeout: a blocked read would be cut) on the first read and stays
-    until :meth:`close`, so a read costs one send and one parse.
+    is built once; only ``last`` changes.
 
-    Timeouts and cancellation: a read that has no reply ``timeout`` seconds after it was
-    sent (Redis or the network gone: ``timeout`` must exceed ``block``) raises
+    Timeouts and cancellation: a read with no reply ``timeout`` seconds after it was sent
+    (Redis or the network gone: ``timeout`` must exceed ``block``) raises
     :class:`redis.exceptions.TimeoutError`; a read cancelled mid-way, or failing, drops
-    the connection (its reply may still come), and the next read connects again.
+    the connection (its reply may still come) and the next read connects again.
     """
 
     def __init__(self, pool: aioredis.ConnectionPool, key: str, block: float, timeout: float):
-        self._pool = pool
-        self._timeout = timeout
-        block_ms = b"%d" % max(1, int(block * 1000))
-        self._command = (
-            b"*8\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$4\r\n1000\r\n$5\r\nBLOCK\r\n"
-            + _bulk(block_ms)
-            + b"$7\r\nSTREAMS\r\n"
-            + _bulk(key.encode())
-        )
-        self._conn: Any = None
+        self._link = Link(pool, timeout)
+        block_ms = max(1, int(block * 1000))
+        # All of the command but its last argument, ``last``: 8 arguments in all.
+        head = ("XREAD", "COUNT", 1000, "BLOCK", block_ms, "STREAMS", key)
+        self._head = b"*8\r\n" + b"".join([_bulk(_encode(a)) for a in head])
 
     async def read(self, last: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        if self._conn is None:
-            self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        conn = self._conn
-        try:
-            async with asyncio.timeout(self._timeout):
-                await conn.send_packed_command(self._command + _bulk(last), check_health=False)
-                reply = await conn.read_response()
-        except BaseException as exc:
-            await conn.disconnect(nowait=True)
-            if self._conn is conn:  # (not given back by a close() meanwhile)
-                self._conn = None
-                await self._pool.release(conn)
-            if isinstance(exc, TimeoutError):
-                raise RedisTimeout(f"no reply from Redis in {self._timeout:g}s") from exc
-            raise
+        (reply,) = await self._link.call(self._head + _bulk(last))
+        if isinstance(reply, ResponseError):
+            raise reply
         if not reply:
             return []
         entries = cast("list[list[Any]]", reply[0][1])
@@ -241,6 +301,4 @@ class StreamReader:
 
     async def close(self) -> None:
         """Give the connection back to the pool. Idempotent."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._pool.release(conn)
+        await self._link.close()

@@ -99,6 +99,10 @@ class RedisSettings:
     (redis-py's own default, 5 s, would cut every idle 5 s blocking read)."""
     connect_timeout: float = 5.0
     """Seconds to connect to Redis."""
+    linger: float = 0.001
+    """The publisher writes to Redis at most once per ``linger`` seconds (everything
+    published meanwhile in one write): a bound on the writes' cost under load, for at most
+    this much more latency on other nodes. Its own subscribers are served at once."""
     open_ttl: float = 24 * 3600.0
     """Expiry of an open stream's key (refreshed by nothing: a stream should end first)."""
     mirror_idle: float = 30.0
@@ -170,8 +174,9 @@ class RedisRegistry(Registry):
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.connect_timeout,
         )
-        # The mirrors' readers: a connection each, no socket timeout (each read has its own)
-        self._reader_pool = aioredis.ConnectionPool.from_url(
+        # The outbox's and the mirrors' own connections: no socket timeout (each call has
+        # its own; see redis_io.Link)
+        self._link_pool = aioredis.ConnectionPool.from_url(
             settings.url,
             protocol=2,
             socket_timeout=None,
@@ -203,11 +208,13 @@ class RedisRegistry(Registry):
     def _out(self) -> Outbox:
         if self._outbox is None:  # start() not awaited: begin without the reachability check
             self._outbox = Outbox(
-                self._client,
+                self._link_pool,
+                timeout=self.settings.socket_timeout,
                 prefix=self.settings.prefix,
                 maxlen=self.config.max_events_per_stream,
                 open_ttl=self.settings.open_ttl,
                 retention=self.config.retention,
+                linger=self.settings.linger,
             )
         return self._outbox
 
@@ -389,7 +396,7 @@ class RedisRegistry(Registry):
     async def _follow(self, key: str, mirror: _Mirror, last: bytes) -> None:
         """The mirror's task: read the stream until it ends, is gone or nobody watches."""
         reader = StreamReader(
-            self._reader_pool,
+            self._link_pool,
             self.redis_key(key),
             block=self.settings.block,
             timeout=self.settings.socket_timeout,
@@ -462,5 +469,7 @@ class RedisRegistry(Registry):
             tasks.append(outbox.task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if outbox is not None:
+            await outbox.close()
         await self._client.aclose()
-        await self._reader_pool.aclose()
+        await self._link_pool.aclose()
