@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from .events import Event
 
-__all__ = ["Link", "Outbox", "StreamReader", "pack"]
+__all__ = ["Link", "Outbox", "bulk", "pack", "pack_args"]
 
 logger = logging.getLogger("broker.redis_streams")
 
@@ -53,7 +53,8 @@ _BATCH = 1000
 """Events per batch command at most (a script holds Redis while it runs)."""
 
 
-def _bulk(value: bytes) -> bytes:
+def bulk(value: bytes) -> bytes:
+    """One argument in Redis's protocol (RESP)."""
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
@@ -65,9 +66,14 @@ def _encode(value: bytes | str | int) -> bytes:
     return b"%d" % value
 
 
+def pack_args(*args: bytes | str | int) -> bytes:
+    """Arguments in RESP, without the command's header (see :func:`pack`)."""
+    return b"".join([bulk(_encode(a)) for a in args])
+
+
 def pack(*args: bytes | str | int) -> bytes:
-    """One command in Redis's protocol (RESP): ``pack("GET", "k")``."""
-    return b"*%d\r\n" % len(args) + b"".join([_bulk(_encode(a)) for a in args])
+    """One command in RESP: ``pack("GET", "k")``."""
+    return b"*%d\r\n" % len(args) + pack_args(*args)
 
 
 class Link:
@@ -84,10 +90,14 @@ class Link:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
+        self.fresh = True
+        """True from when the link takes a new connection (the user may reset it, to know
+        when its connection changed: its ``CLIENT ID``, say)."""
 
     async def call(self, packed: bytes, replies: int = 1) -> list[Any]:
         if self._conn is None:
             self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            self.fresh = True
         conn = self._conn
         out: list[Any] = []
         try:
@@ -268,37 +278,3 @@ class Outbox:
                 raise result
             elif i in batches and result:
                 logger.debug("redis outbox: %d events were in Redis already", result)
-
-
-class StreamReader:
-    """Blocking reads of one Redis stream, on a :class:`Link` of its own.
-
-    ``read(last)`` sends ``XREAD COUNT 1000 BLOCK block STREAMS key last`` and returns its
-    entries, each ``(id, {field: value})``, or ``[]`` when the block ran out. The command
-    is built once; only ``last`` changes.
-
-    Timeouts and cancellation: a read with no reply ``timeout`` seconds after it was sent
-    (Redis or the network gone: ``timeout`` must exceed ``block``) raises
-    :class:`redis.exceptions.TimeoutError`; a read cancelled mid-way, or failing, drops
-    the connection (its reply may still come) and the next read connects again.
-    """
-
-    def __init__(self, pool: aioredis.ConnectionPool, key: str, block: float, timeout: float):
-        self._link = Link(pool, timeout)
-        block_ms = max(1, int(block * 1000))
-        # All of the command but its last argument, ``last``: 8 arguments in all.
-        head = ("XREAD", "COUNT", 1000, "BLOCK", block_ms, "STREAMS", key)
-        self._head = b"*8\r\n" + b"".join([_bulk(_encode(a)) for a in head])
-
-    async def read(self, last: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        (reply,) = await self._link.call(self._head + _bulk(last))
-        if isinstance(reply, ResponseError):
-            raise reply
-        if not reply:
-            return []
-        entries = cast("list[list[Any]]", reply[0][1])
-        return [(raw_id, dict(zip(flat[::2], flat[1::2], strict=True))) for raw_id, flat in entries]
-
-    async def close(self) -> None:
-        """Give the connection back to the pool. Idempotent."""
-        await self._link.close()

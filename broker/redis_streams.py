@@ -23,19 +23,23 @@ Publishing
 ----------
 The publishing node serves its own subscribers from its local stream, exactly as in
 memory. Publishing still never awaits: each event is also queued on the node's *outbox*,
-whose one task writes everything queued during a loop turn in one pipeline, in order.
+whose one task writes everything queued in one pipeline, in order, at most once per
+``linger`` (see :mod:`broker.redis_io`).
 If Redis is unreachable the outbox keeps the events and retries with backoff (local
 subscribers are unaffected; the queue is not bounded).
 
 Reading (one reader per stream per node)
 ----------------------------------------
-A node asked for a stream it does not publish opens a *mirror*: a local stream fed by
-one task that loads what Redis holds (``XRANGE``, atomically with the checkpoint), then
-follows it with a blocking ``XREAD``. Every local subscriber of that stream is served
-from the mirror with the same encode-once fan-out, backpressure, gap and snapshot rules
-as in memory; a :data:`~broker.types.ProjectionFactory` gives the mirror the publisher's
-snapshots (the mirror folds every event it reads into it). A mirror ends with its
-stream, or is dropped after ``mirror_idle`` seconds without a subscriber.
+A node asked for a stream it does not publish opens a *mirror*: a local stream that
+first loads what Redis holds (``XRANGE``, atomically with the checkpoint), then is fed by
+the node's one reader of that stream: a :class:`~broker.redis_mirrors.MirrorReader`
+follows up to ``streams_per_reader`` streams with one blocking ``XREAD`` at a time, so a
+node reads each stream once, whatever its subscribers, and pays per read rather than per
+stream. Every local subscriber of a mirror is served with the same encode-once fan-out,
+backpressure, gap and snapshot rules as in memory; a
+:data:`~broker.types.ProjectionFactory` gives the mirror the publisher's snapshots (the
+mirror folds every event it reads into it). A mirror ends with its stream, or is dropped
+after ``mirror_idle`` seconds without a subscriber, or when its key is gone from Redis.
 
 Cancellation: every task is tracked; :meth:`RedisRegistry.aclose` drains the outbox
 (bounded) and cancels the readers.
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +59,11 @@ from redis.exceptions import RedisError
 from .config import BrokerConfig
 from .errors import BackendUnavailable, LimitExceeded, StreamExists
 from .events import Event
-from .redis_io import _END, Outbox, StreamReader
+from .redis_io import _END, Outbox
+from .redis_mirrors import Entries, Mirror, MirrorReader
 from .registry import Registry
 from .stream import Stream
-from .types import Projection, ProjectionFactory, SnapshotFn
+from .types import ProjectionFactory, SnapshotFn
 
 __all__ = ["RedisRegistry", "RedisSettings"]
 
@@ -99,10 +103,17 @@ class RedisSettings:
     (redis-py's own default, 5 s, would cut every idle 5 s blocking read)."""
     connect_timeout: float = 5.0
     """Seconds to connect to Redis."""
+    max_connections: int = 100
+    """Connections of the node's shared client at most (its own readers and outbox have
+    theirs); a command finding none free waits for one."""
     linger: float = 0.001
     """The publisher writes to Redis at most once per ``linger`` seconds (everything
-    published meanwhile in one write): a bound on the writes' cost under load, for at most
-    this much more latency on other nodes. Its own subscribers are served at once."""
+    published meanwhile in one write), and a mirror reader waits as long after a read that
+    returned events: a bound on the cost under load, for at most twice this much more
+    latency on other nodes. The publisher's own subscribers are served at once."""
+    streams_per_reader: int = 256
+    """Streams one mirror reader covers with each blocking read (a node starts as many
+    readers as it needs)."""
     open_ttl: float = 24 * 3600.0
     """Expiry of an open stream's key (refreshed by nothing: a stream should end first)."""
     mirror_idle: float = 30.0
@@ -114,36 +125,6 @@ class RedisSettings:
 
 def _entry_id(raw: bytes) -> int:
     return int(raw.rsplit(b"-", 1)[1])
-
-
-class _Mirror:
-    """The reader of one stream published on another node."""
-
-    __slots__ = ("stream", "projection", "task", "waiters")
-
-    def __init__(self, stream: Stream, projection: Projection | None) -> None:
-        self.stream = stream
-        self.projection = projection
-        self.task: asyncio.Task[None] | None = None
-        self.waiters: list[asyncio.Future[None]] = []
-
-    def progressed(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def reach(self, cursor: int, timeout: float) -> None:
-        """Wait until the mirror holds event ``cursor`` or has ended (at most ``timeout``)."""
-        stream = self.stream
-        try:
-            async with asyncio.timeout(timeout):
-                while stream.head < cursor and not stream.closed and not stream.discarded:
-                    fut = asyncio.get_running_loop().create_future()
-                    self.waiters.append(fut)
-                    await fut
-        except TimeoutError:
-            pass
 
 
 class RedisRegistry(Registry):
@@ -168,11 +149,17 @@ class RedisRegistry(Registry):
                 f"block ({settings.block:g}s) must be positive and below socket_timeout "
                 f"({settings.socket_timeout:g}s)"
             )
-        self._client = aioredis.Redis.from_url(
-            settings.url,
-            protocol=2,
-            socket_timeout=settings.socket_timeout,
-            socket_connect_timeout=settings.connect_timeout,
+        # Commands of many requests at once share this pool; beyond its size they wait
+        # for a connection (up to socket_timeout) rather than fail.
+        self._client = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                settings.url,
+                max_connections=settings.max_connections,
+                timeout=settings.socket_timeout,
+                protocol=2,
+                socket_timeout=settings.socket_timeout,
+                socket_connect_timeout=settings.connect_timeout,
+            )
         )
         # The outbox's and the mirrors' own connections: no socket timeout (each call has
         # its own; see redis_io.Link)
@@ -184,7 +171,8 @@ class RedisRegistry(Registry):
         )
         self._outbox: Outbox | None = None
         self._owned: set[str] = set()
-        self._mirrors: dict[str, _Mirror] = {}
+        self._mirrors: dict[str, Mirror] = {}
+        self._readers: list[MirrorReader] = []
         self._opening: dict[str, asyncio.Task[Stream | None]] = {}
         self._append_final = self._client.register_script(_APPEND_FINAL)
         self._checkpoint_every = max(1, self.config.max_events_per_stream // 2)
@@ -270,17 +258,20 @@ class RedisRegistry(Registry):
             self._owned.discard(key)
             if stream is not None and not stream.closed and self._outbox is not None:
                 self._outbox.put("del", key)  # never finished: a failed start
-        mirror = self._mirrors.pop(key, None)
-        if mirror is not None and mirror.task is not None:
-            mirror.task.cancel()
+        self._let_go(key)
         super().discard(key)
 
     def _expire(self, key: str) -> None:
         self._owned.discard(key)
-        mirror = self._mirrors.pop(key, None)
-        if mirror is not None and mirror.task is not None:
-            mirror.task.cancel()
+        self._let_go(key)
         super()._expire(key)
+
+    def _let_go(self, key: str) -> None:
+        mirror = self._mirrors.pop(key, None)
+        if mirror is not None:
+            if mirror.reader is not None:
+                mirror.reader.remove(mirror)
+            mirror.done.set()
 
     async def append_final(self, key: str, name: str, payload: Any) -> int | None:
         """End a stream another node was publishing (it died): append ``name`` and the
@@ -338,7 +329,7 @@ class RedisRegistry(Registry):
             snapshot=projection.snapshot if projection is not None else None,
             resume_snapshot=projection.resume_snapshot if projection is not None else None,
         )
-        mirror = self._mirrors[key] = _Mirror(stream, projection)
+        mirror = self._mirrors[key] = Mirror(key, rkey, stream, projection)
         if entries and _entry_id(entries[0][0]) > 1:
             # Redis has trimmed the start: begin at the checkpoint (its state folded into
             # the projection) and keep only what follows it.
@@ -352,22 +343,47 @@ class RedisRegistry(Registry):
                             projection.record(at, name, payload)
             entries = [e for e in entries if _entry_id(e[0]) > at]
             stream.buffer.restart_after(at)
-        last = b"0-0"
         if entries:
-            last = self._apply(key, mirror, entries)
-        if not stream.closed:
-            mirror.task = asyncio.get_running_loop().create_task(
-                self._follow(key, mirror, last), name=f"redis mirror {key}"
-            )
+            self._apply(mirror, entries)
+        if stream.closed:
+            mirror.done.set()
+        else:
+            self._reader_for().add(mirror)
         return stream
 
-    def _apply(self, key: str, mirror: _Mirror, entries: Sequence[Any]) -> bytes:
-        """Append entries read from Redis to the mirror; returns the last entry id."""
+    def _reader_for(self) -> MirrorReader:
+        """A reader with room for one more mirror."""
+        for reader in self._readers:
+            if not reader.full:
+                return reader
+        reader = MirrorReader(
+            pool=self._link_pool,
+            client=self._client,
+            capacity=self.settings.streams_per_reader,
+            block=self.settings.block,
+            timeout=self.settings.socket_timeout,
+            linger=self.settings.linger,
+            mirror_idle=self.settings.mirror_idle,
+            apply=self._apply,
+            drop=self._drop,
+        )
+        self._readers.append(reader)
+        return reader
+
+    def _drop(self, mirror: Mirror, why: str) -> None:
+        """A reader let ``mirror`` go (``why``): forget it and its stream."""
+        logger.info("stream %r: %s; mirror dropped", mirror.key, why)
+        if self._mirrors.get(mirror.key) is mirror:
+            del self._mirrors[mirror.key]
+            super().discard(mirror.key)
+
+    def _apply(self, mirror: Mirror, entries: Entries) -> None:
+        """Append entries read from Redis to the mirror."""
+        key = mirror.key
         stream = mirror.stream
         projection = mirror.projection
-        last = b"0-0"
         for raw_id, fields in entries:
-            last = raw_id
+            mirror.last = raw_id
             if stream.closed:
                 break
             if _END in fields:
@@ -391,64 +407,14 @@ class RedisRegistry(Registry):
                 projection.record(event_id, name, orjson.loads(data))
             stream.append(Event(event_id, name, data))
         mirror.progressed()
-        return last
-
-    async def _follow(self, key: str, mirror: _Mirror, last: bytes) -> None:
-        """The mirror's task: read the stream until it ends, is gone or nobody watches."""
-        reader = StreamReader(
-            self._link_pool,
-            self.redis_key(key),
-            block=self.settings.block,
-            timeout=self.settings.socket_timeout,
-        )
-        try:
-            await self._read(key, mirror, reader, last)
-        finally:
-            await reader.close()
-
-    async def _read(self, key: str, mirror: _Mirror, reader: StreamReader, last: bytes) -> None:
-        rkey = self.redis_key(key)
-        stream = mirror.stream
-        loop = asyncio.get_running_loop()
-        unwatched_since: float | None = None
-        failures = 0
-        while not stream.closed and not stream.discarded:
-            try:
-                found = await reader.read(last)
-            except (RedisError, OSError) as exc:
-                failures += 1
-                delay = min(2.0, 0.05 * 2**failures)
-                logger.warning(
-                    "stream %r: reading Redis failed: %s; retry in %.2fs", key, exc, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            if found:
-                last = self._apply(key, mirror, found)
-            # Is anyone still watching? (A mirror costs a reader and a buffer.)
-            if stream.watched:
-                unwatched_since = None
-            elif unwatched_since is None:
-                unwatched_since = loop.time()
-            elif loop.time() - unwatched_since >= self.settings.mirror_idle:
-                logger.debug("stream %r: mirror unwatched; dropped", key)
-                self._mirrors.pop(key, None)
-                super().discard(key)
-                return
-            # A blocking read that timed out: is the stream still there?
-            if not found and not await self._client.exists(rkey):
-                logger.info("stream %r: gone from Redis before its end; dropping the mirror", key)
-                self._mirrors.pop(key, None)
-                super().discard(key)
-                return
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
         for mirror in self._mirrors.values():
-            if mirror.task is not None:
-                mirror.task.cancel()
+            mirror.done.set()
         self._mirrors.clear()
         for task in self._opening.values():
             task.cancel()
@@ -459,9 +425,7 @@ class RedisRegistry(Registry):
     async def aclose(self, timeout: float = 5.0) -> None:
         if self._outbox is not None and not await self._outbox.drain(timeout):
             logger.warning("redis outbox: writes still queued at shutdown were dropped")
-        tasks: list[asyncio.Task[Any]] = [
-            m.task for m in self._mirrors.values() if m.task is not None
-        ]
+        tasks: list[asyncio.Task[Any]] = [t for r in self._readers for t in r.tasks()]
         tasks += self._opening.values()
         outbox = self._outbox
         self.shutdown()

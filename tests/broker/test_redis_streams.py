@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from broker import BackendUnavailable, Event, InvalidCursor, StreamExists
 from broker.config import BrokerConfig
-from broker.redis_io import StreamReader
+from broker.redis_io import Link, pack
 from broker.redis_streams import RedisRegistry, RedisSettings
 from broker.stream import GAP_EVENT
 
@@ -71,6 +71,16 @@ def publish(stream: Any, n: int) -> list[tuple[str, Any]]:
     return out
 
 
+async def blocked_in_redis(client: aioredis.Redis) -> None:
+    """Until Redis holds an ``XREAD`` blocked (the state of another process: polled)."""
+    async with within():
+        for _attempt in range(100_000):
+            clients = await client.client_list()
+            if any(c["cmd"] == "xread" and "b" in c["flags"] for c in clients):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def collect(stream: Any, cursor: int | None = None) -> list[Event]:
     return [event async for event in stream.follow(cursor)]
 
@@ -119,6 +129,32 @@ async def test_one_reader_per_stream_per_node(node: MakeNode) -> None:
     first, second = await b.open("k"), await b.open("k")
     assert first is second
     assert len(b._mirrors) == 1
+
+
+async def test_one_reader_follows_many_streams_and_takes_new_ones_at_once(
+    node: MakeNode,
+) -> None:
+    """A node's reader covers every stream it mirrors with each blocking read; a stream
+    opened while that read is blocked in Redis is followed at once, not a block later."""
+    a, b = await node(), await node(block=30 * UNIT, socket_timeout=60 * UNIT)
+    one, two = a.create("one"), a.create("two")
+    assert await a.flushed()
+    first = await b.open("one")
+    assert first is not None
+    publish(one, 1)
+    async with within():
+        await b._mirrors["one"].reach(1, 10 * UNIT)
+    await blocked_in_redis(a.client)
+    second = await b.open("two")  # the reader is blocked reading "one" only
+    assert second is not None
+    publish(two, 2)
+    async with within():
+        await b._mirrors["two"].reach(2, 10 * UNIT)
+    publish(one, 1)
+    async with within():
+        await b._mirrors["one"].reach(2, 10 * UNIT)
+    assert (first.head, second.head) == (2, 2)
+    assert len(b._readers) == 1 and len(b._readers[0]) == 2
 
 
 async def test_an_unknown_stream_is_none_unless_expected(node: MakeNode) -> None:
@@ -241,10 +277,9 @@ async def test_a_mirror_nobody_watches_is_dropped(node: MakeNode) -> None:
     assert await a.flushed()
     mirror = await b.open("k")
     assert mirror is not None
-    task = b._mirrors["k"].task
-    assert task is not None
+    state = b._mirrors["k"]
     async with within():
-        await task
+        await state.done.wait()
     assert b.get("k") is None and mirror.discarded
 
 
@@ -287,8 +322,7 @@ async def test_a_busy_mirror_nobody_watches_is_dropped_too(node: MakeNode) -> No
     publish(stream, 1)
     assert await a.flushed()
     assert await b.open("k") is not None
-    task = b._mirrors["k"].task
-    assert task is not None
+    state = b._mirrors["k"]
 
     async def keep_publishing() -> None:
         while True:
@@ -298,7 +332,7 @@ async def test_a_busy_mirror_nobody_watches_is_dropped_too(node: MakeNode) -> No
     publisher = asyncio.create_task(keep_publishing())
     try:
         async with within():
-            await task
+            await state.done.wait()
     finally:
         publisher.cancel()
     assert b.get("k") is None
@@ -312,30 +346,28 @@ async def test_a_reader_cancelled_mid_read_never_takes_its_stale_reply(
     key = f"{redis_prefix}s:direct"
     client = aioredis.Redis.from_url(redis_url, protocol=2)
     pool = aioredis.ConnectionPool.from_url(redis_url, protocol=2)
-    reader = StreamReader(pool, key, block=30 * UNIT, timeout=60 * UNIT)
+    link = Link(pool, timeout=60 * UNIT)
+
+    def xread(last: bytes) -> Any:
+        return link.call(pack("XREAD", "BLOCK", int(30_000 * UNIT), "STREAMS", key, last))
+
     try:
         for n in (1, 2):
             await client.xadd(key, {"n": "tick", "d": str(n)}, id=f"0-{n}")
-        blocked = asyncio.create_task(reader.read(b"0-2"))
-        async with within():
-            # Until Redis holds that read blocked (state of another process: polled).
-            for _attempt in range(100_000):
-                clients = await client.client_list()
-                if any(c["cmd"] == "xread" and "b" in c["flags"] for c in clients):
-                    break
-                await asyncio.sleep(0.01)
+        blocked = asyncio.create_task(xread(b"0-2"))
+        await blocked_in_redis(client)
         blocked.cancel()
         with pytest.raises(asyncio.CancelledError):
             await blocked
         await client.xadd(key, {"n": "tick", "d": "3"}, id="0-3")
         async with within():
-            got = await reader.read(b"0-0")
-        assert [(raw_id, fields[b"d"]) for raw_id, fields in got] == [
+            ((_key, got),) = (await xread(b"0-0"))[0]
+        assert [(raw_id, fields[3]) for raw_id, fields in got] == [
             (b"0-1", b"1"),
             (b"0-2", b"2"),
             (b"0-3", b"3"),
         ]
     finally:
-        await reader.close()
+        await link.close()
         await pool.aclose()
         await client.aclose()
