@@ -77,10 +77,18 @@ def _dump(obj: Any) -> bytes:
 class RedisStore:
     """Threads, messages and runs in Redis. See the module docstring."""
 
-    def __init__(self, url: str, *, prefix: str = "agentstream:") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "agentstream:", max_connections: int = 100
+    ) -> None:
         self.url = url
         self.prefix = prefix
-        self._client = aioredis.Redis.from_url(url, protocol=2)
+        # Reads of many requests at once share the pool; beyond its size they wait for a
+        # connection (20 s at most) rather than fail.
+        self._client = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=20, protocol=2
+            )
+        )
         self._queue: list[tuple[Callable[[Any], object], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False

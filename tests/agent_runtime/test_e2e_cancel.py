@@ -100,6 +100,9 @@ async def test_cancel_a_sync_agent_outside_any_completion(
 async def test_cancel_twice_is_harmless(start_hub: StartHub) -> None:
     hub = await start_hub(model=SLOW_MODEL)
     thread_id, run_id = await hub.start("async-example")
+    async with hub.reader(thread_id, run_id) as reader, within(2):
+        # Running (a run cancelled while still queued never starts: see below).
+        await reader.until(lambda e: e.name == "thread.run.in_progress")
     path = f"/v1/threads/{thread_id}/runs/{run_id}/cancel"
     first = await hub.request("POST", path)
     second = await hub.request("POST", path)
