@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -35,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from agent_runtime.bench.hubproc import HubProcess, pin, raise_nofile
+from agent_runtime.bench.redis_server import RedisServer
 
 LIVE_MODEL = "simulated:tokens=2000,rate=50"
 
@@ -179,8 +181,8 @@ def bench_latency(url: str, runs: int, subscribers: int, duration: float) -> dic
     return summary
 
 
-async def one_repeat(args: argparse.Namespace) -> dict[str, Any]:
-    hub = HubProcess(cpu=0)
+async def one_repeat(args: argparse.Namespace, redis: tuple[str, str] | None) -> dict[str, Any]:
+    hub = HubProcess(cpu=0, redis=redis)
     await hub.start()
     try:
         figures = await start_rate_and_memory(hub, args.runs, args.subscribers, args.concurrency)
@@ -218,20 +220,46 @@ def main() -> None:
     parser.add_argument("--bench-subscribers", type=int, default=5)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument(
+        "--backends",
+        default="memory",
+        help="comma-separated: memory (one hub, in-memory store) and/or redis (one hub as a "
+        "node on a private redis-server on core 1); with both, the last column is redis/memory",
+    )
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.runs = args.runs or (100 if args.quick else 500)
     args.duration = args.duration or (5.0 if args.quick else 10.0)
     raise_nofile()
     pin(1, os.getpid())
-    results = [asyncio.run(one_repeat(args)) for _ in range(args.repeats)]
-    keys = [k for k in results[0] if isinstance(results[0][k], (int, float))]
-    medians = {k: statistics.median(r[k] for r in results if r.get(k) is not None) for k in keys}
+    backends = args.backends.split(",")
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in backends}
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(cpu=1)) if "redis" in backends else None
+        for repeat in range(args.repeats):
+            for name in backends:  # side by side: every repeat runs each backend once
+                where = None
+                if name == "redis":
+                    assert redis is not None
+                    where = (redis.url, f"bench{repeat}:")
+                results[name].append(asyncio.run(one_repeat(args, where)))
+    keys = [
+        k for k in results[backends[0]][0] if isinstance(results[backends[0]][0][k], (int, float))
+    ]
+    medians = {
+        name: {k: statistics.median(r[k] for r in runs if r.get(k) is not None) for k in keys}
+        for name, runs in results.items()
+    }
     print(f"end-to-end through the HTTP API ({args.repeats} repeats, medians)")
+    print(f"  {'':28}" + "".join(f"{name:>14}" for name in backends))
     for key in keys:
-        print(f"  {key:28} {medians[key]:>14,.2f}")
-    for key in ("bench_errors", "bench_exact"):
-        print(f"  {key:28} {[r.get(key) for r in results]}")
+        row = "".join(f"{medians[name][key]:>14,.2f}" for name in backends)
+        if len(backends) == 2 and medians[backends[0]][key]:
+            row += f"   {medians[backends[1]][key] / medians[backends[0]][key]:.2f}x"
+        print(f"  {key:28}{row}")
+    for name in backends:
+        for key in ("bench_errors", "bench_exact"):
+            print(f"  {name} {key:22} {[r.get(key) for r in results[name]]}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"medians": medians, "runs": results, "settings": vars(args)}, out, indent=1)

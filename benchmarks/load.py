@@ -50,7 +50,6 @@ class Agent:
     """Process-wide state of the load generator."""
 
     def __init__(self) -> None:
-        self.port = 0
         self.mode = "count"
         self.sample_every = 1
         self.sample_reads = 16
@@ -85,10 +84,12 @@ class Sub:
         "done",
         "reconnects",
         "status",
+        "port",
     )
 
-    def __init__(self, key: str, stalled: bool) -> None:
+    def __init__(self, key: str, stalled: bool, port: int) -> None:
         self.key = key
+        self.port = port  # the server it connects (and reconnects) to
         self.stalled = stalled
         self.expect = 1  # next id expected
         self.received = 0
@@ -230,7 +231,7 @@ async def open_sub(sub: Sub, cursor: int | None = None) -> int:
     if sub.stalled and AGENT.stall_rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, AGENT.stall_rcvbuf)
     try:
-        await loop.sock_connect(sock, ("127.0.0.1", AGENT.port))
+        await loop.sock_connect(sock, ("127.0.0.1", sub.port))
         _, conn = await loop.create_connection(lambda: Conn(sub, cursor), sock=sock)
     except OSError as exc:
         sock.close()
@@ -265,8 +266,7 @@ async def cmd_connect(
     its response headers arrive.
     """
     a = AGENT
-    a.port, a.mode, a.sample_every, a.sample_reads, a.spread = (
-        port,
+    a.mode, a.sample_every, a.sample_reads, a.spread = (
         mode,
         sample_every,
         sample_reads,
@@ -277,7 +277,8 @@ async def cmd_connect(
     for key, count in plan:
         for _ in range(count):
             i = len(new)
-            new.append(Sub(key, bool(stall_every) and i % stall_every == stall_every // 2))
+            stalled = bool(stall_every) and i % stall_every == stall_every // 2
+            new.append(Sub(key, stalled, port))
     t0 = time.monotonic()
     bad = 0
     for i in range(0, len(new), batch):

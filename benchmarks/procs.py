@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ def log(msg: str) -> None:
 class Server:
     """A server under test in its own process (core 0), with its control channel."""
 
-    def __init__(self, kind: str, cpu: int) -> None:
+    def __init__(self, kind: str, cpu: int, args: Sequence[str] = ()) -> None:
+        """``args``: more options for ``benchmarks.servers`` (say, ``--redis-url URL``)."""
         self.kind = kind
         self.port = free_port()
         ctl_port = free_port()
@@ -41,6 +42,7 @@ class Server:
                 str(ctl_port),
                 "--cpu",
                 str(cpu),
+                *args,
             ],
             cwd=ROOT,
         )
@@ -107,7 +109,7 @@ def _busy_seconds() -> float:
     return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """CPU seconds used so far by these processes (user + system)."""
     total = 0
     for pid in pids:
@@ -128,11 +130,11 @@ class OtherCpu:
         self.pids = pids
         self.t0 = time.monotonic()
         self.busy0 = _busy_seconds()
-        self.ours0 = _cpu_seconds(pids)
+        self.ours0 = cpu_seconds(pids)
 
     def cores(self) -> float:
         busy = _busy_seconds() - self.busy0
-        ours = _cpu_seconds(self.pids) - self.ours0
+        ours = cpu_seconds(self.pids) - self.ours0
         return max(0.0, busy - ours) / (time.monotonic() - self.t0)
 
 

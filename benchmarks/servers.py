@@ -1,6 +1,6 @@
-"""The three servers under test, each with the same control channel.
+"""The servers under test, each with the same control channel.
 
-``python -m benchmarks.servers broker|naive|raw --port P --ctl-port C [--cpu 0]``
+``python -m benchmarks.servers broker|naive|raw|redis --port P --ctl-port C [--cpu 0]``
 
 * ``broker`` — ``broker.make_stream_handler(registry)`` on aiohttp (``handler_cancellation=True``).
 * ``naive``  — the way aiohttp-sse's examples do it: ``sse_response``, an ``asyncio.Queue`` per
@@ -11,6 +11,10 @@
   bytes to every connection, one write per connection per loop turn (the broker's
   coalescing), with a cursor per connection so a paused connection catches up. The limit
   of what Python's transports can do.
+* ``redis``  — the broker on Redis Streams (``broker.RedisRegistry``), same handler:
+  ``--redis-url URL --redis-prefix P``; with ``--mirror`` the node publishes nothing and
+  serves its subscribers from its mirrors of the streams another node publishes (one
+  blocking ``XREAD`` per stream), as a second node behind a load balancer would.
 
 All three serve ``GET /streams/{key}`` and are driven identically through the control port
 (JSON lines): ``setup``, ``saturate``, ``paced``, ``stats``, ``quit``.
@@ -97,7 +101,7 @@ class BrokerBackend:
         # sink; read here only to compare with the other servers)
         transports = [
             getattr(sub.sink, "_transport", None)
-            for s in self.streams.values()
+            for s in self.registry
             for sub in s.subscriptions()
         ]
         return {
@@ -107,6 +111,29 @@ class BrokerBackend:
             "replay_buffer_bytes": st.buffered_bytes,
             "transport_bytes": sum(t.get_write_buffer_size() for t in transports if t),
         }
+
+
+class RedisBrokerBackend(BrokerBackend):
+    """The broker on Redis Streams: a publishing node, or (``mirror``) a node that only
+    serves subscribers from its mirrors of streams published elsewhere."""
+
+    def __init__(self, url: str, prefix: str, mirror: bool) -> None:
+        from broker import BrokerConfig
+        from broker.redis_streams import RedisRegistry, RedisSettings
+
+        super().__init__()
+        self.registry = RedisRegistry(BrokerConfig(), RedisSettings(url, prefix))
+        self.mirror = mirror
+
+    async def start(self, port: int) -> None:
+        await self.registry.start()
+        await super().start(port)
+
+    async def setup(self, keys: list[str]) -> None:  # type: ignore[override]
+        if not self.mirror:
+            super().setup(keys)
+            # created in Redis too before anyone subscribes on another node
+            await self.registry.flushed()
 
 
 # --------------------------------------------------------------------------------------
@@ -341,10 +368,11 @@ class RawBackend:
         }
 
 
-BACKENDS: dict[str, type[BrokerBackend | NaiveBackend | RawBackend]] = {
+BACKENDS: dict[str, Callable[..., BrokerBackend | NaiveBackend | RawBackend]] = {
     "broker": BrokerBackend,
     "naive": NaiveBackend,
     "raw": RawBackend,
+    "redis": RedisBrokerBackend,
 }
 
 
@@ -427,7 +455,9 @@ async def control(backend: Any, reader: asyncio.StreamReader, writer: asyncio.St
         try:
             if op == "setup":
                 backend.sndbuf = cmd.get("sndbuf")
-                backend.setup(cmd["keys"])
+                made = backend.setup(cmd["keys"])
+                if asyncio.iscoroutine(made):
+                    await made
                 reply: Any = {"ok": True, "rss_kib": rss_kib()}
             elif op == "saturate":
                 reply = await saturate(backend, **cmd)
@@ -467,8 +497,8 @@ async def control(backend: Any, reader: asyncio.StreamReader, writer: asyncio.St
         await writer.drain()
 
 
-async def amain(kind: str, port: int, ctl_port: int) -> None:
-    backend = BACKENDS[kind]()
+async def amain(kind: str, port: int, ctl_port: int, options: dict[str, Any]) -> None:
+    backend = BACKENDS[kind](**options)
     await backend.start(port)
     done = asyncio.get_running_loop().create_future()
 
@@ -490,13 +520,21 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--ctl-port", type=int, required=True)
     ap.add_argument("--cpu", type=int, default=0)
+    ap.add_argument("--redis-url", help="redis: the Redis URL")
+    ap.add_argument("--redis-prefix", default="bench:", help="redis: the key prefix")
+    ap.add_argument("--mirror", action="store_true", help="redis: publish nothing, only serve")
     args = ap.parse_args()
+    options: dict[str, Any] = {}
+    if args.kind == "redis":
+        if not args.redis_url:
+            ap.error("redis needs --redis-url")
+        options = {"url": args.redis_url, "prefix": args.redis_prefix, "mirror": args.mirror}
     raise_nofile()
     pin(args.cpu)
     if os.environ.get("BENCH_TRACEMALLOC"):
         tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
     try:
-        asyncio.run(amain(args.kind, args.port, args.ctl_port))
+        asyncio.run(amain(args.kind, args.port, args.ctl_port, options))
     except KeyboardInterrupt:
         pass
 

@@ -121,9 +121,17 @@ class MachineMeter:
 class HubProcess:
     """``agentstream serve`` in a child process, pinned to ``cpu`` (see the module docs)."""
 
-    def __init__(self, *, agents: Sequence[Path] = (), cpu: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        agents: Sequence[Path] = (),
+        cpu: int | None = 0,
+        redis: tuple[str, str] | None = None,
+    ) -> None:
+        """``redis``: (URL, key prefix) to run the hub as a node on Redis."""
         self.agents = list(agents)
         self.cpu = cpu
+        self.redis = redis
         self.pinned = False
         self.url = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -137,6 +145,8 @@ class HubProcess:
     async def start(self) -> str:
         """Start the child and return its URL once it listens."""
         command = [sys.executable, "-m", "agent_runtime.bench.hubproc"]
+        if self.redis is not None:
+            command += ["--redis", *self.redis]
         command += [str(folder) for folder in self.agents]
         self.proc = await asyncio.create_subprocess_exec(
             *command,
@@ -204,14 +214,19 @@ class HubProcess:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The child: ``python -m agent_runtime.bench.hubproc [AGENT_DIR ...]``."""
+    """The child: ``python -m agent_runtime.bench.hubproc [--redis URL PREFIX] [AGENT_DIR ...]``."""
     from ..config import HubConfig
     from ..server import serve
 
-    folders = tuple(Path(arg) for arg in (sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    redis: dict[str, str] = {}
+    if args[:1] == ["--redis"]:
+        redis = {"redis_url": args[1], "redis_prefix": args[2]}
+        del args[:3]
+    folders = tuple(Path(arg) for arg in args)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_nofile()
-    config = HubConfig(host="127.0.0.1", port=0, agents=folders, retention=60.0)
+    config = HubConfig(host="127.0.0.1", port=0, agents=folders, retention=60.0, **redis)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))
 
