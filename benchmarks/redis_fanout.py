@@ -10,7 +10,8 @@ Three configurations, side by side in every repeat, each run in fresh processes:
   Redis (its outbox, one pipeline per loop turn) and serves all subscribers from its own
   stream, as a single node with ``--redis`` does.
 * ``redis-2`` — node A publishes and serves half of each stream's subscribers; node B
-  (``--mirror``) serves the other half from its mirrors, one blocking ``XREAD`` per stream:
+  (``--mirror``) serves the other half from its mirrors (one reader, one blocking ``XREAD``
+  covering every stream):
   every event B delivers went publisher → Redis → B. Both nodes on core 0, so the hub side
   has the same one core as in the other configurations: the ratio is the cost of the path.
 * ``redis-2-spread`` — the same, with node B on core 1 (beside the load generator and

@@ -14,7 +14,7 @@
 * ``redis``  — the broker on Redis Streams (``broker.RedisRegistry``), same handler:
   ``--redis-url URL --redis-prefix P``; with ``--mirror`` the node publishes nothing and
   serves its subscribers from its mirrors of the streams another node publishes (one
-  blocking ``XREAD`` per stream), as a second node behind a load balancer would.
+  blocking ``XREAD`` at a time for all of them), as a second node behind a load balancer would.
 
 All three serve ``GET /streams/{key}`` and are driven identically through the control port
 (JSON lines): ``setup``, ``saturate``, ``paced``, ``stats``, ``quit``.
