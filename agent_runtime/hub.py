@@ -59,7 +59,9 @@ class Hub:
         if config.redis_url is not None:
             redis_registry = RedisRegistry(
                 config.broker_config(),
-                RedisSettings(config.redis_url, prefix=config.redis_prefix),
+                RedisSettings(
+                    config.redis_url, prefix=config.redis_prefix, linger=config.redis_linger
+                ),
                 projection=lambda _key: RunLog(),
             )
             self.registry: Registry = redis_registry

@@ -232,24 +232,39 @@ class Outbox:
             self._retention_ms,
         )
         commands: list[bytes] = []
-        keys: dict[str, int] = {}  # the current batch of events: its streams ...
-        args: list[Any] = [maxlen]  # ... and its arguments
         batches: set[int] = set()  # which replies are batches'
+        # The current batch of events: its streams (key -> the bulk of its index in KEYS)
+        # and its events, four arguments each, encoded here (per event, one formatting).
+        keys: dict[str, bytes] = {}
+        events: list[bytes] = []
+        names: dict[str, bytes] = {}  # an event name -> its bulk
 
         def flush_batch() -> None:
             if keys:
                 batches.add(len(commands))
-                commands.append(pack("EVAL", _APPEND_BATCH, len(keys), *keys, *args))
+                head = pack_args("EVAL", _APPEND_BATCH, len(keys), *keys, maxlen)
+                count = 4 + len(keys) + 4 * len(events)
+                commands.append(b"*%d\r\n%s%s" % (count, head, b"".join(events)))
                 keys.clear()
-                del args[1:]
+                events.clear()
 
         for op in ops:
             kind, key = op[0], f"{prefix}s:{op[1]}"
             if kind == "x":
                 event: Event = op[2]
-                index = keys.setdefault(key, len(keys) + 1)
-                args += (index, b"0-%d" % cast(int, event.id), event.name, event.data)
-                if len(args) > 4 * _BATCH:
+                index = keys.get(key)
+                if index is None:
+                    index = keys[key] = bulk(b"%d" % (len(keys) + 1))
+                name = names.get(event.name)
+                if name is None:
+                    name = names[event.name] = bulk(event.name.encode())
+                entry_id = b"0-%d" % cast(int, event.id)
+                data = event.data
+                events.append(
+                    b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n"
+                    % (index, len(entry_id), entry_id, name, len(data), data)
+                )
+                if len(events) >= _BATCH:
                     flush_batch()
                 continue
             flush_batch()  # everything else goes after the events queued before it

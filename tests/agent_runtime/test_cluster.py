@@ -69,6 +69,8 @@ async def nodes(
             name,
             "--node-lease",
             str(lease),
+            "--redis-linger",
+            "0.002",
             "--shutdown-grace",
             "0",
         )
