@@ -38,11 +38,14 @@ from .redis_io import Link, bulk, pack, pack_args
 from .stream import Stream
 from .types import Projection
 
-__all__ = ["Mirror", "MirrorReader"]
+__all__ = ["UNWATCHED", "Mirror", "MirrorReader"]
 
 logger = logging.getLogger("broker.redis_streams")
 
 Entries = Sequence[tuple[bytes, dict[bytes, bytes]]]
+
+UNWATCHED = "nobody watches it"
+"""The reason a reader gives for dropping a mirror without subscribers."""
 
 
 class Mirror:
@@ -258,7 +261,7 @@ class MirrorReader:
                 mirror.unwatched_since = now
             elif now - mirror.unwatched_since >= self._mirror_idle:
                 self.remove(mirror)
-                self._drop(mirror, "nobody watches it")
+                self._drop(mirror, UNWATCHED)
                 continue
             if not mirror.fed:
                 quiet.append(mirror)

@@ -60,7 +60,7 @@ from .config import BrokerConfig
 from .errors import BackendUnavailable, LimitExceeded, StreamExists
 from .events import Event
 from .redis_io import _END, Outbox
-from .redis_mirrors import Entries, Mirror, MirrorReader
+from .redis_mirrors import UNWATCHED, Entries, Mirror, MirrorReader
 from .registry import Registry
 from .stream import Stream
 from .types import ProjectionFactory, SnapshotFn
@@ -372,7 +372,9 @@ class RedisRegistry(Registry):
 
     def _drop(self, mirror: Mirror, why: str) -> None:
         """A reader let ``mirror`` go (``why``): forget it and its stream."""
-        logger.info("stream %r: %s; mirror dropped", mirror.key, why)
+        # Routine when its watchers left before the run ended; worth telling otherwise.
+        level = logging.DEBUG if why == UNWATCHED else logging.INFO
+        logger.log(level, "stream %r: %s; mirror dropped", mirror.key, why)
         if self._mirrors.get(mirror.key) is mirror:
             del self._mirrors[mirror.key]
             super().discard(mirror.key)
