@@ -57,7 +57,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .config import BrokerConfig
-from .errors import BackendUnavailable, LimitExceeded, StreamExists
+from .errors import BackendUnavailable
 from .events import Event
 from .redis_io import _END, Outbox
 from .redis_mirrors import UNWATCHED, Entries, Mirror, MirrorReader
@@ -219,8 +219,7 @@ class RedisRegistry(Registry):
         snapshot: SnapshotFn | None = None,
         resume_snapshot: SnapshotFn | None = None,
     ) -> Stream:
-        if key in self._streams:
-            raise StreamExists(f"stream {key!r} already exists")
+        self._check_new(key)
         outbox = self._out()
         every = self._checkpoint_every
 
@@ -229,23 +228,10 @@ class RedisRegistry(Registry):
             if snapshot is not None and event.id is not None and event.id % every == 0:
                 outbox.put("ckpt", key, event.id, snapshot)
 
-        self._check_room()
         stream = self._add(key, snapshot=snapshot, resume_snapshot=resume_snapshot, tap=tap)
         self._owned.add(key)
         outbox.put("new", key)
         return stream
-
-    def _check_room(self) -> None:
-        if self._shut:
-            raise LimitExceeded("the broker is shutting down", limit="shutdown")
-        limit = self.config.max_streams
-        if limit is not None and len(self._streams) >= limit:
-            self._drop_retained(until=lambda: len(self._streams) < limit)
-            if len(self._streams) >= limit:
-                raise LimitExceeded(
-                    f"{limit} streams are open; raise max_streams to allow more",
-                    limit="max_streams",
-                )
 
     def _retain(self, stream: Stream) -> None:
         if stream.key in self._owned and self._streams.get(stream.key) is stream:
@@ -322,7 +308,7 @@ class RedisRegistry(Registry):
             return None
         if key in self._streams:  # created locally meanwhile
             return self._streams[key]
-        self._check_room()
+        self._check_new(key)
         projection = self._projection(key) if self._projection is not None else None
         stream = self._add(
             key,

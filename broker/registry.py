@@ -63,6 +63,11 @@ class Registry:
         Raises :class:`StreamExists` for a key in use and :class:`LimitExceeded` when
         ``max_streams`` are open (retained closed streams are dropped first to make room).
         """
+        self._check_new(key)
+        return self._add(key, snapshot=snapshot, resume_snapshot=resume_snapshot)
+
+    def _check_new(self, key: str) -> None:
+        """Raise unless a stream ``key`` may be registered now (see :meth:`create`)."""
         if self._shut:
             raise LimitExceeded("the broker is shutting down", limit="shutdown")
         if key in self._streams:
@@ -75,7 +80,6 @@ class Registry:
                     f"{limit} streams are open; raise max_streams to allow more",
                     limit="max_streams",
                 )
-        return self._add(key, snapshot=snapshot, resume_snapshot=resume_snapshot)
 
     def _add(
         self,
