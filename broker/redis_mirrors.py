@@ -238,8 +238,8 @@ class MirrorReader:
                             (raw_id, dict(zip(flat[::2], flat[1::2], strict=True)))
                             for raw_id, flat in entries
                         ])  # fmt: skip
-                for mirror in [m for m in self._mirrors.values() if m.stream.closed]:
-                    self.remove(mirror)  # ended: all read
+                        if mirror.stream.closed:  # its end was among the entries
+                            self.remove(mirror)
                 if loop.time() >= next_check:
                     await self._housekeep(loop.time())
                     next_check = loop.time() + self._block
