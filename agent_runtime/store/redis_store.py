@@ -199,13 +199,17 @@ class RedisStore:
             raise NotFound(f"No message found with id '{message.id}'.", param="message_id")
 
     async def get_message(self, thread_id: str, message_id: str) -> Message:
-        thread, _index, table, _seq = self._keys(thread_id, "m")
-        exists, raw = await self._read(("exists", (thread,)), ("hget", (table, message_id)))
+        return await self._one(thread_id, "m", message_id, Message, "message")
+
+    async def _one(self, thread_id: str, kind: str, item_id: str, cls: type[T], what: str) -> T:
+        """The message (``kind`` "m") or run ("r") ``item_id`` of a thread, or NotFound."""
+        thread, _index, table, _seq = self._keys(thread_id, kind)
+        exists, raw = await self._read(("exists", (thread,)), ("hget", (table, item_id)))
         if not exists:
             raise _thread_missing(thread_id)
         if raw is None:
-            raise NotFound(f"No message found with id '{message_id}'.", param="message_id")
-        return Message(**orjson.loads(raw))
+            raise NotFound(f"No {what} found with id '{item_id}'.", param=f"{what}_id")
+        return cls(**orjson.loads(raw))
 
     async def _all(self, thread_id: str, kind: str, cls: type[T]) -> list[T]:
         thread, index, table, _seq = self._keys(thread_id, kind)
@@ -242,13 +246,7 @@ class RedisStore:
             raise _thread_missing(run.thread_id)
 
     async def get_run(self, thread_id: str, run_id: str) -> Run:
-        thread, _index, table, _seq = self._keys(thread_id, "r")
-        exists, raw = await self._read(("exists", (thread,)), ("hget", (table, run_id)))
-        if not exists:
-            raise _thread_missing(thread_id)
-        if raw is None:
-            raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
-        return Run(**orjson.loads(raw))
+        return await self._one(thread_id, "r", run_id, Run, "run")
 
     async def list_runs(
         self,
