@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -132,9 +133,9 @@ class Cluster:
                     node, thread, _text(raw_run), "was restarted while this run was live"
                 )
         for body, name in (
-            (self._heartbeat(), "cluster heartbeat"),
+            (self._every(self.lease / 3, self._renew, "renewing the lease"), "cluster heartbeat"),
             (self._serve_inbox(), "cluster inbox"),
-            (self._reap_forever(), "cluster reaper"),
+            (self._every(self.lease / 2, self.reap, "looking for dead nodes"), "cluster reaper"),
         ):
             self._spawn(body, name)
         logger.info("node %s joined the cluster (lease %.1fs)", self.node_id, self.lease)
@@ -181,13 +182,14 @@ class Cluster:
             if owner is None or not _text(owner).startswith(self.node_id + " "):
                 ctx.end("failed", "this node lost its lease and the run was failed elsewhere")
 
-    async def _heartbeat(self) -> None:
+    async def _every(self, period: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run ``step`` every ``period`` seconds; a Redis failure is logged and retried."""
         while True:
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.sleep(period)
             try:
-                await self._renew()
+                await step()
             except (RedisError, OSError) as exc:
-                logger.warning("node %s: renewing the lease failed: %s", self.node_id, exc)
+                logger.warning("node %s: %s failed: %s", self.node_id, what, exc)
 
     # -- run ownership -----------------------------------------------------------------
 
@@ -280,14 +282,6 @@ class Cluster:
             await pipe.execute()
 
     # -- survivors fail the runs of dead nodes -----------------------------------------
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease / 2)
-            try:
-                await self.reap()
-            except (RedisError, OSError) as exc:
-                logger.warning("node %s: looking for dead nodes failed: %s", self.node_id, exc)
 
     async def reap(self) -> int:
         """Fail every live run whose owner's lease has expired; returns how many this
