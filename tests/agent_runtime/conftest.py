@@ -439,6 +439,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for tests that drive ``agentstream serve`` processes (a fresh
+    connection per request: a killed process leaves nothing to reuse)."""
+    client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=30 * UNIT),
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """HubConfig settings of the backend: ``{}`` in memory; on ``redis``, the test's own
     Redis prefix (then ``start_hub`` starts two nodes, see there)."""

@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "STUB_TEXT",
     "ProviderStub",
     "ServeProcess",
+    "call",
     "closed_port_url",
 ]
 
@@ -159,6 +161,16 @@ class ProviderStub:
         except asyncio.CancelledError:
             self.abandoned.set()
             raise
+
+
+async def call(
+    session: aiohttp.ClientSession, method: str, url: str, body: Any = None, status: int = 200
+) -> Any:
+    """A JSON request that must answer ``status``; its JSON body (``None`` for 204)."""
+    async with session.request(method, url, json=body) as response:
+        data = await response.read()
+        assert response.status == status, (method, url, response.status, data[:300])
+        return None if status == 204 else await response.json()
 
 
 def closed_port_url() -> str:

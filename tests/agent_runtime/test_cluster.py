@@ -27,25 +27,13 @@ from agent_runtime.config import HubConfig
 from agent_runtime.hub import Hub
 
 from .conftest import TERMINAL_EVENTS, UNIT, ClientState, check_run
-from .provider_stub import ServeProcess
+from .provider_stub import ServeProcess, call
 from .sse import Ev, SSEReader, parse_events
 
 FAST = "simulated:tokens=12,rate=0"
 SLOW = "simulated:tokens=5000,rate=100"
 """Fifty seconds per message: live until the test ends it."""
 LEASE = 1.0 * UNIT
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    client = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True),
-        timeout=aiohttp.ClientTimeout(total=30 * UNIT),
-    )
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -82,15 +70,6 @@ async def nodes(
     finally:
         for node in made:
             await node.aclose()
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, body: Any = None, status: int = 200
-) -> Any:
-    async with session.request(method, url, json=body) as response:
-        data = await response.read()
-        assert response.status == status, (method, url, response.status, data[:300])
-        return await response.json()
 
 
 async def new_thread(session: aiohttp.ClientSession, url: str, text: str) -> str:

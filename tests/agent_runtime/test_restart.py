@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import aiohttp
 import pytest
 
 from .conftest import GAP, TERMINAL_EVENTS, UNIT, ClientState, check_run, text_of
-from .provider_stub import ServeProcess
+from .provider_stub import ServeProcess, call
 from .sse import Ev, SSEReader, parse_events
 
 FAST = "simulated:tokens=12,rate=0"
@@ -32,27 +31,6 @@ PACED = "simulated:tokens=30,rate=100"
 """0.3 s per message."""
 SHUTDOWN_TIMEOUT = 10.0
 """``HubConfig.shutdown_timeout``'s default (``serve`` has no flag for it)."""
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    client = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True),
-        timeout=aiohttp.ClientTimeout(total=30 * UNIT),
-    )
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, body: Any = None, status: int = 200
-) -> Any:
-    async with session.request(method, url, json=body) as response:
-        data = await response.read()
-        assert response.status == status, (method, url, response.status, data[:300])
-        return None if status == 204 else await response.json()
 
 
 async def new_thread(session: aiohttp.ClientSession, url: str, *texts: str) -> str:
