@@ -160,6 +160,14 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument(
         "--run-expires-after", type=float, default=600.0, help="seconds (default 600)"
     )
+    serve_p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often a live run's text so far is written to the store, so a crash loses "
+        "at most this much (default 1; 0 turns checkpoints off)",
+    )
 
     agent_p = commands.add_parser("agent", help="run one agent in this terminal")
     agent_cmds = agent_p.add_subparsers(dest="agent_command", required=True)
@@ -369,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 retention=args.retention,
                 keepalive=args.keepalive,
                 run_expires_after=args.run_expires_after,
+                checkpoint_interval=args.checkpoint_interval,
             )
             asyncio.run(serve(config))
             return 0

@@ -57,6 +57,9 @@ class HubConfig(BaseModel):
     max_message_bytes: int = Field(1 * MiB, ge=1)
     """Largest message content accepted through the API (413 beyond)."""
     run_expires_after: float = Field(600.0, gt=0)
+    checkpoint_interval: float = Field(1.0, ge=0)
+    """Seconds between checkpoints of a live run's state (its text so far) in the store,
+    so that a crash loses at most this much; ``0`` turns them off."""
     max_concurrent_runs: int | None = Field(None, ge=1)
     retention: float = Field(300.0, gt=0)
     keepalive: float = Field(15.0, gt=0)
@@ -104,4 +107,5 @@ class HubConfig(BaseModel):
         return RunsConfig(
             expires_after=self.run_expires_after,
             max_concurrent_runs=self.max_concurrent_runs,
+            checkpoint_interval=self.checkpoint_interval,
         )

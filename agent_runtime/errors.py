@@ -54,10 +54,18 @@ class LimitReached(AgentRuntimeError):
 
 
 class ServiceUnavailable(AgentRuntimeError):
-    """The hub is shutting down (HTTP 503)."""
+    """The hub is shutting down, or a backend it needs is unreachable (HTTP 503)."""
 
     status = 503
     type = "server_error"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The store cannot be read or written (a full disk, a read-only or vanished data
+    directory, an I/O error). The message names the cause and what to do (HTTP 503)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code or "storage_unavailable")
 
 
 class AgentLoadError(AgentRuntimeError):

@@ -20,6 +20,7 @@ from broker import BackendUnavailable, Registry
 from broker.redis_streams import RedisRegistry, RedisSettings
 
 from .agents import AgentCatalog, bundled_examples_dir, discover_agents
+from .checkpoints import end_interrupted
 from .cluster import Cluster, new_node_id
 from .config import HubConfig
 from .errors import ServiceUnavailable
@@ -110,12 +111,7 @@ class Hub:
         interrupted = await self.store.mark_interrupted_runs(
             "the hub stopped while this run was live (it was not resumed on restart)"
         )
-        for run in interrupted:
-            logger.warning(
-                "run %s on thread %s was live at the last stop: marked failed",
-                run.id,
-                run.thread_id,
-            )
+        await end_interrupted(self.store, interrupted)
 
     async def aclose(self) -> None:
         """Graceful, ordered, time-bounded shutdown. Idempotent."""

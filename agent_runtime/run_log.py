@@ -28,7 +28,19 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunLog", "delta_payload", "step_delta_payload"]
+__all__ = [
+    "CompactItem",
+    "RunLog",
+    "Replay",
+    "delta_payload",
+    "replay_compacted",
+    "step_delta_payload",
+]
+
+CompactItem = list[Any]
+"""``[first_id, id, name, payload]``: one event of a compacted log. ``id`` is the event's
+own id in the run's numbering; ``first_id`` is the first id it stands for (a merged delta
+stands for every delta from ``first_id`` to ``id``; any other event has ``first_id == id``)."""
 
 TERMINAL_RUN_EVENTS = frozenset(
     {
@@ -77,6 +89,52 @@ def delta_text(payload: dict[str, Any]) -> str:
     return "".join(p.get("text", {}).get("value", "") for p in parts if p.get("type") == "text")
 
 
+def _created(track: _MessageTrack | _StepTrack) -> str:
+    return (
+        "thread.message.created" if isinstance(track, _MessageTrack) else "thread.run.step.created"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a stream rebuilt from a compacted log sends a cursor (:func:`replay_compacted`).
+
+    ``items``: ``(id, name, payload)`` in order; ``id`` is ``None`` for gap and snapshot
+    events. ``at_end``: nothing follows the cursor (answer ``204``)."""
+
+    items: list[tuple[int | None, str, Any]]
+    at_end: bool = False
+
+
+def replay_compacted(
+    items: list[CompactItem], cursor: int | None, *, gap_event: str = "thread.stream.gap"
+) -> Replay:
+    """The events a subscriber with ``cursor`` gets from a run's compacted log (pure).
+
+    * A cursor at or past the last event: nothing (``at_end``).
+    * A cursor that falls between two kept events (no merged delta straddles it): a gap
+      (the individual deltas are gone), then every kept event after it, each with its
+      own original id, so that any of them is a cursor that works.
+    * A cursor inside a merged delta (the subscriber holds part of its text): a gap,
+      then a snapshot that rebuilds everything, without ids except the last event's,
+      which carries the last id, as the live gap + snapshot does.
+    """
+    if not items:
+        return Replay([], at_end=True)
+    last = int(items[-1][1])
+    after = cursor or 0
+    if after >= last:
+        return Replay([], at_end=True)
+    straddled = any(int(first) <= after < int(event_id) for first, event_id, _n, _p in items)
+    following = [item for item in items if int(item[1]) > after]
+    gap = (None, gap_event, {"from": after, "to": int(following[0][0])})
+    if not straddled:
+        return Replay([gap, *((int(i[1]), str(i[2]), i[3]) for i in following)])
+    snapshot: list[tuple[int | None, str, Any]] = [(None, str(i[2]), i[3]) for i in items]
+    snapshot[-1] = (last, snapshot[-1][1], snapshot[-1][2])
+    return Replay([(None, gap_event, {"from": after, "to": int(items[0][0])}), *snapshot])
+
+
 @dataclass(slots=True)
 class _MessageTrack:
     message_id: str
@@ -89,6 +147,8 @@ class _MessageTrack:
     final_id: int | None = None
     final_name: str = ""
     final: dict[str, Any] | None = None
+    first_delta: int | None = None
+    """The first delta's id when it was recorded merged (:meth:`RunLog.from_compacted`)."""
 
     def text_upto(self, at: int) -> str:
         count = bisect.bisect_right(self.delta_ids, at)
@@ -109,6 +169,8 @@ class _StepTrack:
     final_id: int | None = None
     final_name: str = ""
     final: dict[str, Any] | None = None
+    first_delta: int | None = None
+    """The first delta's id when it was recorded merged (:meth:`RunLog.from_compacted`)."""
 
     def finished_by(self, at: int) -> bool:
         return self.final_id is not None and self.final_id <= at
@@ -236,6 +298,76 @@ class RunLog:
         if self._terminal is not None and self._terminal[0] <= at:
             events.append((self._terminal[1], self._terminal[2]))
         return events
+
+    def compact(self, at: int | None = None) -> list[CompactItem]:
+        """The run as of event ``at`` (default: all recorded) as a compacted event log:
+        the latest run status event, each message's ``created``, one ``delta`` merging
+        its deltas and its final event, each step likewise, and the terminal event;
+        every item keeps its original id (see :data:`CompactItem`), in id order.
+
+        What is stored for a run, so that a stream rebuilt from the store keeps the
+        run's numbering and a client's cursor still works (:func:`replay_compacted`)."""
+        limit = at if at is not None else 1 << 62
+        items: list[CompactItem] = []
+        latest: tuple[int, str, dict[str, Any]] | None = None
+        for event in self._run_events:
+            if event[0] > limit:
+                break
+            latest = event
+        if latest is not None:
+            items.append([latest[0], latest[0], latest[1], latest[2]])
+        for track in self._tracks(limit):
+            items.append([track.created_id, track.created_id, f"{_created(track)}", track.created])
+            if isinstance(track, _MessageTrack):
+                count = bisect.bisect_right(track.delta_ids, limit)
+                if count:
+                    text = "".join(track.parts)[: track.delta_ends[count - 1]]
+                    first = track.first_delta or track.delta_ids[0]
+                    last = track.delta_ids[count - 1]
+                    items.append(
+                        [first, last, "thread.message.delta", delta_payload(track.message_id, text)]
+                    )
+            else:
+                ids = [event_id for event_id, _ in track.deltas if event_id <= limit]
+                delta = track.delta_upto(limit)
+                if ids and delta is not None:
+                    first = track.first_delta or ids[0]
+                    items.append([first, ids[-1], "thread.run.step.delta", delta])
+            if track.finished_by(limit):
+                assert track.final is not None and track.final_id is not None
+                items.append([track.final_id, track.final_id, track.final_name, track.final])
+        if self._terminal is not None and self._terminal[0] <= limit:
+            event_id, name, payload = self._terminal
+            items.append([event_id, event_id, name, payload])
+        items.sort(key=lambda item: int(item[1]))
+        return items
+
+    @classmethod
+    def from_compacted(cls, items: list[CompactItem]) -> RunLog:
+        """A log that answers as the one that made ``items`` did, as of their last id."""
+        log = cls()
+        for first, event_id, name, payload in items:
+            log.record(int(event_id), str(name), payload)
+            if int(first) < int(event_id):  # a merged delta: keep the ids it stands for
+                track: _MessageTrack | _StepTrack | None = (
+                    log._messages.get(payload["id"])
+                    if name == "thread.message.delta"
+                    else log._steps.get(payload["id"])
+                )
+                if track is not None and track.first_delta is None:
+                    track.first_delta = int(first)
+        return log
+
+    def open_items(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The ``created`` payloads of the messages and steps not finished, with each
+        message's text so far as ``"_text"`` (for ending a run that was interrupted)."""
+        messages = [
+            track.created | {"_text": "".join(track.parts)}
+            for track in self._messages.values()
+            if track.final_id is None
+        ]
+        steps = [track.created for track in self._steps.values() if track.final_id is None]
+        return messages, steps
 
     def resume_snapshot(self, at: int) -> list[tuple[str, Any]]:
         """The run object and the state of messages streaming at ``at`` (see module doc)."""

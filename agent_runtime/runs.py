@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -34,7 +35,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +45,13 @@ from openai.types.chat import ChatCompletion
 from broker import Registry, Stream
 
 from .agents import Agent, AgentCatalog
+from .checkpoints import Checkpointer
 from .environment import Environment
 from .errors import (
     AgentRuntimeError,
     Conflict,
     InvalidRequest,
+    NotFound,
     ProviderError,
     RunCancelled,
     ServiceUnavailable,
@@ -57,6 +60,7 @@ from .logs import bind_run
 from .models.base import CompletionRequest, ModelProvider
 from .models.router import ModelRouter
 from .objects import Message, Run, RunStatus, Thread, new_id, now
+from .repairs import Repairs
 from .run_log import RunLog, delta_payload, delta_text, step_delta_payload
 from .store import Store
 from .stream_handler import StreamHandler
@@ -84,6 +88,12 @@ class RunsConfig:
     """Seconds from creation after which a live run ends ``expired``."""
     max_concurrent_runs: int | None = None
     """Runs executing at once; further runs wait ``queued`` for a slot."""
+    checkpoint_interval: float = 1.0
+    """Seconds between two checkpoints of a live run's state (its compacted event log,
+    with the text streamed so far) in the store; ``0`` turns checkpoints off."""
+    final_write_timeout: float = 10.0
+    """Seconds a run's final store write may take before the run ends without it (its
+    terminal event is published either way; the write is retried in the background)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,13 +391,12 @@ class RunContext:
             self._end_child_step(step_id)
 
     async def _set_status(self, status: RunStatus, **fields: Any) -> None:
-        """Record a status change in the store, then publish it (store first, so a client
-        that reads the run after seeing the event sees the new status)."""
+        """Record a (non-terminal) status change in the store, then publish it (store
+        first, so a client that reads the run after seeing the event sees the new
+        status). The terminal status is written by :meth:`_finish`."""
         self.run.status = status
         for key, value in fields.items():
             setattr(self.run, key, value)
-        if self.run.terminal:
-            self.run.last_event_id = self.stream.head + 1
         await self.manager.store.update_run(self.run)
         self.publish(f"thread.run.{status}", self.run.to_dict())
 
@@ -516,7 +525,13 @@ class RunContext:
         message.content = text
         message.status = "completed"
         message.completed_at = now()
-        await self.manager.store.add_message(message)
+        try:
+            await self.manager.store.add_message(message)
+        except BaseException:
+            # Not stored, so not completed: the run's ending closes it (incomplete).
+            handler.replied = False
+            message.status, message.completed_at = "in_progress", None
+            raise
         self.publish("thread.message.completed", message.to_dict())
         return message
 
@@ -529,7 +544,15 @@ class RunContext:
         message.content = text
         message.status = "completed"
         message.completed_at = now()
-        await self.manager.store.add_message(message)
+        try:
+            await self.manager.store.add_message(message)
+        except BaseException:
+            # The stream never shows as completed what the store does not have.
+            message.status, message.completed_at = "incomplete", None
+            message.incomplete_at, message.incomplete_reason = now(), "run_failed"
+            self.publish("thread.message.incomplete", message.to_dict())
+            self.manager.repairs.add(self.run.thread_id, self.run.id, messages=[message])
+            raise
         self.publish("thread.message.completed", message.to_dict())
         return message
 
@@ -586,39 +609,99 @@ class RunContext:
             logger.warning("run %s: the agent exited: %s", self.run.id, error or "status 0")
         except Exception as exc:  # the agent's own failure ends the run, never the hub
             status, error = self._end or ("failed", _describe(exc))
-            logger.warning("run %s: the agent failed: %s", self.run.id, error, exc_info=exc)
+            # The hub's own unavailability (a full disk…) is not the agent's bug: no trace.
+            trace = None if isinstance(exc, ServiceUnavailable) else exc
+            logger.warning("run %s: the agent failed: %s", self.run.id, error, exc_info=trace)
         if self._end is not None:
             status, error = self._end
         await self._finish(status, error)
 
     async def _finish(self, status: RunStatus, error: str | None) -> None:
+        """End the run: close what is open, write its final state, publish its terminal
+        event and close its stream. The terminal event is published and the stream
+        closed whatever happens here (a store that fails or hangs, a bug): a write that
+        fails is logged with the run's id and retried in the background (see
+        :class:`~agent_runtime.repairs.Repairs`)."""
         self.finishing = True  # from here on, end() must not cancel this task
-        for handler in self._handlers:
-            if not handler.done:
-                handler.interrupt()
-        pumps = list(self._pumps)
-        for pump in pumps:
-            pump.cancel()
-        if pumps:
-            await asyncio.gather(*pumps, return_exceptions=True)
-        for handler in self._handlers:
-            if not handler.replied:
-                await self._close_unreplied(handler, status)
-        await self._end_children()
-        await self._end_open_steps(status)
+        try:
+            for handler in self._handlers:
+                if not handler.done:
+                    handler.interrupt()
+            pumps = list(self._pumps)
+            for pump in pumps:
+                pump.cancel()
+            if pumps:
+                await asyncio.gather(*pumps, return_exceptions=True)
+            for handler in self._handlers:
+                if not handler.replied:
+                    await self._close_unreplied(handler, status)
+            await self._end_children()
+            await self._end_open_steps(status)
+        except Exception as exc:  # never stops the ending
+            logger.exception("run %s: error while ending (ending it anyway)", self.run.id)
+            if status == "completed":
+                status, error = "failed", _describe(exc)
+        self._set_final(status, error)
+        try:
+            # Store first (bounded), so a client that reads the run after seeing its
+            # terminal event sees it ended; then the event, whatever the store did.
+            await self._write_final()
+        finally:
+            try:
+                self.publish(f"thread.run.{status}", self.run.to_dict())
+            finally:
+                self.stream.close()
+                self.done.set()
+
+    def _set_final(self, status: RunStatus, error: str | None) -> None:
+        """The run's final status and stamps; its terminal event's id is the next one."""
         stamp = now()
-        fields: dict[str, Any] = {}
+        self.run.status = status
         if status == "completed":
-            fields["completed_at"] = stamp
+            self.run.completed_at = stamp
         elif status == "failed":
-            fields["failed_at"] = stamp
-            fields["last_error"] = {"code": "server_error", "message": error or "the run failed"}
+            self.run.failed_at = stamp
+            self.run.last_error = {"code": "server_error", "message": error or "the run failed"}
         elif status == "cancelled":
-            fields["cancelled_at"] = stamp
+            self.run.cancelled_at = stamp
         self.cancel_requested = True
-        await self._set_status(status, **fields)
-        self.stream.close()
-        self.done.set()
+        self.run.last_event_id = self.stream.head + 1
+
+    async def _write_final(self) -> None:
+        """Store the run's final state and its event log, its terminal event included
+        (bounded by ``final_write_timeout``). A failure is logged with the run's id and
+        queued for repair; it never raises (but for cancellation)."""
+        run = dataclasses.replace(self.run)
+        log = self.stored_log()
+        terminal = run.last_event_id
+        log["items"].append([terminal, terminal, f"thread.run.{run.status}", run.to_dict()])
+        log["head"] = terminal
+        try:
+            async with asyncio.timeout(self.manager.config.final_write_timeout):
+                await self.manager.store.update_run(run)
+                await self.manager.store.save_run_log(run.thread_id, run.id, log)
+        except (Exception, TimeoutError) as exc:
+            if isinstance(exc, NotFound):
+                logger.info("run %s ended after its thread was deleted", run.id)
+                return
+            logger.error(
+                "run %s ended %s but its final state could not be stored (%s); "
+                "retrying in the background",
+                run.id,
+                run.status,
+                "timed out" if isinstance(exc, TimeoutError) else _describe(exc),
+            )
+            self.manager.repairs.add(run.thread_id, run.id, run=run, log=log)
+
+    @property
+    def head(self) -> int:
+        """The id of the run's last published event."""
+        return self.stream.head
+
+    def stored_log(self) -> dict[str, Any]:
+        """The run's state as the store keeps it: its compacted event log (see
+        :meth:`RunLog.compact`) and the stream's head when it was taken."""
+        return {"head": self.stream.head, "items": self.runlog.compact()}
 
     async def _end_open_steps(self, status: RunStatus) -> None:
         """Steps still open when the run ends: a step's status follows the run's."""
@@ -642,7 +725,11 @@ class RunContext:
             "expired": "run_expired",
         }.get(status, "not_added")
         if status in ("failed", "cancelled", "expired") and message.content:
-            await self.manager.store.add_message(message)
+            try:
+                await self.manager.store.add_message(message)
+            except Exception as exc:
+                logger.error("run %s: message %s not stored: %s", self.run.id, message.id, exc)
+                self.manager.repairs.add(self.run.thread_id, self.run.id, messages=[message])
         self.publish("thread.message.incomplete", message.to_dict())
 
 
@@ -791,6 +878,11 @@ class RunManager:
         self.finished: Counter[str] = Counter()
         """Runs ended since start, by terminal status (for metrics)."""
         self.started = 0
+        self.repairs = Repairs(store)
+        """Final writes that failed, retried until the store takes them."""
+        self.checkpoints = Checkpointer(store, self.config.checkpoint_interval, self.live_contexts)
+        self._deleting: set[str] = set()
+        """Threads being deleted: no run may start on them meanwhile."""
 
     def slot(self) -> asyncio.Semaphore | _NoSlot:
         return self._slots if self._slots is not None else _NoSlot()
@@ -815,6 +907,12 @@ class RunManager:
 
     def live_by_status(self) -> Counter[str]:
         return Counter(ctx.run.status for ctx in self._live.values())
+
+    async def get_run(self, thread_id: str, run_id: str) -> Run:
+        """The run as stored, or as it ended if its final write is still pending."""
+        run = await self.store.get_run(thread_id, run_id)
+        pending = self.repairs.run(run_id)
+        return pending if pending is not None and pending.thread_id == thread_id else run
 
     async def thread_messages(self, thread_id: str) -> list[Message]:
         out: list[Message] = []
@@ -843,6 +941,8 @@ class RunManager:
             raise ServiceUnavailable("the hub is shutting down; retry on another instance")
         await self.store.get_thread(thread_id)
         agent = self.catalog.get(assistant_id)
+        if thread_id in self._deleting:
+            raise Conflict(f"Thread {thread_id} is being deleted.", param="thread_id")
         if thread_id in self._live_by_thread:
             raise Conflict(
                 f"Thread {thread_id} already has an active run {self._live_by_thread[thread_id]}.",
@@ -922,6 +1022,7 @@ class RunManager:
         ctx.publish("thread.run.created", run.to_dict())
         ctx.publish("thread.run.queued", run.to_dict())
         self.started += 1
+        self.checkpoints.start()
         ctx.task = asyncio.create_task(ctx.execute(), name=f"run {run.id}")
         ctx.task.add_done_callback(lambda _t: self._forget(ctx))
         return ctx
@@ -933,6 +1034,25 @@ class RunManager:
             del self._live_by_thread[ctx.run.thread_id]
         if self.cluster is not None:
             self.cluster.release_soon(ctx.run.thread_id, ctx.run.id)
+
+    @contextlib.contextmanager
+    def deleting(self, thread_id: str) -> Iterator[None]:
+        """Hold ``thread_id`` while it is deleted: ``Conflict`` if a run is live or being
+        created on it; meanwhile no run can start on it (``Conflict``). Checked and held
+        in one loop step, so no interleaving of a delete and a run start leaves a run on
+        a deleted thread."""
+        if thread_id in self._live_by_thread:
+            raise Conflict(
+                f"Thread {thread_id} has an active run; cancel it before deleting the thread.",
+                param="thread_id",
+            )
+        if thread_id in self._deleting:
+            raise Conflict(f"Thread {thread_id} is being deleted.", param="thread_id")
+        self._deleting.add(thread_id)
+        try:
+            yield
+        finally:
+            self._deleting.discard(thread_id)
 
     async def cancel(self, thread_id: str, run_id: str, *, local: bool = False) -> Run:
         """Ask a live run to stop: ``cancelling`` now, ``cancelled`` when it has.
@@ -946,7 +1066,7 @@ class RunManager:
             if remote is not None:
                 return remote
         if ctx is None or ctx.run.thread_id != thread_id or ctx.run.terminal:
-            run = await self.store.get_run(thread_id, run_id)
+            run = await self.get_run(thread_id, run_id)
             raise InvalidRequest(f"Cannot cancel run with status '{run.status}'.", param="run_id")
         if ctx.run.status != "cancelling":
             # Publish and end synchronously, so that no ending can slip in between;
@@ -986,6 +1106,8 @@ class RunManager:
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 logger.warning("run task %s did not end within %.1fs", task.get_name(), timeout)
+        await self.checkpoints.aclose()
+        await self.repairs.aclose()
 
 
 class _NoSlot:

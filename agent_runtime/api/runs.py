@@ -16,7 +16,7 @@ from broker import Event, Framing, InvalidCursor, serve_stream
 from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
 from ..objects import Run
-from ..run_log import delta_payload
+from ..run_log import delta_payload, replay_compacted
 from ..runs import RunContext
 from .keys import HUB
 from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
@@ -114,7 +114,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 async def get_run(request: web.Request) -> web.Response:
-    run = await request.app[HUB].store.get_run(
+    run = await request.app[HUB].runs.get_run(
         request.match_info["thread_id"], request.match_info["run_id"]
     )
     return json_response(run.to_dict())
@@ -142,12 +142,19 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
 
 
 async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
-    """A finished run whose stream is no longer retained: a gap, then a snapshot of the
-    run from the store (each message with its full text), the last event carrying the
-    id of the run's real last event."""
+    """A finished run whose stream is no longer retained, served from the store.
+
+    From the run's stored event log when it has one (see
+    :func:`~agent_runtime.run_log.replay_compacted`): the run's own numbering, an ``id:``
+    on every event kept. Otherwise (a run stored before logs were kept): a gap, then a
+    snapshot of the run from its messages, the last event carrying the id of the run's
+    real last event."""
     hub = request.app[HUB]
     cursor, source = request_cursor(request)
     framing = request_framing(request)
+    stored = await hub.store.get_run_log(run.thread_id, run.id)
+    if stored is not None and stored.get("items"):
+        return _replayed(run, stored, cursor, source, framing)
     # A run interrupted by a crash has no recorded last event id: any cursor is behind.
     known = run.last_event_id is not None
     last = run.last_event_id or 0
@@ -156,7 +163,7 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
             f"cursor {cursor} is ahead of the stream (last event id is {last})", param=source
         )
     if known and cursor is not None and cursor >= last:
-        return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+        return _at_end()
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
     run_dict = run.to_dict()
     items: list[tuple[str, Any]] = [
@@ -181,6 +188,34 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     events = [Event.create(None, name, payload) for name, payload in items]
     if known:
         events[-1] = events[-1].with_id(last)
+    return _sse(events, framing)
+
+
+def _replayed(
+    run: Run, stored: dict[str, Any], cursor: int | None, source: str, framing: Framing
+) -> web.StreamResponse:
+    """A run's stream rebuilt from its stored event log (see :func:`_rebuilt`).
+
+    A cursor past the end is a 400, except on a run a crash interrupted: a client may
+    have seen events published after the last checkpoint, so any cursor from the
+    recovered end on is at the end (204)."""
+    items = stored["items"]
+    last = int(items[-1][1])
+    if cursor is not None and cursor > last and not stored.get("recovered"):
+        raise InvalidCursor(
+            f"cursor {cursor} is ahead of the stream (last event id is {last})", param=source
+        )
+    replay = replay_compacted(items, cursor)
+    if replay.at_end:
+        return _at_end()
+    return _sse([Event.create(i, name, payload) for i, name, payload in replay.items], framing)
+
+
+def _at_end() -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+
+
+def _sse(events: list[Event], framing: Framing) -> web.Response:
     body = b"".join(e.frame(framing) for e in events)
     if framing is Framing.OPENAI:
         body += b"event: done\ndata: [DONE]\n\n"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import Conflict, PayloadTooLarge
+from ..errors import PayloadTooLarge
 from ..objects import Message, Thread, new_id, now
 from .auth import OWNER
 from .keys import HUB
@@ -133,12 +133,8 @@ async def delete_thread(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     thread_id = request.match_info["thread_id"]
     await hub.store.get_thread(thread_id)
-    if hub.runs.live_on_thread(thread_id) is not None:
-        raise Conflict(
-            f"Thread {thread_id} has an active run; cancel it before deleting the thread.",
-            param="thread_id",
-        )
-    await hub.store.delete_thread(thread_id)
+    with hub.runs.deleting(thread_id):  # 409 while a run is live or starting on it
+        await hub.store.delete_thread(thread_id)
     return json_response({"id": thread_id, "object": "thread.deleted", "deleted": True})
 
 

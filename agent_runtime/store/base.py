@@ -8,7 +8,7 @@ or a message by passing the updated object to ``update_*``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ..objects import Message, Run, Thread
 
@@ -70,6 +70,18 @@ class Store(Protocol):
         after: str | None = None,
         before: str | None = None,
     ) -> Page[Run]: ...
+
+    async def save_run_log(self, thread_id: str, run_id: str, log: dict[str, Any]) -> None:
+        """Store (replace) the run's event log: a JSON-serialisable dict holding its
+        compacted events (:meth:`agent_runtime.run_log.RunLog.compact`) and the stream's
+        head. Written as a checkpoint while the run streams (see
+        :mod:`agent_runtime.checkpoints`) and once more when it ends. Raises ``NotFound``
+        (thread)."""
+        ...
+
+    async def get_run_log(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
+        """The run's last stored event log, or ``None`` if none was stored."""
+        ...
 
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """At startup: every run still live (queued, in_progress, cancelling), i.e. live

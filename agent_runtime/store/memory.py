@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import orjson
 
 from ..errors import InvalidRequest, NotFound
 from ..objects import Message, Run, Thread
@@ -52,6 +54,7 @@ class MemoryStore:
         self._threads: dict[str, Thread] = {}
         self._messages: dict[str, dict[str, Message]] = {}
         self._runs: dict[str, dict[str, Run]] = {}
+        self._logs: dict[str, dict[str, bytes]] = {}
 
     def _thread_messages(self, thread_id: str) -> dict[str, Message]:
         try:
@@ -69,6 +72,7 @@ class MemoryStore:
         self._threads[thread.id] = copy.deepcopy(thread)
         self._messages[thread.id] = {}
         self._runs[thread.id] = {}
+        self._logs[thread.id] = {}
 
     async def get_thread(self, thread_id: str) -> Thread:
         try:
@@ -81,6 +85,7 @@ class MemoryStore:
         del self._threads[thread_id]
         del self._messages[thread_id]
         del self._runs[thread_id]
+        del self._logs[thread_id]
 
     async def add_message(self, message: Message) -> None:
         messages = self._thread_messages(message.thread_id)
@@ -143,6 +148,15 @@ class MemoryStore:
         items = list(self._thread_runs(thread_id).values())
         page = paginate(items, order=order, limit=limit, after=after, before=before)
         return Page([copy.deepcopy(r) for r in page.data], page.has_more)
+
+    async def save_run_log(self, thread_id: str, run_id: str, log: dict[str, Any]) -> None:
+        self._thread_runs(thread_id)
+        self._logs[thread_id][run_id] = orjson.dumps(log)  # a copy, as for the objects
+
+    async def get_run_log(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
+        self._thread_runs(thread_id)
+        raw = self._logs[thread_id].get(run_id)
+        return None if raw is None else dict(orjson.loads(raw))
 
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """Nothing survives a previous process, so no run was interrupted by its end."""

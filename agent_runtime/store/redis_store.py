@@ -59,6 +59,13 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 """
 
+# KEYS: thread, logs hash. ARGV: run id, json. 0: no thread.
+_PUT_LOG = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
 _DELETE_THREAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', unpack(KEYS))
@@ -180,6 +187,7 @@ class RedisStore:
     async def delete_thread(self, thread_id: str) -> None:
         base = f"{self.prefix}thread:{thread_id}"
         keys = [base, f"{base}:m", f"{base}:mh", f"{base}:r", f"{base}:rh", f"{base}:seq"]
+        keys.append(f"{base}:log")
         if not await self._run(_DELETE_THREAD, keys, []):
             raise _thread_missing(thread_id)
 
@@ -259,6 +267,18 @@ class RedisStore:
     ) -> Page[Run]:
         items = await self._all(thread_id, "r", Run)
         return paginate(items, order=order, limit=limit, after=after, before=before)
+
+    async def save_run_log(self, thread_id: str, run_id: str, log: dict[str, Any]) -> None:
+        base = f"{self.prefix}thread:{thread_id}"
+        if not await self._run(_PUT_LOG, [base, f"{base}:log"], [run_id, orjson.dumps(log)]):
+            raise _thread_missing(thread_id)
+
+    async def get_run_log(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
+        base = f"{self.prefix}thread:{thread_id}"
+        exists, raw = await self._read(("exists", (base,)), ("hget", (f"{base}:log", run_id)))
+        if not exists:
+            raise _thread_missing(thread_id)
+        return None if raw is None else dict(orjson.loads(raw))
 
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """Nothing, on Redis: the store is shared, and other nodes' live runs are alive.

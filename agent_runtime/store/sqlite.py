@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import AgentRuntimeError, InvalidRequest, NotFound
+from ..errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
 from ..objects import LIVE_STATUSES, Message, Run, Thread, now
 from .base import Order, Page, Store
 
@@ -106,6 +106,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Version 2: threads belong to the API key that created them (a digest of it).
     ("ALTER TABLE threads ADD COLUMN owner TEXT",),
+    # Version 3: each run's compacted event log (checkpointed while it streams).
+    (
+        """
+        CREATE TABLE run_logs (
+            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
+            run_id TEXT NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (thread_id, run_id)
+        )
+        """,
+    ),
 )
 """``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``."""
 
@@ -264,9 +275,30 @@ class SQLiteStore:
         return await asyncio.shield(asyncio.wrap_future(done))
 
     def _in_worker(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._connect()
-        return job(self._conn)
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            return job(self._conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> StorageUnavailable:
+        """The store's failure as one clear sentence naming the cause and the folder."""
+        where = self.path.parent
+        text = str(exc)
+        lowered = text.lower()
+        errno = getattr(exc, "errno", None)
+        if "full" in lowered or errno == 28:  # SQLITE_FULL, ENOSPC
+            cause = f"the data directory {where} is full"
+        elif "readonly" in lowered or "read-only" in lowered or errno in (1, 13, 30):
+            cause = f"the data directory {where} is not writable"
+        elif "unable to open" in lowered or isinstance(exc, OSError):
+            cause = f"the database in {where} cannot be opened"
+        elif "locked" in lowered or "busy" in lowered:
+            cause = f"the database in {where} is locked by another process"
+        else:
+            cause = f"the database in {where} failed"
+        return StorageUnavailable(f"{cause} ({text})")
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -470,6 +502,31 @@ class SQLiteStore:
                 before=before,
             )
             return Page([Run(**row) for row in rows], has_more)
+
+        return await self._run(job)
+
+    async def save_run_log(self, thread_id: str, run_id: str, log: dict[str, Any]) -> None:
+        data = json.dumps(log, ensure_ascii=False, separators=(",", ":"))
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _require_thread(conn, thread_id)
+                conn.execute(
+                    "INSERT INTO run_logs (thread_id, run_id, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT (thread_id, run_id) DO UPDATE SET data = excluded.data",
+                    (thread_id, run_id, data),
+                )
+
+        await self._run(job)
+
+    async def get_run_log(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
+        def job(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            _require_thread(conn, thread_id)
+            row = conn.execute(
+                "SELECT data FROM run_logs WHERE thread_id = ? AND run_id = ?",
+                (thread_id, run_id),
+            ).fetchone()
+            return None if row is None else dict(json.loads(row["data"]))
 
         return await self._run(job)
 

@@ -271,9 +271,16 @@ async def test_after_retention_the_stream_is_rebuilt_from_the_store(start_hub: S
 
     events = await hub.events(thread_id, run_id)
 
+    # A gap (the deltas were merged), then the run's state in its own numbering: every
+    # kept event carries the id it had, a message's deltas one delta with the last's id.
     assert events[0].name == GAP and events[0].id is None
-    assert events[0].data == {"from": 0, "to": original.last_id + 1}
-    assert [e.id for e in events[:-1]] == [None] * (len(events) - 1)
+    kept = events[1:]
+    assert events[0].data == {"from": 0, "to": kept[0].id}
+    ids = [e.id for e in kept]
+    assert None not in ids and ids == sorted(ids)
+    by_key = {(e.name, e.data.get("id")): e.id for e in original.events}
+    for event in kept:
+        assert by_key[(event.name, event.data.get("id"))] == event.id, event
     assert events[-1].id == original.last_id
     assert events[-1].name == "thread.run.completed"
     assert events[-1].data == original.terminal.data
@@ -287,8 +294,19 @@ async def test_after_retention_the_stream_is_rebuilt_from_the_store(start_hub: S
     assert openai[-1].name == DONE
     assert key(openai[:-1]) == key(events)
 
-    resumed = await hub.events(thread_id, run_id, headers={"Last-Event-ID": "5"})
-    assert resumed[0].data == {"from": 5, "to": original.last_id + 1}
+    # Every kept id is a cursor that continues exactly after it.
+    for event in kept[:-1]:
+        resumed = await hub.events(thread_id, run_id, headers={"Last-Event-ID": str(event.id)})
+        assert resumed[0].name == GAP and resumed[0].data["from"] == event.id
+        assert key(resumed[1:]) == key([e for e in kept if e.id > event.id])  # type: ignore[operator]
+    # A cursor inside a message's deltas: a gap and a snapshot rebuilding everything.
+    first_delta = next(e for e in original.events if e.name == "thread.message.delta")
+    resumed = await hub.events(
+        thread_id, run_id, headers={"Last-Event-ID": str(first_delta.id)}
+    )
+    assert resumed[0].data == {"from": first_delta.id, "to": kept[0].id}
+    assert [e.id for e in resumed[:-1]] == [None] * (len(resumed) - 1)
+    assert resumed[-1].id == original.last_id
     assert ClientState().apply_all(resumed).texts == original.texts
 
     at_end = await hub.stream(thread_id, run_id, headers={"Last-Event-ID": str(original.last_id)})

@@ -2,8 +2,10 @@
 
 * SIGKILL in the middle of a run, then a new process on the same ``--data-dir``: threads,
   messages and finished runs are all there, byte for byte; the run that was live is
-  ``failed`` with a ``last_error`` saying why; its stream endpoint answers a
-  protocol-valid rebuilt sequence (gap first, terminal ``thread.run.failed`` last).
+  ``failed`` with a ``last_error`` saying why, its message kept ``incomplete`` with the
+  text of its last checkpoint; its stream endpoint answers a protocol-valid rebuilt
+  sequence in the run's own numbering (gap first, terminal ``thread.run.failed`` last,
+  a cursor at the end answered 204).
 * SIGTERM with a live subscriber: the stream ends with a terminal event (the run finishes
   within ``--shutdown-grace``, or is ended ``failed`` after it), and the process exits 0
   within grace + shutdown timeout. A second SIGTERM exits at once.
@@ -12,7 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import GAP, TERMINAL_EVENTS, UNIT, ClientState, check_run, text_of
+from .conftest import GAP, TERMINAL_EVENTS, UNIT, ClientState, check_run, eventually, text_of
 from .provider_stub import ServeProcess, call
 from .sse import Ev, SSEReader, parse_events
 
@@ -74,6 +79,25 @@ def serve_args(data_dir: Path, *extra: str) -> tuple[str, ...]:
     return ("--store", "sqlite", "--data-dir", str(data_dir), *extra)
 
 
+def checkpointed_text(data_dir: Path, run_id: str) -> str:
+    """The text of the run's last checkpoint in the database (read-only, from outside)."""
+    uri = f"file:{data_dir / 'agentstream.db'}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as db:
+            row = db.execute("SELECT data FROM run_logs WHERE run_id = ?", (run_id,)).fetchone()
+    except sqlite3.Error:
+        return ""
+    if row is None:
+        return ""
+    items = json.loads(row[0])["items"]
+    return "".join(
+        part["text"]["value"]
+        for _first, _id, name, payload in items
+        if name == "thread.message.delta"
+        for part in payload["delta"]["content"]
+    )
+
+
 async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_run(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
@@ -101,7 +125,8 @@ async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_
             done_thread: await thread_state(session, url, done_thread),
             empty_thread: await thread_state(session, url, empty_thread),
         }
-        # A run live when the process dies, with a subscriber mid-stream.
+        # A run live when the process dies, with a subscriber mid-stream, once a
+        # checkpoint holds some of its text.
         live_thread = await new_thread(session, url, "What is justice?")
         live_run = await new_run(session, url, live_thread, SLOW)
         async with session.get(
@@ -109,17 +134,22 @@ async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_
         ) as response:
             reader = SSEReader(response)
             async with asyncio.timeout(5 * UNIT):
-                for _ in range(3):
-                    await reader.until(lambda e: e.name == "thread.message.delta")
+                await reader.until(lambda e: e.name == "thread.message.delta")
+            await eventually(
+                lambda: len(checkpointed_text(data_dir, live_run["id"])) > 0,
+                what="a checkpoint with text",
+            )
             first.send(signal.SIGKILL)
             assert await first.wait(5 * UNIT) == -signal.SIGKILL
             with pytest.raises(aiohttp.ClientError):  # the connection dies, unterminated
                 async with asyncio.timeout(5 * UNIT):
                     await reader.rest()
         assert not any(e.name in TERMINAL_EVENTS for e in reader.events)
+        seen = ClientState().apply_all(reader.events).texts[0]
+        seen_last = max(e.id for e in reader.events if e.id is not None)
 
         url = await second.start()
-        assert "was live at the last stop: marked failed" in second.output
+        assert "was live at the last stop: ended failed from its checkpoint" in second.output
 
         # Everything finished is there, unchanged.
         for thread_id, state in before.items():
@@ -128,7 +158,8 @@ async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_
             "What is virtue?",
             "And what is courage? ✓",
         ]
-        # The live run: failed, saying so; its thread holds the user's message only.
+        # The live run: failed, saying so; its message is kept, incomplete, with the
+        # text of its last checkpoint (consistent with what the subscriber saw).
         run = await call(session, "GET", f"{url}/v1/threads/{live_thread}/runs/{live_run['id']}")
         assert run["status"] == "failed", run
         assert run["last_error"]["message"] == (
@@ -136,20 +167,50 @@ async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_
         )
         assert run["failed_at"] is not None and run["created_at"] == live_run["created_at"]
         messages = (await thread_state(session, url, live_thread))[1]["data"]
-        assert [(m["role"], text_of(m)) for m in messages] == [("user", "What is justice?")]
+        assert [(m["role"], m["status"]) for m in messages] == [
+            ("user", "completed"),
+            ("assistant", "incomplete"),
+        ]
+        kept = text_of(messages[1])
+        assert kept and (seen.startswith(kept) or kept.startswith(seen)), (kept, seen)
+        assert messages[1]["incomplete_details"] == {"reason": "run_failed"}
 
-        # Its stream: a rebuilt, protocol-valid sequence, gap first, failed last.
-        for headers in ({}, {"Last-Event-ID": "3"}):
-            status, events = await whole_stream(session, url, live_thread, run["id"], **headers)
-            assert status == 200
-            names = [e.name for e in events]
-            assert names[0] == GAP and names[-1] == "thread.run.failed", names
-            assert events[0].data["from"] == int(headers.get("Last-Event-ID", 0))
-            assert names.count("thread.run.failed") == 1
-            assert all(e.id is None for e in events), "no real event id is known after a kill"
-            client = ClientState().apply_all(events)
-            assert client.terminal == "thread.run.failed" and client.run == run
-            assert client.texts == []
+        # Its stream: rebuilt in the run's own numbering, an id on every event but the
+        # gap; the last id is the end (204), and so is any cursor the subscriber held.
+        status, events = await whole_stream(session, url, live_thread, run["id"])
+        assert status == 200
+        names = [e.name for e in events]
+        assert names[0] == GAP and names[-1] == "thread.run.failed", names
+        assert all(e.id is not None for e in events[1:]), names
+        ids = [e.id for e in events[1:]]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        client = ClientState().apply_all(events)
+        assert client.terminal == "thread.run.failed" and client.run == run
+        assert client.texts == [kept]
+        last = events[-1].id
+        assert last is not None
+        for cursor in (last, max(last, seen_last)):
+            status, _ = await whole_stream(
+                session, url, live_thread, run["id"], **{"Last-Event-ID": str(cursor)}
+            )
+            assert status == 204
+        # A cursor between kept events continues exactly after it; one inside the merged
+        # text gets a gap and a snapshot whose last event carries the last id.
+        created = next(e for e in events if e.name == "thread.message.created")
+        delta = next(e for e in events if e.name == "thread.message.delta")
+        assert created.id is not None and delta.id is not None
+        status, tail = await whole_stream(
+            session, url, live_thread, run["id"], **{"Last-Event-ID": str(created.id)}
+        )
+        assert [e.name for e in tail][1:] == names[names.index("thread.message.delta") :]
+        assert ClientState().apply_all([created, *tail]).texts == [kept]
+        if delta.id - 1 > created.id:  # the checkpoint merged several deltas
+            status, snapshot = await whole_stream(
+                session, url, live_thread, run["id"], **{"Last-Event-ID": str(delta.id - 1)}
+            )
+            assert snapshot[0].name == GAP and snapshot[-1].id == last
+            assert all(e.id is None for e in snapshot[:-1]), [(e.id, e.name) for e in snapshot]
+            assert ClientState().apply_all(snapshot).texts == [kept]
 
         # The finished run's stream (no longer in memory): rebuilt with the same texts, and
         # a cursor at its end is a 204.

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent_runtime.run_log import RunLog, delta_payload, delta_text
+from agent_runtime.run_log import RunLog, delta_payload, delta_text, replay_compacted
 
 from .conftest import ClientState
 from .sse import Ev, Frame
@@ -223,3 +223,68 @@ def test_delta_payload_round_trip() -> None:
     assert payload["id"] == "msg_x"
     assert delta_text(payload) == "héllo\nworld"
     assert delta_text({"delta": {}}) == ""
+
+
+# -- the compacted log: what the store keeps, and what a cursor gets from it --------------
+
+
+def as_evs(items: list[tuple[int | None, str, Any]]) -> list[Ev]:
+    return [Ev(event_id, name, payload, Frame()) for event_id, name, payload in items]
+
+
+def test_compact_keeps_each_kept_events_own_id_and_merges_deltas() -> None:
+    rec = two_messages()
+    items = rec.log.compact()
+    assert [(first, event_id, name) for first, event_id, name, _p in items] == [
+        (3, 3, "thread.run.in_progress"),
+        (4, 4, "thread.message.created"),
+        (6, 8, "thread.message.delta"),
+        (9, 9, "thread.message.completed"),
+        (10, 10, "thread.message.created"),
+        (12, 13, "thread.message.delta"),
+        (14, 14, "thread.message.completed"),
+        (15, 15, "thread.run.completed"),
+    ]
+    assert delta_text(items[2][3]) == "".join(M1)
+    # As of an earlier event: the message streaming then holds its text so far.
+    partial = rec.log.compact(7)
+    assert [(f, i, n) for f, i, n, _p in partial][-1] == (6, 7, "thread.message.delta")
+    assert delta_text(partial[-1][3]) == "Ah, my "
+
+
+def test_a_log_rebuilt_from_its_compacted_form_compacts_the_same() -> None:
+    rec = two_messages()
+    for at in (5, 7, 9, 13, 15):
+        items = rec.log.compact(at)
+        assert RunLog.from_compacted(items).compact() == items
+
+
+def test_replay_from_a_cursor_between_kept_events_is_exact() -> None:
+    items = two_messages().log.compact()
+    for cursor in (None, 0, 3, 4, 5, 8, 9, 11, 13, 14):
+        replay = replay_compacted(items, cursor)
+        assert not replay.at_end
+        gap, *rest = replay.items
+        assert gap[0] is None and gap[1] == "thread.stream.gap"
+        assert gap[2]["from"] == (cursor or 0)
+        assert [i for i, _n, _p in rest] == [int(x[1]) for x in items if x[1] > (cursor or 0)]
+    # From nothing, the client ends up with the exact texts.
+    state = ClientState().apply_all(as_evs(replay_compacted(items, None).items))
+    assert state.texts == ["".join(M1), "".join(M2)]
+
+
+def test_replay_from_inside_merged_deltas_is_a_gap_and_a_snapshot() -> None:
+    items = two_messages().log.compact()
+    for cursor in (6, 7, 12):
+        replay = replay_compacted(items, cursor)
+        ids = [i for i, _n, _p in replay.items]
+        assert ids == [None] * (len(ids) - 1) + [15]
+        state = ClientState().apply_all(as_evs(replay.items))
+        assert state.texts == ["".join(M1), "".join(M2)]
+
+
+def test_replay_at_or_past_the_end_is_nothing() -> None:
+    items = two_messages().log.compact()
+    assert replay_compacted(items, 15).at_end
+    assert replay_compacted(items, 99).at_end
+    assert replay_compacted([], None).at_end

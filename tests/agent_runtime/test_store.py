@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent_runtime.errors import AgentRuntimeError, InvalidRequest, NotFound
+from agent_runtime.errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
 from agent_runtime.objects import Message, Run, Thread, new_id, now
 from agent_runtime.store import MemoryStore, RedisStore, SQLiteStore, Store
 from agent_runtime.store.memory import paginate
@@ -452,6 +452,35 @@ async def test_run_pagination_matches_paginate_everywhere(store: Store) -> None:
 
 
 # -- copies ----------------------------------------------------------------------------------
+
+
+async def test_run_logs_round_trip_replace_and_go_with_their_thread(store: Store) -> None:
+    thread = a_thread()
+    await store.create_thread(thread)
+    run = a_run(thread.id)
+    await store.create_run(run)
+    assert await store.get_run_log(thread.id, run.id) is None
+    log: dict[str, Any] = {
+        "head": 7,
+        "items": [[3, 3, "thread.run.in_progress", {"id": run.id, "note": "é 🦉 «42»"}]],
+    }
+    await store.save_run_log(thread.id, run.id, log)
+    log["head"] = 99  # the store keeps what it was given when called
+    assert await store.get_run_log(thread.id, run.id) == {
+        "head": 7,
+        "items": [[3, 3, "thread.run.in_progress", {"id": run.id, "note": "é 🦉 «42»"}]],
+    }
+    await store.save_run_log(thread.id, run.id, {"head": 9, "items": [], "recovered": True})
+    assert await store.get_run_log(thread.id, run.id) == {
+        "head": 9,
+        "items": [],
+        "recovered": True,
+    }
+    await store.delete_thread(thread.id)
+    with pytest.raises(NotFound):
+        await store.get_run_log(thread.id, run.id)
+    with pytest.raises(NotFound):
+        await store.save_run_log(thread.id, run.id, log)
 
 
 async def test_the_store_keeps_copies(store: Store) -> None:
@@ -957,3 +986,16 @@ async def test_an_unreachable_redis_store_is_a_clear_error() -> None:
     with pytest.raises(AgentRuntimeError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
         async with asyncio.timeout(10 * UNIT):
             await RedisStore.open("redis://127.0.0.1:1/0")
+
+
+async def test_sqlite_failures_are_storage_unavailable_naming_the_cause(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    store = SQLiteStore(blocker / "data" / "agentstream.db")
+    try:
+        with pytest.raises(StorageUnavailable) as error:
+            await store.get_thread("thread_x")
+        assert error.value.status == 503 and error.value.code == "storage_unavailable"
+        assert f"the database in {blocker / 'data'} cannot be opened" in error.value.message
+    finally:
+        await store.close()

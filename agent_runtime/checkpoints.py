@@ -1,0 +1,181 @@
+"""Checkpoints of live runs, and the ending of runs a crash interrupted.
+
+While a run streams, its state is written to the store every ``checkpoint_interval``
+seconds (when it changed): its compacted event log (:meth:`RunLog.compact`: each message
+with its text so far, each step, every kept event with its original id) and the stream's
+head. So at most one interval of text is lost when the process is killed (``kill -9``, an
+out-of-memory kill, a power cut within SQLite's durability).
+
+At the next start, :func:`end_interrupted` ends each run that was live when the previous
+process died, from its last checkpoint: each message still streaming is stored
+``incomplete`` with its text so far, each open step ends ``failed``, and the run's log
+gets those endings and ``thread.run.failed``, numbered after the checkpointed head. A
+stream rebuilt from that log keeps the run's numbering, so a client's cursor still
+works; a cursor at or past the recovered end (a client may have seen events published
+after the last checkpoint) is at the end (``204``).
+
+Concurrency: one loop-side task per hub writes every changed run in turn. A checkpoint
+is queued only while its run is not ending, and stores apply writes in call order, so a
+checkpoint never lands after the run's final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .errors import NotFound
+from .objects import Message, Run, now
+from .run_log import RunLog
+from .store import Store
+
+__all__ = ["Checkpointer", "end_interrupted"]
+
+logger = logging.getLogger(__name__)
+
+FIRST_EVENTS = 2
+"""Every run's stream starts with ``thread.run.created`` and ``thread.run.queued``: a run
+interrupted before its first checkpoint had published at least those."""
+
+
+class Checkpointed(Protocol):
+    """What the checkpointer needs of a live run (:class:`~agent_runtime.runs.RunContext`)."""
+
+    @property
+    def run(self) -> Run: ...
+
+    @property
+    def finishing(self) -> bool: ...
+
+    @property
+    def head(self) -> int: ...
+
+    def stored_log(self) -> dict[str, Any]: ...
+
+
+class Checkpointer:
+    """Writes the changed state of every live run at an interval (module docstring)."""
+
+    def __init__(
+        self, store: Store, interval: float, live: Callable[[], Sequence[Checkpointed]]
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self._live = live
+        self._saved: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self.written = 0
+        """Checkpoints written since start (for metrics and tests)."""
+
+    def start(self) -> None:
+        """Start the background task (idempotent; nothing if checkpoints are off)."""
+        if self._task is None and self.interval > 0:
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name="run checkpoints"
+            )
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.write_changed()
+
+    async def write_changed(self) -> int:
+        """Write a checkpoint of every live run that changed since its last; how many."""
+        alive: set[str] = set()
+        count = 0
+        failed = 0
+        for ctx in list(self._live()):
+            run_id = ctx.run.id
+            alive.add(run_id)
+            head = ctx.head
+            # Checked right before the write is queued, in the same loop step.
+            if ctx.finishing or ctx.run.terminal or self._saved.get(run_id) == head:
+                continue
+            try:
+                await self.store.save_run_log(ctx.run.thread_id, run_id, ctx.stored_log())
+            except NotFound:
+                continue
+            except Exception as exc:
+                failed += 1
+                if not self._failing:  # once until checkpoints are written again
+                    self._failing = True
+                    logger.warning("checkpoints cannot be written (run %s): %s", run_id, exc)
+                continue
+            self._saved[run_id] = head
+            count += 1
+        for gone in set(self._saved) - alive:
+            del self._saved[gone]
+        if self._failing and count and not failed:
+            self._failing = False
+            logger.info("checkpoints are written again")
+        self.written += count
+        return count
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def end_interrupted(store: Store, runs: Sequence[Run]) -> None:
+    """End runs a crash interrupted (already marked ``failed`` by the store) from their
+    last checkpoints; see the module docstring. A run that cannot be ended is logged."""
+    for run in runs:
+        try:
+            await _end_one(store, run)
+        except Exception as exc:
+            logger.error("run %s: could not be ended from its checkpoint: %s", run.id, exc)
+
+
+async def _end_one(store: Store, run: Run) -> None:
+    stored = await store.get_run_log(run.thread_id, run.id)
+    items = list(stored.get("items") or []) if isinstance(stored, dict) else []
+    head = int(stored.get("head") or FIRST_EVENTS) if isinstance(stored, dict) else FIRST_EVENTS
+    log = RunLog.from_compacted(items)
+    open_messages, open_steps = log.open_items()
+    next_id = head + 1
+    stamp = now()
+    for created in open_messages:
+        text = str(created.get("_text") or "")
+        message = Message(
+            id=created["id"],
+            thread_id=run.thread_id,
+            role="user" if created.get("role") == "user" else "assistant",
+            content=text,
+            created_at=int(created.get("created_at") or stamp),
+            status="incomplete",
+            run_id=run.id,
+            assistant_id=created.get("assistant_id"),
+            metadata=dict(created.get("metadata") or {}),
+            incomplete_at=stamp,
+            incomplete_reason="run_failed",
+        )
+        if text:
+            await store.add_message(message)
+        log.record(next_id, "thread.message.incomplete", message.to_dict())
+        next_id += 1
+    error = (run.last_error or {}).get("message") or "the run was interrupted"
+    for step in open_steps:
+        final = step | {"status": "failed", "failed_at": stamp}
+        final["last_error"] = {"code": "server_error", "message": error}
+        log.record(next_id, "thread.run.step.failed", final)
+        next_id += 1
+    run.last_event_id = next_id
+    log.record(next_id, "thread.run.failed", run.to_dict())
+    await store.update_run(run)
+    await store.save_run_log(
+        run.thread_id,
+        run.id,
+        {"head": next_id, "items": log.compact(), "recovered": True},
+    )
+    logger.warning(
+        "run %s on thread %s was live at the last stop: ended failed from its checkpoint "
+        "(%d messages kept incomplete)",
+        run.id,
+        run.thread_id,
+        sum(1 for m in open_messages if m.get("_text")),
+    )
