@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
         "comma-separated)",
     )
     serve_p.add_argument(
+        "--adopt-unowned-threads",
+        metavar="KEY",
+        default=None,
+        help="at start-up, give threads created while API keys were off (which no key can "
+        "reach) to KEY, one of the API keys",
+    )
+    serve_p.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -344,6 +351,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return run_bench(args)
         if args.command == "serve":
+            api_keys = _api_keys(args.api_key)
+            if args.adopt_unowned_threads is not None and args.adopt_unowned_threads not in (
+                api_keys
+            ):
+                print(
+                    "agentstream: --adopt-unowned-threads needs one of the API keys "
+                    "(--api-key or AGENTSTREAM_API_KEYS)",
+                    file=sys.stderr,
+                )
+                return 2
             config = HubConfig(
                 redis_url=args.redis,
                 redis_prefix=args.redis_prefix,
@@ -355,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 agents=tuple(args.agents),
                 model=args.model,
                 store=args.store,
-                api_keys=_api_keys(args.api_key),
+                api_keys=api_keys,
+                adopt_unowned_threads=args.adopt_unowned_threads,
                 cors_origins=tuple(args.cors_origin),
                 data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker import BrokerConfig
 
@@ -73,6 +73,9 @@ class HubConfig(BaseModel):
     api_keys: tuple[str, ...] = ()
     """With keys, every API route needs ``Authorization: Bearer <key>`` (the stream route
     also takes ``?token=``) and threads belong to the key that created them."""
+    adopt_unowned_threads: str | None = None
+    """One of ``api_keys``: at start-up, threads without an owner (made while keys were
+    off, which no key can reach once keys are on) become this key's."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from a browser (``*`` for any); none by default."""
     shutdown_grace: float = Field(0.0, ge=0)
@@ -81,6 +84,14 @@ class HubConfig(BaseModel):
     shutdown_timeout: float = Field(10.0, gt=0)
     """Seconds graceful shutdown then waits for ended runs to publish their terminal
     events and for subscribers to read to the end."""
+
+    @model_validator(mode="after")
+    def _adopter_is_a_key(self) -> HubConfig:
+        if self.adopt_unowned_threads is not None and (
+            self.adopt_unowned_threads not in self.api_keys
+        ):
+            raise ValueError("adopt_unowned_threads must be one of api_keys")
+        return self
 
     @property
     def database_path(self) -> Path:

@@ -22,7 +22,10 @@ from .keys import HUB
 from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
 from .validation import json_response, parse_query, read_json
 
-__all__ = ["routes"]
+__all__ = ["STREAM_PATH", "routes"]
+
+STREAM_PATH = "/threads/{thread_id}/stream/{run_id}"
+"""The run stream's route (relative to the API root); it also takes ``?token=``."""
 
 
 class RunIn(BaseModel):
@@ -194,5 +197,5 @@ def routes() -> list[tuple[str, str, Any]]:
         ("GET", "/threads/{thread_id}/runs", list_runs),
         ("GET", "/threads/{thread_id}/runs/{run_id}", get_run),
         ("POST", "/threads/{thread_id}/runs/{run_id}/cancel", cancel_run),
-        ("GET", "/threads/{thread_id}/stream/{run_id}", stream_run),
+        ("GET", STREAM_PATH, stream_run),
     ]
