@@ -15,12 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker import Event, Framing, InvalidCursor, serve_stream
 from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
+from ..errors import InvalidRequest
 from ..objects import Run
 from ..run_log import delta_payload
 from ..runs import RunContext
 from .keys import HUB
 from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
-from .validation import json_response, parse_query, read_json
+from .validation import (
+    MAX_INSTRUCTIONS_CHARS,
+    Instructions,
+    Metadata,
+    json_response,
+    parse_query,
+    read_json,
+)
 
 __all__ = ["STREAM_PATH", "routes"]
 
@@ -33,10 +41,10 @@ class RunIn(BaseModel):
 
     assistant_id: str = Field(min_length=1)
     model: str | None = None
-    instructions: str | None = None
-    additional_instructions: str | None = None
+    instructions: Instructions | None = None
+    additional_instructions: Instructions | None = None
     additional_messages: list[MessageIn] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     stream: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -72,6 +80,13 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
     instructions = body.instructions
     if body.additional_instructions:
         instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))
+        if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+            raise InvalidRequest(
+                f"Invalid value for 'additional_instructions': with 'instructions' it makes "
+                f"{len(instructions)} characters of instructions; the limit is "
+                f"{MAX_INSTRUCTIONS_CHARS}.",
+                param="additional_instructions",
+            )
     ctx: RunContext = await hub.runs.create(
         thread_id,
         body.assistant_id,
