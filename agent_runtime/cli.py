@@ -146,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
     serve_p.add_argument(
+        "--max-queued-runs",
+        type=int,
+        default=1000,
+        help="with --max-concurrent-runs: runs waiting for a slot at once; further runs are "
+        "refused with 429 (default 1000)",
+    )
+    serve_p.add_argument(
         "--shutdown-grace",
         type=float,
         default=10.0,
@@ -377,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cors_origins=tuple(args.cors_origin),
                 data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,
+                max_queued_runs=args.max_queued_runs,
                 provider_timeout=args.provider_timeout,
                 shutdown_grace=args.shutdown_grace,
                 max_body_bytes=args.max_body_bytes,

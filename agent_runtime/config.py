@@ -58,6 +58,9 @@ class HubConfig(BaseModel):
     """Largest message content accepted through the API (413 beyond)."""
     run_expires_after: float = Field(600.0, gt=0)
     max_concurrent_runs: int | None = Field(None, ge=1)
+    max_queued_runs: int | None = Field(1000, ge=0)
+    """With ``max_concurrent_runs``: runs waiting for a slot at once; further runs are
+    refused (429 with ``retry-after``). ``None``: unbounded."""
     retention: float = Field(300.0, gt=0)
     keepalive: float = Field(15.0, gt=0)
     stall_timeout: float = Field(30.0, gt=0)
@@ -115,4 +118,5 @@ class HubConfig(BaseModel):
         return RunsConfig(
             expires_after=self.run_expires_after,
             max_concurrent_runs=self.max_concurrent_runs,
+            max_queued_runs=self.max_queued_runs,
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FAST_MODEL, StartHub
+from .conftest import FAST_MODEL, SLOW_MODEL, StartHub, eventually
 
 PAIRS = {f"k{i}": "v" for i in range(17)}
 LONG_KEY = {"k" * 65: "v"}
@@ -96,3 +96,40 @@ async def test_metadata_and_instructions_at_the_limits_are_taken(start_hub: Star
     run = await hub.request("POST", f"/v1/threads/{thread_id}/runs", json_body=body)
     assert run.status == 200, run.body[:300]
     assert run.json()["metadata"] == AT_THE_LIMITS
+
+
+# -- the queue of runs waiting for a slot ------------------------------------------------
+
+
+async def test_runs_waiting_for_a_slot_are_bounded(start_hub: StartHub) -> None:
+    hub = await start_hub(model=SLOW_MODEL, max_concurrent_runs=1, max_queued_runs=2)
+    _running, first, _second = [await hub.start() for _ in range(3)]
+    assert (await hub.run(*first))["status"] == "queued"  # behind the running one
+    thread_id = await hub.create_thread("one too many")
+    body = {"assistant_id": "streaming-example"}
+    full = await hub.request("POST", f"/v1/threads/{thread_id}/runs", json_body=body)
+    assert full.status == 429, full.body
+    assert full.headers["retry-after"] == "1"
+    assert full.headers["x-should-retry"] == "false"
+    error = full.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["param"] == "max_queued_runs"
+    assert "2 runs are already waiting" in error["message"]
+    assert "--max-queued-runs" in error["message"]
+    also_full = await hub.request("POST", "/v1/threads/runs", json_body=body)
+    assert also_full.status == 429
+    # A waiting run that goes makes room for one more.
+    cancel = await hub.request("POST", f"/v1/threads/{first[0]}/runs/{first[1]}/cancel")
+    assert cancel.status == 200
+    await eventually(lambda: hub.hub.runs.live(first[1]) is None, what="the run ended")
+    taken = await hub.request("POST", f"/v1/threads/{thread_id}/runs", json_body=body)
+    assert taken.status == 200, taken.body
+    assert taken.json()["status"] == "queued"
+
+
+async def test_without_a_slot_limit_nothing_waits_and_nothing_is_refused(
+    start_hub: StartHub,
+) -> None:
+    hub = await start_hub(model=SLOW_MODEL, max_queued_runs=0)
+    for _ in range(3):
+        thread_id, run_id = await hub.start()
+        assert (await hub.run(thread_id, run_id))["status"] in ("queued", "in_progress")
