@@ -105,16 +105,28 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
     return json_response(ctx.run.to_dict())
 
 
+def _check_model(request: web.Request, body: RunIn) -> None:
+    """400 for a ``model`` this hub cannot serve (a simulated spec out of range, a
+    provider that is not configured…), before anything is created; 404 for an unknown
+    agent. The agent's own default model is not checked here: a run on it fails, saying
+    why."""
+    hub = request.app[HUB]
+    agent = hub.catalog.get(body.assistant_id)
+    if body.model is not None:
+        hub.models.check(body.model, agent.defaults.model_provider)
+
+
 async def create_run(request: web.Request) -> web.StreamResponse:
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, RunIn)
     await request.app[HUB].store.get_thread(thread_id)
+    _check_model(request, body)
     return await _start(request, thread_id, body)
 
 
 async def create_thread_and_run(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ThreadAndRunIn)
-    request.app[HUB].catalog.get(body.assistant_id)  # 404 before creating anything
+    _check_model(request, body)  # 404 or 400 before creating anything
     thread = await create_thread_from(request, body.thread or ThreadIn())
     return await _start(request, thread.id, body)
 
