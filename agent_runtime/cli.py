@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
         "comma-separated)",
     )
     serve_p.add_argument(
+        "--adopt-unowned-threads",
+        metavar="KEY",
+        default=None,
+        help="at start-up, give threads created while API keys were off (which no key can "
+        "reach) to KEY, one of the API keys",
+    )
+    serve_p.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -138,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
         "--provider-timeout", type=float, default=120.0, help="seconds per provider request"
     )
     serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
+    serve_p.add_argument(
+        "--max-queued-runs",
+        type=int,
+        default=1000,
+        help="with --max-concurrent-runs: runs waiting for a slot at once; further runs are "
+        "refused with 429 (default 1000)",
+    )
     serve_p.add_argument(
         "--shutdown-grace",
         type=float,
@@ -352,6 +366,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return run_bench(args)
         if args.command == "serve":
+            api_keys = _api_keys(args.api_key)
+            if args.adopt_unowned_threads is not None and args.adopt_unowned_threads not in (
+                api_keys
+            ):
+                print(
+                    "agentstream: --adopt-unowned-threads needs one of the API keys "
+                    "(--api-key or AGENTSTREAM_API_KEYS)",
+                    file=sys.stderr,
+                )
+                return 2
             config = HubConfig(
                 redis_url=args.redis,
                 redis_prefix=args.redis_prefix,
@@ -363,10 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 agents=tuple(args.agents),
                 model=args.model,
                 store=args.store,
-                api_keys=_api_keys(args.api_key),
+                api_keys=api_keys,
+                adopt_unowned_threads=args.adopt_unowned_threads,
                 cors_origins=tuple(args.cors_origin),
                 data_dir=args.data_dir,
                 max_concurrent_runs=args.max_concurrent_runs,
+                max_queued_runs=args.max_queued_runs,
                 provider_timeout=args.provider_timeout,
                 shutdown_grace=args.shutdown_grace,
                 max_body_bytes=args.max_body_bytes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker import BrokerConfig
 
@@ -61,6 +61,9 @@ class HubConfig(BaseModel):
     """Seconds between checkpoints of a live run's state (its text so far) in the store,
     so that a crash loses at most this much; ``0`` turns them off."""
     max_concurrent_runs: int | None = Field(None, ge=1)
+    max_queued_runs: int | None = Field(1000, ge=0)
+    """With ``max_concurrent_runs``: runs waiting for a slot at once; further runs are
+    refused (429 with ``retry-after``). ``None``: unbounded."""
     retention: float = Field(300.0, gt=0)
     keepalive: float = Field(15.0, gt=0)
     stall_timeout: float = Field(30.0, gt=0)
@@ -76,6 +79,9 @@ class HubConfig(BaseModel):
     api_keys: tuple[str, ...] = ()
     """With keys, every API route needs ``Authorization: Bearer <key>`` (the stream route
     also takes ``?token=``) and threads belong to the key that created them."""
+    adopt_unowned_threads: str | None = None
+    """One of ``api_keys``: at start-up, threads without an owner (made while keys were
+    off, which no key can reach once keys are on) become this key's."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from a browser (``*`` for any); none by default."""
     shutdown_grace: float = Field(0.0, ge=0)
@@ -84,6 +90,14 @@ class HubConfig(BaseModel):
     shutdown_timeout: float = Field(10.0, gt=0)
     """Seconds graceful shutdown then waits for ended runs to publish their terminal
     events and for subscribers to read to the end."""
+
+    @model_validator(mode="after")
+    def _adopter_is_a_key(self) -> HubConfig:
+        if self.adopt_unowned_threads is not None and (
+            self.adopt_unowned_threads not in self.api_keys
+        ):
+            raise ValueError("adopt_unowned_threads must be one of api_keys")
+        return self
 
     @property
     def database_path(self) -> Path:
@@ -108,4 +122,5 @@ class HubConfig(BaseModel):
             expires_after=self.run_expires_after,
             max_concurrent_runs=self.max_concurrent_runs,
             checkpoint_interval=self.checkpoint_interval,
+            max_queued_runs=self.max_queued_runs,
         )

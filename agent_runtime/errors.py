@@ -47,10 +47,23 @@ class PayloadTooLarge(AgentRuntimeError):
 
 
 class LimitReached(AgentRuntimeError):
-    """A configured limit refused the request; the message says which and how to raise it."""
+    """A configured limit refused the request; the message says which and how to raise it.
+
+    ``retry_after``: seconds after which retrying may succeed (sent as ``retry-after``)."""
 
     status = 429
     type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(AgentRuntimeError):

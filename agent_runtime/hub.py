@@ -26,6 +26,7 @@ from .config import HubConfig
 from .errors import ServiceUnavailable
 from .models.base import ModelProvider
 from .models.router import ModelRouter
+from .objects import key_digest
 from .run_log import RunLog
 from .runs import RunManager
 from .store import MemoryStore, RedisStore, SQLiteStore, Store
@@ -94,11 +95,13 @@ class Hub:
         self._started = False
 
     async def start(self) -> None:
-        """Make the hub ready: open the store and fail the runs that were live when a
-        previous process holding this store died. Idempotent."""
+        """Make the hub ready: open the store, handle threads without an owner when API
+        keys are on (see :meth:`_check_ownerless_threads`) and fail the runs that were live
+        when a previous process holding this store died. Idempotent."""
         if self._started:
             return
         self._started = True
+        await self._check_ownerless_threads()
         if self.cluster is not None:
             # Several nodes: runs of a node that died are failed by the survivors once
             # its lease expires (see .cluster), never by a node that starts.
@@ -112,6 +115,24 @@ class Hub:
             "the hub stopped while this run was live (it was not resumed on restart)"
         )
         await end_interrupted(self.store, interrupted)
+
+    async def _check_ownerless_threads(self) -> None:
+        """With API keys on: adopt ownerless threads if ``adopt_unowned_threads`` says so,
+        then warn once about those left (every key gets 404 for them)."""
+        if not self.config.api_keys:
+            return
+        if self.config.adopt_unowned_threads is not None:
+            adopted = await self.store.adopt_unowned_threads(
+                key_digest(self.config.adopt_unowned_threads)
+            )
+            logger.info("adopted %d threads without an owner for the given API key", adopted)
+        unowned = await self.store.count_unowned_threads()
+        if unowned:
+            logger.warning(
+                "%d threads have no owner (created while API keys were off): no API key can "
+                "reach them; start once with --adopt-unowned-threads KEY to give them to KEY",
+                unowned,
+            )
 
     async def aclose(self) -> None:
         """Graceful, ordered, time-bounded shutdown. Idempotent."""

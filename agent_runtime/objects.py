@@ -6,6 +6,7 @@ Plain dataclasses: no I/O, no asyncio. ``to_dict()`` gives the wire shape (``thr
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ __all__ = [
     "Run",
     "RunStatus",
     "Thread",
+    "key_digest",
     "new_id",
     "now",
 ]
@@ -51,6 +53,11 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+def key_digest(key: str) -> str:
+    """What is stored as a thread's owner for an API key: never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 @dataclass(slots=True)

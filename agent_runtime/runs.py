@@ -51,6 +51,7 @@ from .errors import (
     AgentRuntimeError,
     Conflict,
     InvalidRequest,
+    LimitReached,
     NotFound,
     ProviderError,
     RunCancelled,
@@ -94,6 +95,9 @@ class RunsConfig:
     final_write_timeout: float = 10.0
     """Seconds a run's final store write may take before the run ends without it (its
     terminal event is published either way; the write is retried in the background)."""
+    max_queued_runs: int | None = None
+    """Runs waiting for a slot at once (with ``max_concurrent_runs``); further ones are
+    refused (429). ``None``: no bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -948,6 +952,8 @@ class RunManager:
                 f"Thread {thread_id} already has an active run {self._live_by_thread[thread_id]}.",
                 param="thread_id",
             )
+        if parent is None:  # a child runs in its parent's slot: it never waits for one
+            self._check_queue()
         run_id = new_id("run")
         # Claim the thread before the first await, so concurrent requests get the 409.
         self._live_by_thread[thread_id] = run_id
@@ -973,6 +979,26 @@ class RunManager:
             if claimed and cluster is not None:
                 cluster.release_soon(thread_id, run_id)
             raise
+
+    def _check_queue(self) -> None:
+        """Refuse a run (429) when ``max_queued_runs`` runs already wait for a slot: the
+        top-level runs live or being created here beyond ``max_concurrent_runs``. Called
+        with no await before the thread is claimed, so concurrent requests count each
+        other."""
+        slots, limit = self.config.max_concurrent_runs, self.config.max_queued_runs
+        if slots is None or limit is None:
+            return
+        creating = sum(1 for run_id in self._live_by_thread.values() if run_id not in self._live)
+        waiting = creating + sum(1 for c in self._live.values() if c.parent is None) - slots
+        if waiting >= limit:
+            raise LimitReached(
+                f"{max(waiting, 0)} runs are already waiting for one of the "
+                f"{slots} run slots; the limit is {limit} waiting runs (set with "
+                "--max-queued-runs / max_queued_runs). Retry later.",
+                param="max_queued_runs",
+                code="queue_full",
+                retry_after=1,
+            )
 
     async def _create(
         self,

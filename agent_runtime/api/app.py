@@ -19,7 +19,7 @@ from . import chat as chat_api
 from . import meta, metrics, runs, threads
 from .auth import auth_middleware, cors_middleware, prepare_cors
 from .errors import error_middleware
-from .keys import HUB
+from .keys import HUB, TOKEN_ROUTES
 
 __all__ = ["HUB", "create_app"]
 
@@ -39,6 +39,7 @@ def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> we
     )
     app.on_response_prepare.append(prepare_cors)
     app[HUB] = hub
+    app[TOKEN_ROUTES] = frozenset(prefix + runs.STREAM_PATH for prefix in PREFIXES)
     table = [
         *meta.routes(),
         *threads.routes(),

@@ -2,14 +2,21 @@
 
 Off by default. With keys configured (``HubConfig.api_keys``: ``--api-key``, or the
 ``AGENTSTREAM_API_KEYS`` environment variable, comma-separated), every API route needs
-``Authorization: Bearer <key>``; the stream route also takes ``?token=<key>`` because a
-browser ``EventSource`` cannot send headers. ``/healthz`` and the chat page's static
-files stay open (the page asks for a key when the API answers 401).
+``Authorization: Bearer <key>``; the stream route (the matched route
+``/threads/{thread_id}/stream/{run_id}``, listed by the app under :data:`TOKEN_ROUTES`,
+not any path that looks like it) also takes ``?token=<key>`` because a browser
+``EventSource`` cannot send headers. ``/healthz`` and the chat page's static files stay
+open (the page asks for a key when the API answers 401). A malformed ``Authorization``
+header (a ``Bearer`` without a key, characters other than visible ASCII) is a ``401``
+like a wrong key, never an error of the server.
 
 A thread belongs to the key that created it: other keys get ``404`` for it and for its
 messages, runs and streams, exactly as for a thread that does not exist (checked here
-for every route with a ``{thread_id}``, so no handler can forget it). Only a digest of
-the key is stored. Keys are compared in constant time.
+for every route with a ``{thread_id}``, so no handler can forget it). A thread created
+while keys were off has no owner and, once keys are on, is no one's: every key gets
+``404`` for it until it is adopted (``HubConfig.adopt_unowned_threads``, the CLI's
+``--adopt-unowned-threads KEY``). Only a digest of the key is stored. Keys are compared
+in constant time.
 
 CORS (``HubConfig.cors_origins``) is off by default; listed origins (or ``*``) get
 ``Access-Control-Allow-*`` headers and preflight answers.
@@ -17,16 +24,16 @@ CORS (``HubConfig.cors_origins``) is off by default; listed origins (or ``*``) g
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from ..errors import NotFound
-from ..objects import Thread
+from ..objects import Thread, key_digest
 from .errors import error_response
-from .keys import HUB
+from .keys import HUB, TOKEN_ROUTES
 
 __all__ = [
     "OWNER",
@@ -46,27 +53,46 @@ _OPEN_PATHS = frozenset({"/", "/healthz"})
 _CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, OpenAI-Beta, X-Stainless-Lang"
 
 
-def key_digest(key: str) -> str:
-    """What is stored as a thread's owner: never the key itself."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
+class _Malformed(Exception):
+    """The ``Authorization`` header cannot hold a key."""
 
 
 def _presented_key(request: web.Request) -> str | None:
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if "/stream/" in request.path:
+    """The key of ``Authorization: Bearer <key>``, else (on the stream route only) of
+    ``?token=``. Raises :class:`_Malformed` for a header with characters other than
+    visible ASCII and spaces, or a ``Bearer`` without exactly one key."""
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is not None:
+        if not header.isascii() or not header.isprintable():
+            raise _Malformed("the Authorization header holds characters other than ASCII")
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            value = value.strip()
+            if not _VISIBLE_ASCII.fullmatch(value):
+                raise _Malformed("expected 'Authorization: Bearer <key>'")
+            return value
+    if _takes_token(request):
         token = request.query.get("token")
         if token:
             return token
     return None
 
 
+def _takes_token(request: web.Request) -> bool:
+    """Whether the request matched a route that accepts ``?token=`` (the stream route):
+    decided by the route aiohttp matched, so no other path qualifies by its spelling."""
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in request.app[TOKEN_ROUTES]
+
+
 def _valid(key: str, keys: tuple[str, ...]) -> bool:
+    presented = key.encode("utf-8", "surrogatepass")  # any str: never raises
     found = False
     for candidate in keys:  # no early exit: the time taken does not depend on the match
-        found |= hmac.compare_digest(candidate.encode(), key.encode())
+        found |= hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), presented)
     return found
 
 
@@ -77,7 +103,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if request.path in _OPEN_PATHS or request.path.startswith("/ui/"):
         return await handler(request)
-    key = _presented_key(request)
+    try:
+        key = _presented_key(request)
+    except _Malformed as exc:
+        return _unauthorized(f"Malformed API key: {exc}.")
     if key is None:
         return _unauthorized(
             "Missing API key: send 'Authorization: Bearer <key>' "
@@ -102,7 +131,8 @@ async def owned_thread(request: web.Request, thread_id: str) -> Thread:
     """The thread, if it exists and the request's key may see it; else ``NotFound``."""
     thread = await request.app[HUB].store.get_thread(thread_id)
     owner = request.get(OWNER)
-    if owner is not None and thread.owner is not None and thread.owner != owner:
+    # With keys on, a thread without an owner (made while keys were off) is no one's.
+    if owner is not None and thread.owner != owner:
         raise NotFound(f"No thread found with id '{thread_id}'.", param="thread_id")
     return thread
 

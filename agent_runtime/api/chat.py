@@ -200,6 +200,7 @@ def routes(models: ModelRouter) -> list[tuple[str, str, Handler]]:
 
     async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         body, data = await _parse(request)
+        models.check(body.model)  # 400 for a model this hub cannot serve
         provider, model = models.resolve(body.model)
         completion = _completion_request(body, data, model)
         if body.stream:

@@ -2,7 +2,8 @@
 
 Every error answer carries ``x-should-retry: false`` unless retrying is genuinely safe
 (``429`` for a full queue and ``503`` while shutting down are not retried either: the
-openai SDK retries 408/409/429/5xx and would otherwise start duplicate runs).
+openai SDK retries 408/409/429/5xx and would otherwise start duplicate runs). A ``429``
+of a limit that frees itself says when to try again in ``retry-after`` (seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from broker import BrokerError, broker_error_response
 
-from ..errors import AgentRuntimeError
+from ..errors import AgentRuntimeError, LimitReached
 
 __all__ = ["error_middleware", "error_response"]
 
@@ -37,9 +38,12 @@ def error_response(
 
 def _from_exception(exc: BaseException) -> web.Response:
     if isinstance(exc, AgentRuntimeError):
-        return error_response(
+        response = error_response(
             exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code
         )
+        if isinstance(exc, LimitReached) and exc.retry_after is not None:
+            response.headers["retry-after"] = str(exc.retry_after)
+        return response
     if isinstance(exc, BrokerError):
         return broker_error_response(exc)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):

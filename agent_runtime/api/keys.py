@@ -6,6 +6,9 @@ from aiohttp import web
 
 from ..hub import Hub
 
-__all__ = ["HUB"]
+__all__ = ["HUB", "TOKEN_ROUTES"]
 
 HUB = web.AppKey("agentstream.hub", Hub)
+
+TOKEN_ROUTES = web.AppKey("agentstream.token_routes", frozenset[str])
+"""Canonical paths of the routes that also take the API key as ``?token=``."""

@@ -15,14 +15,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker import Event, Framing, InvalidCursor, serve_stream
 from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
+from ..errors import InvalidRequest
 from ..objects import Run
 from ..run_log import delta_payload, replay_compacted
 from ..runs import RunContext
 from .keys import HUB
 from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
-from .validation import json_response, parse_query, read_json
+from .validation import (
+    MAX_INSTRUCTIONS_CHARS,
+    Instructions,
+    Metadata,
+    json_response,
+    parse_query,
+    read_json,
+)
 
-__all__ = ["routes"]
+__all__ = ["STREAM_PATH", "routes"]
+
+STREAM_PATH = "/threads/{thread_id}/stream/{run_id}"
+"""The run stream's route (relative to the API root); it also takes ``?token=``."""
 
 
 class RunIn(BaseModel):
@@ -30,10 +41,10 @@ class RunIn(BaseModel):
 
     assistant_id: str = Field(min_length=1)
     model: str | None = None
-    instructions: str | None = None
-    additional_instructions: str | None = None
+    instructions: Instructions | None = None
+    additional_instructions: Instructions | None = None
     additional_messages: list[MessageIn] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     stream: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -69,6 +80,13 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
     instructions = body.instructions
     if body.additional_instructions:
         instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))
+        if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+            raise InvalidRequest(
+                f"Invalid value for 'additional_instructions': with 'instructions' it makes "
+                f"{len(instructions)} characters of instructions; the limit is "
+                f"{MAX_INSTRUCTIONS_CHARS}.",
+                param="additional_instructions",
+            )
     ctx: RunContext = await hub.runs.create(
         thread_id,
         body.assistant_id,
@@ -87,16 +105,28 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
     return json_response(ctx.run.to_dict())
 
 
+def _check_model(request: web.Request, body: RunIn) -> None:
+    """400 for a ``model`` this hub cannot serve (a simulated spec out of range, a
+    provider that is not configured…), before anything is created; 404 for an unknown
+    agent. The agent's own default model is not checked here: a run on it fails, saying
+    why."""
+    hub = request.app[HUB]
+    agent = hub.catalog.get(body.assistant_id)
+    if body.model is not None:
+        hub.models.check(body.model, agent.defaults.model_provider)
+
+
 async def create_run(request: web.Request) -> web.StreamResponse:
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, RunIn)
     await request.app[HUB].store.get_thread(thread_id)
+    _check_model(request, body)
     return await _start(request, thread_id, body)
 
 
 async def create_thread_and_run(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ThreadAndRunIn)
-    request.app[HUB].catalog.get(body.assistant_id)  # 404 before creating anything
+    _check_model(request, body)  # 404 or 400 before creating anything
     thread = await create_thread_from(request, body.thread or ThreadIn())
     return await _start(request, thread.id, body)
 
@@ -229,5 +259,5 @@ def routes() -> list[tuple[str, str, Any]]:
         ("GET", "/threads/{thread_id}/runs", list_runs),
         ("GET", "/threads/{thread_id}/runs/{run_id}", get_run),
         ("POST", "/threads/{thread_id}/runs/{run_id}/cancel", cancel_run),
-        ("GET", "/threads/{thread_id}/stream/{run_id}", stream_run),
+        ("GET", STREAM_PATH, stream_run),
     ]

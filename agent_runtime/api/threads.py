@@ -11,7 +11,7 @@ from ..errors import PayloadTooLarge
 from ..objects import Message, Thread, new_id, now
 from .auth import OWNER
 from .keys import HUB
-from .validation import json_response, parse_query, read_json
+from .validation import Metadata, json_response, parse_query, read_json
 
 __all__ = ["MessageIn", "content_text", "routes"]
 
@@ -39,7 +39,7 @@ class MessageIn(BaseModel):
     role: Literal["user", "assistant"]
     content: str | list[dict[str, Any]]
     attachments: list[dict[str, Any]] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
     @field_validator("content")
     @classmethod
@@ -51,7 +51,7 @@ class ThreadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     messages: list[MessageIn] = Field(default_factory=list)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     tool_resources: dict[str, Any] | None = None
 
 

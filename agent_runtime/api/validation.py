@@ -1,17 +1,71 @@
-"""Reading request bodies and query strings into pydantic models, with OpenAI-style errors."""
+"""Reading request bodies and query strings into pydantic models, with OpenAI-style errors,
+and the size limits OpenAI puts on ``metadata`` and ``instructions`` (:data:`Metadata`,
+:data:`Instructions`): checked once, here at the API edge, since both are repeated in
+every event of a run."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from ..errors import InvalidRequest
 
-__all__ = ["json_response", "parse_query", "read_json"]
+__all__ = [
+    "MAX_INSTRUCTIONS_CHARS",
+    "MAX_METADATA_KEY_CHARS",
+    "MAX_METADATA_PAIRS",
+    "MAX_METADATA_VALUE_CHARS",
+    "Instructions",
+    "Metadata",
+    "json_response",
+    "parse_query",
+    "read_json",
+]
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_INSTRUCTIONS_CHARS = 256_000
+"""OpenAI's limits: ``metadata`` holds 16 pairs at most, keys of 64 characters at most
+and values of 512; ``instructions`` are 256,000 characters at most."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_METADATA_PAIRS:
+        raise PydanticCustomError(
+            "metadata_too_large",
+            "metadata holds at most {limit} key-value pairs, got {count}",
+            {"limit": MAX_METADATA_PAIRS, "count": len(value)},
+        )
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise PydanticCustomError(
+                "metadata_too_large",
+                "metadata keys are at most {limit} characters, key {key} has {count}",
+                {"limit": MAX_METADATA_KEY_CHARS, "key": _shown(key), "count": len(key)},
+            )
+        if len(item) > MAX_METADATA_VALUE_CHARS:
+            raise PydanticCustomError(
+                "metadata_too_large",
+                "metadata values are at most {limit} characters, the value of {key} has {count}",
+                {"limit": MAX_METADATA_VALUE_CHARS, "key": _shown(key), "count": len(item)},
+            )
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata)]
+"""A ``metadata`` field of a request, within OpenAI's limits (400 naming it beyond)."""
+Instructions = Annotated[str, Field(max_length=MAX_INSTRUCTIONS_CHARS)]
+"""An ``instructions`` field of a request, within OpenAI's limit (400 naming it beyond)."""
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -15,6 +15,8 @@ Rules of :meth:`ModelRouter.resolve`, first match wins:
 An unknown provider is an :class:`~agent_runtime.errors.InvalidRequest` that lists the
 known ones; a provider without its API key is a
 :class:`~agent_runtime.errors.ProviderError` naming the variable to set.
+:meth:`ModelRouter.check` applies the same rules to a name a client picked, at the API
+edge, and refuses (400) any provider that is not configured, ``local`` included.
 
 Concurrency: :meth:`~ModelRouter.resolve` and :meth:`~ModelRouter.list_models` never
 await, so on one event loop they are atomic. HTTP providers are created lazily, on their
@@ -115,6 +117,45 @@ class ModelRouter:
             return self._simulated_model(spec), spec
         http = self.provider(chosen)
         return http, http.model_name(name)
+
+    def check(self, model: str, provider: str | None = None) -> None:
+        """Refuse a model name a client picked unless this hub can serve it:
+        :class:`~agent_runtime.errors.InvalidRequest` (400, ``param="model"``) for a
+        simulated spec out of its ranges, an unknown provider, a provider with no model,
+        or a provider that is not configured (no API key, or for ``local`` neither a key
+        nor a base URL, in the environment), so no client can make the hub connect where
+        its operator did not point it. A forced model replaces the name: nothing to check.
+        Follows :meth:`resolve`'s rules without creating anything; never awaits."""
+        if self.force_model is not None:
+            return
+        name = model.strip() or self.default_model
+        if name in self._registered:
+            return
+        if is_simulated(name):
+            parse_spec(name)
+            return
+        if "::" in name:
+            provider, _, name = name.partition("::")
+            if not name.strip():
+                raise InvalidRequest(
+                    f"model {model!r} names a provider but no model: use '{provider}::<model>'",
+                    param="model",
+                )
+        chosen = self._check_provider(provider or self.default_provider)
+        if chosen == SIMULATED:
+            if is_simulated(name.strip()):
+                parse_spec(name)
+            return
+        info = PROVIDERS[chosen]
+        if not info.is_configured(self.env):
+            needed = info.key_env
+            if not info.key_required:
+                needed = f"{info.base_url_env} (or {info.key_env})"
+            raise InvalidRequest(
+                f"model provider {chosen!r} is not configured on this hub: set {needed}",
+                param="model",
+                code="model_not_found",
+            )
 
     def _simulated_model(self, spec: str) -> SimulatedModel:
         config = parse_spec(spec)

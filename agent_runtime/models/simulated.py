@@ -10,8 +10,10 @@ second (default 20; ``0`` streams as fast as possible), ``delay`` the seconds be
 first token (default 0), ``seed`` varies the text (default 0; an OpenAI ``seed``
 parameter in the request overrides it) and ``tools=1`` makes it call a tool whenever the
 request offers ``tools`` (default 0: only when ``tool_choice`` forces one). Keys may be
-given in any order and any subset; a bad spec raises
-:class:`~agent_runtime.errors.InvalidRequest` naming the key.
+given in any order and any subset. Each has a range, so no name can hold a request open
+for ever: tokens 0 to 100,000, rate 0 or 0.1 to 1,000,000, delay 0 to 60 seconds, seed
+0 to 2**32 - 1, tools 0 or 1. A bad spec raises
+:class:`~agent_runtime.errors.InvalidRequest` naming the key and its accepted range.
 
 The reply reflects the conversation: a system prompt asking for Socrates gets a Socratic
 answer (questions, "my friend"), one asking for Plato a Platonic one (the Forms, the
@@ -84,6 +86,25 @@ logger = logging.getLogger(__name__)
 SIMULATED = "simulated"
 MAX_TOKENS = 100_000
 """Upper bound of ``tokens=``: the reply is built in memory before it streams."""
+MAX_DELAY = 60.0
+"""Upper bound of ``delay=`` (seconds): no request is held before its first token longer."""
+MIN_RATE = 0.1
+MAX_RATE = 1_000_000.0
+"""Bounds of a non-zero ``rate=`` (tokens per second): at most 10 s between two tokens."""
+MAX_SEED = 2**32 - 1
+
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "tokens": (0, MAX_TOKENS, f"0 to {MAX_TOKENS}"),
+    "rate": (
+        0,
+        MAX_RATE,
+        f"0 for as fast as possible, or {MIN_RATE:g} to {MAX_RATE:.0f} tokens per second",
+    ),
+    "delay": (0, MAX_DELAY, f"0 to {MAX_DELAY:g} seconds"),
+    "seed": (0, MAX_SEED, f"0 to {MAX_SEED}"),
+    "tools": (0, 1, "0 or 1"),
+}
+"""Each key's accepted values: (lowest, highest, how the error message says it)."""
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -134,13 +155,19 @@ def _parse_value(spec: str, key: str, raw: str) -> int | float:
         raise _bad(spec, f"{key} must be {kind}, got {raw!r}") from None
     if not math.isfinite(number):
         raise _bad(spec, f"{key} must be {kind}, got {raw!r}")
-    if number < 0:
-        raise _bad(spec, f"{key} must not be negative, got {raw!r}")
+    low, high, accepted = _RANGES[key]
+    if number < low:
+        raise _bad(spec, f"{key} must not be negative (accepted: {accepted}), got {raw!r}")
+    if number > high:
+        highest = f"{high:.0f}" if float(high).is_integer() else f"{high:g}"
+        raise _bad(spec, f"{key} must be at most {highest} (accepted: {accepted}), got {raw!r}")
+    if key == "rate" and 0 < number < MIN_RATE:
+        raise _bad(
+            spec, f"rate must be 0 or at least {MIN_RATE:g} (accepted: {accepted}), got {raw!r}"
+        )
     if integer:
         if not number.is_integer():
             raise _bad(spec, f"{key} must be {kind}, got {raw!r}")
-        if key == "tokens" and number > MAX_TOKENS:
-            raise _bad(spec, f"tokens must be at most {MAX_TOKENS}, got {raw!r}")
         return int(number)
     return number
 
@@ -149,7 +176,9 @@ def parse_spec(spec: str) -> SimulatedConfig:
     """Parse ``simulated`` or ``simulated:key=value,…`` into a :class:`SimulatedConfig`.
 
     Raises :class:`~agent_runtime.errors.InvalidRequest` (``param="model"``) naming the
-    offending key for an unknown key, a repeated key, a non-number or a negative value.
+    offending key for an unknown key, a repeated key, a non-number or a value out of its
+    range, which the message states (:data:`_RANGES`: tokens 0 to 100000, rate 0 or 0.1 to
+    1000000, delay 0 to 60 seconds, seed 0 to 2**32 - 1, tools 0 or 1).
     """
     text = spec.strip()
     if not is_simulated(text):

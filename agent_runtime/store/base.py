@@ -89,4 +89,13 @@ class Store(Protocol):
         ``last_error`` ``{"code": "server_error", "message": message}``. Returns them."""
         ...
 
+    async def count_unowned_threads(self) -> int:
+        """How many threads have no owner (created while API keys were off)."""
+        ...
+
+    async def adopt_unowned_threads(self, owner: str) -> int:
+        """Give every thread without an owner to ``owner`` (a key's digest); returns how
+        many. Threads created meanwhile with an owner are left alone."""
+        ...
+
     async def close(self) -> None: ...

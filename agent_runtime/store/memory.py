@@ -162,5 +162,16 @@ class MemoryStore:
         """Nothing survives a previous process, so no run was interrupted by its end."""
         return []
 
+    async def count_unowned_threads(self) -> int:
+        return sum(1 for thread in self._threads.values() if thread.owner is None)
+
+    async def adopt_unowned_threads(self, owner: str) -> int:
+        adopted = 0
+        for thread in self._threads.values():
+            if thread.owner is None:
+                thread.owner = owner
+                adopted += 1
+        return adopted
+
     async def close(self) -> None:
         return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -71,6 +72,20 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', unpack(KEYS))
 return 1
 """
+
+
+# KEYS: thread. ARGV: owner. 1: the thread had no owner and now has this one.
+_ADOPT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local thread = cjson.decode(raw)
+if thread.owner ~= nil and thread.owner ~= cjson.null then return 0 end
+thread.owner = ARGV[1]
+redis.call('SET', KEYS[1], cjson.encode(thread))
+return 1
+"""
+
+_SCAN_BATCH = 1000
 
 
 def _thread_missing(thread_id: str) -> NotFound:
@@ -183,6 +198,37 @@ class RedisStore:
         if raw is None:
             raise _thread_missing(thread_id)
         return Thread(**orjson.loads(raw))
+
+    async def _unowned_thread_keys(self) -> list[str]:
+        """The keys of every thread without an owner: one ``SCAN`` over the prefix's
+        thread keys (their messages' and runs' keys skipped), read in batches."""
+        base = f"{self.prefix}thread:"
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", base) + "*"
+        found: list[str] = []
+        try:
+            keys = [
+                key
+                async for key in self._client.scan_iter(match=pattern, count=_SCAN_BATCH)
+                if ":" not in key.decode()[len(base) :]
+            ]
+            for start in range(0, len(keys), _SCAN_BATCH):
+                batch = keys[start : start + _SCAN_BATCH]
+                for key, raw in zip(batch, await self._client.mget(batch), strict=True):
+                    if raw is not None and orjson.loads(raw).get("owner") is None:
+                        found.append(key.decode())
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"the store (Redis at {self.url}) failed: {exc}") from exc
+        return found
+
+    async def count_unowned_threads(self) -> int:
+        return len(await self._unowned_thread_keys())
+
+    async def adopt_unowned_threads(self, owner: str) -> int:
+        """Each thread is adopted by one script, which checks it is still ownerless; all
+        are queued at once, so they go out in pipelines."""
+        keys = await self._unowned_thread_keys()
+        done = await asyncio.gather(*(self._run(_ADOPT, [key], [owner]) for key in keys))
+        return sum(done)
 
     async def delete_thread(self, thread_id: str) -> None:
         base = f"{self.prefix}thread:{thread_id}"

@@ -374,6 +374,21 @@ class SQLiteStore:
 
         await self._run(job)
 
+    async def count_unowned_threads(self) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT COUNT(*) FROM threads WHERE owner IS NULL").fetchone()
+            return int(row[0])
+
+        return await self._run(job)
+
+    async def adopt_unowned_threads(self, owner: str) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                cursor = conn.execute("UPDATE threads SET owner = ? WHERE owner IS NULL", (owner,))
+                return int(cursor.rowcount)
+
+        return await self._run(job)
+
     # -- messages --------------------------------------------------------------------
 
     async def add_message(self, message: Message) -> None:

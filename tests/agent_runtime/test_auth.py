@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 import openai
 import pytest
 
+from agent_runtime.config import HubConfig
+from agent_runtime.objects import Thread, new_id, now
+from agent_runtime.server import Server
+from agent_runtime.store import SQLiteStore
+
 from .conftest import FAST_MODEL, StartHub, check_run, within
+from .provider_stub import ServeProcess, call
 from .sse import parse_events
+from .test_cli import cli
 
 KEY_A = "sk-agentstream-a-" + "1" * 24
 KEY_B = "sk-agentstream-b-" + "2" * 24
@@ -155,3 +169,156 @@ async def test_no_key_leaks_into_storage(start_hub: StartHub) -> None:
     thread = await hub.hub.store.get_thread(made.json()["id"])
     assert thread.owner is not None and KEY_A not in thread.owner
     assert "owner" not in made.json()
+
+
+# -- threads made while keys were off ---------------------------------------------------
+
+
+async def test_an_ownerless_thread_is_no_keys_once_keys_are_on(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL, api_keys=(KEY_A, KEY_B))
+    thread = Thread(id=new_id("thread"), created_at=now())  # made while keys were off
+    await hub.hub.store.create_thread(thread)
+    for key in (KEY_A, KEY_B):
+        for method, path in (
+            ("GET", f"/v1/threads/{thread.id}"),
+            ("GET", f"/v1/threads/{thread.id}/messages"),
+            ("POST", f"/v1/threads/{thread.id}/runs"),
+            ("DELETE", f"/v1/threads/{thread.id}"),
+        ):
+            body = {"assistant_id": "streaming-example"} if method == "POST" else None
+            reply = await hub.request(method, path, json_body=body, headers=bearer(key))
+            assert reply.status == 404, (key, method, path, reply.status)
+            assert reply.json()["error"]["message"] == f"No thread found with id '{thread.id}'."
+    await hub.hub.store.get_thread(thread.id)  # still there: nobody could delete it
+
+
+async def _serve(data_dir: Path, **settings: Any) -> Server:
+    """A hub on a real socket, on the SQLite store in ``data_dir``."""
+    config = HubConfig(port=0, model=FAST_MODEL, store="sqlite", data_dir=data_dir, **settings)
+    server = Server(config)
+    await server.start()
+    return server
+
+
+async def test_ownerless_threads_are_counted_at_start_and_adopted_on_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keys off: a thread without owner. Keys on: one warning naming how many, and 404
+    for every key. ``adopt_unowned_threads``: the thread is that key's, and no warning."""
+    async with aiohttp.ClientSession() as session:
+        open_hub = await _serve(tmp_path)
+        try:
+            made = await call(session, "POST", f"{open_hub.url}/v1/threads", {})
+            await call(session, "POST", f"{open_hub.url}/v1/threads", {})
+        finally:
+            await open_hub.stop()
+        path = f"/v1/threads/{made['id']}"
+
+        caplog.set_level(logging.INFO, logger="agent_runtime.hub")
+        keyed = await _serve(tmp_path, api_keys=(KEY_A, KEY_B))
+        try:
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1 and warnings[0].startswith("2 threads have no owner")
+            assert "--adopt-unowned-threads" in warnings[0]
+            for key in (KEY_A, KEY_B):
+                async with session.get(keyed.url + path, headers=bearer(key)) as reply:
+                    assert reply.status == 404
+        finally:
+            await keyed.stop()
+
+        caplog.clear()
+        adopting = await _serve(tmp_path, api_keys=(KEY_A, KEY_B), adopt_unowned_threads=KEY_B)
+        try:
+            messages = [r.getMessage() for r in caplog.records]
+            assert "adopted 2 threads without an owner for the given API key" in messages
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            async with session.get(adopting.url + path, headers=bearer(KEY_B)) as reply:
+                assert reply.status == 200
+            async with session.get(adopting.url + path, headers=bearer(KEY_A)) as reply:
+                assert reply.status == 404
+        finally:
+            await adopting.stop()
+
+
+def test_only_a_configured_key_can_adopt() -> None:
+    with pytest.raises(ValueError, match="adopt_unowned_threads must be one of api_keys"):
+        HubConfig(api_keys=(KEY_A,), adopt_unowned_threads=KEY_B)
+
+
+async def test_serve_adopts_ownerless_threads_with_the_flag(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    store = await SQLiteStore.open(tmp_path / "agentstream.db")
+    thread = Thread(id=new_id("thread"), created_at=now())
+    await store.create_thread(thread)
+    await store.close()
+    args = ("--store", "sqlite", "--data-dir", str(tmp_path), "--api-key", KEY_A)
+    serve = ServeProcess(*args, "--adopt-unowned-threads", KEY_A)
+    try:
+        url = await serve.start()
+        async with session.get(f"{url}/v1/threads/{thread.id}", headers=bearer(KEY_A)) as reply:
+            assert reply.status == 200
+        assert "adopted 1 threads without an owner" in serve.output
+    finally:
+        await serve.aclose()
+
+
+def test_serve_refuses_to_adopt_for_a_key_it_does_not_take(tmp_path: Path) -> None:
+    refused = cli("serve", "--data-dir", str(tmp_path), "--adopt-unowned-threads", KEY_A)
+    assert refused.returncode == 2
+    assert "--adopt-unowned-threads needs one of the API keys" in refused.stderr
+
+
+# -- malformed keys and where ?token= is taken ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Bearer \xc3\xa9t\xc3\xa9",
+        b"Bearer \xff\xfe",
+        b"Bearer sk-\x80",
+        b"Bearer ",
+        b"Bearer a b",
+        b"\xe2\x9c\x93",
+    ],
+)
+async def test_a_malformed_authorization_header_is_a_401(
+    start_hub: StartHub, header: bytes
+) -> None:
+    hub = await start_hub(model=FAST_MODEL, api_keys=(KEY_A,))
+    reader, writer = await asyncio.open_connection(hub.server.config.host, hub.server.port)
+    try:
+        writer.write(
+            b"GET /v1/agents HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
+            b"Authorization: " + header + b"\r\n\r\n"
+        )
+        async with within():
+            answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
+
+
+async def test_the_query_token_is_taken_on_the_stream_route_only(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL, api_keys=(KEY_A,))
+    made = await hub.request("POST", "/v1/threads", json_body={}, headers=bearer(KEY_A))
+    thread_id = made.json()["id"]
+    # Paths that spell '/stream/' without being the stream route: no key was presented.
+    for path in (
+        f"/v1/threads/{thread_id}%2Fstream%2Fx",
+        f"/api/v1/threads/{thread_id}/messages/msg_1%2Fstream%2Fx",
+        "/v1/agents/stream/x",
+        f"/v1/threads/{thread_id}/stream/run_1/more",
+    ):
+        reply = await hub.request("GET", f"{path}?token={KEY_A}")
+        assert reply.status == 401, (path, reply.status)
+        assert reply.json()["error"]["message"].startswith("Missing API key")
+    # The stream route itself, on both mirrors: the key is taken (the run is unknown).
+    for prefix in ("/v1", "/api/v1"):
+        reply = await hub.request("GET", f"{prefix}/threads/{thread_id}/stream/run_1?token={KEY_A}")
+        assert reply.status == 404, reply.body

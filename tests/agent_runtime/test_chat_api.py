@@ -88,6 +88,10 @@ class StubRouter(ModelRouter):
             return self.stubs[model], model
         return super().resolve(model, provider)
 
+    def check(self, model: str, provider: str | None = None) -> None:
+        if model not in self.stubs:
+            super().check(model, provider)
+
 
 @dataclass
 class Server:
@@ -250,14 +254,16 @@ async def test_midstream_error_frame(server: Server) -> None:
     assert server.router.stubs["stub:mid"].closed.is_set()
 
 
-async def test_provider_status_before_streaming(server: Server) -> None:
+async def test_a_provider_without_its_key_is_refused_before_streaming(server: Server) -> None:
     body = {"model": "fireworks::llama-v3p3-70b-instruct", "messages": MESSAGES, "stream": True}
     async with await post(server, body) as response:
-        assert response.status == 502
+        assert response.status == 400
         assert response.headers["x-should-retry"] == "false"
         error = (await response.json())["error"]
-    assert error["message"] == "model provider 'fireworks' needs an API key: set FIREWORKS_API_KEY"
-    assert error["type"] == "provider_error"
+    assert error["message"] == (
+        "model provider 'fireworks' is not configured on this hub: set FIREWORKS_API_KEY"
+    )
+    assert error["type"] == "invalid_request_error" and error["param"] == "model"
 
 
 async def test_client_disconnect_cancels_the_provider_stream(server: Server) -> None:

@@ -169,7 +169,7 @@ async def test_rate_limited_and_failing_answers_are_not_retried(
     start_hub: StartHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The SDK retries 429 and 5xx unless told not to: a stream refused for its subscriber
-    limit (429) and a provider missing its key (502) each cost one request."""
+    limit (429) and a provider missing its key (400) each cost one request."""
     monkeypatch.delenv("FIREWORKS_API_KEY", raising=False)
     hub = await start_hub(model=None, max_subscribers_per_stream=1)
     thread_id = await hub.create_thread(QUESTION)
@@ -189,13 +189,13 @@ async def test_rate_limited_and_failing_answers_are_not_retried(
                         pass
                 assert limited.value.status_code == 429
                 server_message(limited.value)
-                with pytest.raises(openai.InternalServerError) as failed:
+                with pytest.raises(openai.BadRequestError) as failed:
                     client.chat.completions.create(
                         model="fireworks::llama-v3p3-70b-instruct", messages=[USER]
                     )
-                assert failed.value.status_code == 502
+                assert failed.value.status_code == 400
                 assert "set FIREWORKS_API_KEY" in server_message(failed.value)
-                with pytest.raises(openai.InternalServerError):
+                with pytest.raises(openai.BadRequestError):
                     client.chat.completions.create(
                         model="fireworks::llama-v3p3-70b-instruct", messages=[USER], stream=True
                     )

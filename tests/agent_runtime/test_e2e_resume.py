@@ -301,9 +301,7 @@ async def test_after_retention_the_stream_is_rebuilt_from_the_store(start_hub: S
         assert key(resumed[1:]) == key([e for e in kept if e.id > event.id])  # type: ignore[operator]
     # A cursor inside a message's deltas: a gap and a snapshot rebuilding everything.
     first_delta = next(e for e in original.events if e.name == "thread.message.delta")
-    resumed = await hub.events(
-        thread_id, run_id, headers={"Last-Event-ID": str(first_delta.id)}
-    )
+    resumed = await hub.events(thread_id, run_id, headers={"Last-Event-ID": str(first_delta.id)})
     assert resumed[0].data == {"from": first_delta.id, "to": kept[0].id}
     assert [e.id for e in resumed[:-1]] == [None] * (len(resumed) - 1)
     assert resumed[-1].id == original.last_id

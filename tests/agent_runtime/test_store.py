@@ -150,6 +150,24 @@ async def test_threads_create_get_delete(store: Store) -> None:
     assert await store.get_thread(other.id) == other
 
 
+async def test_threads_without_an_owner_are_counted_and_adopted(store: Store) -> None:
+    """Only ownerless threads are adopted; the rest of each thread is kept as it was."""
+    orphans = [a_thread(metadata={"k": "é 🦉"}) for _ in range(3)]
+    owned = a_thread(owner="someone")
+    for thread in [*orphans, owned]:
+        await store.create_thread(thread)
+    await store.add_message(a_message(orphans[0].id, "kept"))
+    assert await store.count_unowned_threads() == 3
+    assert await store.adopt_unowned_threads("adopter") == 3
+    assert await store.count_unowned_threads() == 0
+    assert await store.adopt_unowned_threads("another") == 0
+    for thread in orphans:
+        assert await store.get_thread(thread.id) == replace(thread, owner="adopter")
+    assert await store.get_thread(owned.id) == owned
+    (message,) = (await store.list_messages(orphans[0].id)).data
+    assert message.content == "kept"
+
+
 async def test_deleting_a_thread_deletes_its_messages_and_runs(store: Store) -> None:
     thread, other = a_thread(), a_thread()
     await store.create_thread(thread)
