@@ -1,4 +1,7 @@
-"""An in-memory store: dictionaries on the event loop, nothing survives the process."""
+"""An in-memory store: dictionaries on the event loop, nothing survives the process.
+
+Every operation completes before its first suspension (there is none), so operations
+apply in the order they are called."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from ..errors import InvalidRequest, NotFound
-from ..objects import Message, Run, Thread
+from ..objects import Message, Run, RunStep, Thread
 from .base import Order, Page
 
 __all__ = ["MemoryStore", "paginate"]
@@ -52,6 +55,8 @@ class MemoryStore:
         self._threads: dict[str, Thread] = {}
         self._messages: dict[str, dict[str, Message]] = {}
         self._runs: dict[str, dict[str, Run]] = {}
+        self._steps: dict[str, dict[str, dict[str, RunStep]]] = {}
+        """Thread id → run id → step id → step, in insertion order."""
 
     def _thread_messages(self, thread_id: str) -> dict[str, Message]:
         try:
@@ -69,6 +74,7 @@ class MemoryStore:
         self._threads[thread.id] = copy.deepcopy(thread)
         self._messages[thread.id] = {}
         self._runs[thread.id] = {}
+        self._steps[thread.id] = {}
 
     async def get_thread(self, thread_id: str) -> Thread:
         try:
@@ -81,6 +87,7 @@ class MemoryStore:
         del self._threads[thread_id]
         del self._messages[thread_id]
         del self._runs[thread_id]
+        del self._steps[thread_id]
 
     async def add_message(self, message: Message) -> None:
         messages = self._thread_messages(message.thread_id)
@@ -143,6 +150,34 @@ class MemoryStore:
         items = list(self._thread_runs(thread_id).values())
         page = paginate(items, order=order, limit=limit, after=after, before=before)
         return Page([copy.deepcopy(r) for r in page.data], page.has_more)
+
+    def _run_steps(self, thread_id: str, run_id: str) -> dict[str, RunStep]:
+        if run_id not in self._thread_runs(thread_id):
+            raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
+        return self._steps[thread_id].setdefault(run_id, {})
+
+    async def put_step(self, step: RunStep) -> None:
+        self._run_steps(step.thread_id, step.run_id)[step.id] = copy.deepcopy(step)
+
+    async def get_step(self, thread_id: str, run_id: str, step_id: str) -> RunStep:
+        try:
+            return copy.deepcopy(self._run_steps(thread_id, run_id)[step_id])
+        except KeyError:
+            raise NotFound(f"No step found with id '{step_id}'.", param="step_id") from None
+
+    async def list_steps(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[RunStep]:
+        items = list(self._run_steps(thread_id, run_id).values())
+        page = paginate(items, order=order, limit=limit, after=after, before=before)
+        return Page([copy.deepcopy(s) for s in page.data], page.has_more)
 
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """Nothing survives a previous process, so no run was interrupted by its end."""
