@@ -1,5 +1,5 @@
-"""Runs and their event streams: ``/threads/{thread_id}/runs…``, ``/threads/runs``,
-``/threads/{thread_id}/stream/{run_id}``.
+"""Runs, their steps and their event streams: ``/threads/{thread_id}/runs…`` (with
+``…/runs/{run_id}/steps``), ``/threads/runs``, ``/threads/{thread_id}/stream/{run_id}``.
 
 Starting a run never retries itself and answers errors with ``x-should-retry: false``,
 so the openai SDK's automatic retries cannot start duplicate runs.
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker import Event, Framing, InvalidCursor, serve_stream
 from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
-from ..objects import Run
+from ..objects import Message, Run, RunStep
 from ..run_log import delta_payload
 from ..runs import RunContext
 from .keys import HUB
@@ -120,6 +120,28 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response(run.to_dict())
 
 
+async def list_run_steps(request: web.Request) -> web.Response:
+    """The run's steps (tool calls, child runs) as OpenAI's ``thread.run.step`` objects,
+    each as of its latest event (a live run's open steps are ``in_progress``)."""
+    query = parse_query(request.query, RunListQuery)
+    page = await request.app[HUB].store.list_steps(
+        request.match_info["thread_id"],
+        request.match_info["run_id"],
+        order=query.order,
+        limit=query.limit,
+        after=query.after,
+        before=query.before,
+    )
+    return json_response(page_body([s.to_dict() for s in page.data], page.has_more))
+
+
+async def get_run_step(request: web.Request) -> web.Response:
+    step = await request.app[HUB].store.get_step(
+        request.match_info["thread_id"], request.match_info["run_id"], request.match_info["step_id"]
+    )
+    return json_response(step.to_dict())
+
+
 async def cancel_run(request: web.Request) -> web.Response:
     run = await request.app[HUB].runs.cancel(
         request.match_info["thread_id"], request.match_info["run_id"]
@@ -143,8 +165,8 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
 
 async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     """A finished run whose stream is no longer retained: a gap, then a snapshot of the
-    run from the store (each message with its full text), the last event carrying the
-    id of the run's real last event."""
+    run from the store (each message with its full text, each step as its created and
+    final events), the last event carrying the id of the run's real last event."""
     hub = request.app[HUB]
     cursor, source = request_cursor(request)
     framing = request_framing(request)
@@ -158,6 +180,7 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     if known and cursor is not None and cursor >= last:
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
+    steps = await hub.runs.run_steps(run.thread_id, run.id)
     run_dict = run.to_dict()
     items: list[tuple[str, Any]] = [
         ("thread.stream.gap", {"from": cursor or 0, "to": last + 1 if known else None})
@@ -165,7 +188,12 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     live = {"status": "in_progress", "last_error": None, "failed_at": None}
     live |= {"cancelled_at": None, "completed_at": None, "incomplete_details": None}
     items.append(("thread.run.in_progress", run_dict | live))
-    for message in messages:
+    # Steps and messages in the order they were created (a step first within a second).
+    timeline: list[RunStep | Message] = sorted([*steps, *messages], key=_created)
+    for message in timeline:
+        if isinstance(message, RunStep):
+            items.extend(_step_events(message, run))
+            continue
         created = message.to_dict() | {"content": [], "status": "in_progress"}
         created |= {"completed_at": None, "incomplete_at": None, "incomplete_details": None}
         items.append(("thread.message.created", created))
@@ -187,6 +215,35 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     return web.Response(body=body, headers=SSE_HEADERS)
 
 
+def _created(item: RunStep | Message) -> tuple[int, int]:
+    return (item.created_at, 0 if isinstance(item, RunStep) else 1)
+
+
+_STEP_STAMPS = ("cancelled_at", "completed_at", "expired_at", "failed_at")
+
+
+def _step_events(step: RunStep, run: Run) -> list[tuple[str, Any]]:
+    """A stored step of a finished run as its ``created`` and its final event (as a
+    snapshot has it). A step the run left ``in_progress`` (its process died) ends as
+    the run did."""
+    final = step.to_dict()
+    created = final | dict.fromkeys(_STEP_STAMPS) | {"status": "in_progress", "last_error": None}
+    if final.get("type") == "tool_calls":  # calls arrive in deltas: none when created
+        created["step_details"] = {"type": "tool_calls", "tool_calls": []}
+    elif final.get("type") == "child_run":  # a child run is created queued
+        details = final["step_details"]
+        created["step_details"] = details | {
+            "child_run": details["child_run"] | {"status": "queued"}
+        }
+    if final["status"] == "in_progress":
+        status = run.status if run.status in ("failed", "cancelled", "expired") else "cancelled"
+        ended = run.failed_at or run.cancelled_at or run.completed_at or final["created_at"]
+        final |= {"status": status, f"{status}_at": ended}
+        if status == "failed":
+            final["last_error"] = dict(run.last_error or {}) or None
+    return [("thread.run.step.created", created), (f"thread.run.step.{final['status']}", final)]
+
+
 def routes() -> list[tuple[str, str, Any]]:
     return [
         ("POST", "/threads/runs", create_thread_and_run),
@@ -194,5 +251,7 @@ def routes() -> list[tuple[str, str, Any]]:
         ("GET", "/threads/{thread_id}/runs", list_runs),
         ("GET", "/threads/{thread_id}/runs/{run_id}", get_run),
         ("POST", "/threads/{thread_id}/runs/{run_id}/cancel", cancel_run),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/steps", list_run_steps),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/steps/{step_id}", get_run_step),
         ("GET", "/threads/{thread_id}/stream/{run_id}", stream_run),
     ]
