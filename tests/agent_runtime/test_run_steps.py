@@ -17,8 +17,10 @@ import pytest
 from openai.types.beta.threads.runs import FunctionToolCall, ToolCallsStepDetails
 
 from agent_runtime.config import HubConfig
+from agent_runtime.errors import ServiceUnavailable
 from agent_runtime.models.scripted import Gate, Say, ScriptedModel
 from agent_runtime.models.scripted import ToolCall as ScriptedToolCall
+from agent_runtime.objects import RunStep
 from agent_runtime.server import Server
 
 from .clients_helpers import ASSISTANTS_DEPRECATED, async_sdk
@@ -334,3 +336,23 @@ async def test_the_openai_sdk_lists_and_retrieves_steps(
             await steps.retrieve("step_unknown", thread_id=thread_id, run_id=run_id)
         with pytest.raises(openai.NotFoundError):
             await steps.list("run_unknown", thread_id=thread_id)
+
+
+async def test_a_failing_step_write_is_logged_and_the_run_still_ends(
+    start_hub: StartHub,
+    agents: tuple[Path, ...],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = await start_hub(agents=agents, model=TOOL_MODEL)
+
+    async def broken(step: RunStep) -> None:
+        raise ServiceUnavailable("the store is down")
+
+    monkeypatch.setattr(hub.hub.store, "put_step", broken)
+    thread_id, run_id = await hub.start("tool-user", "weather in Olympia")
+    [step] = check_steps_run(await hub.events(thread_id, run_id)).steps  # completed
+    assert step.final.name == "thread.run.step.completed"
+    failures = [r for r in caplog.records if "storing a step failed" in r.getMessage()]
+    assert len(failures) == 2 and "the store is down" in failures[0].getMessage()
+    assert (await get_json(hub, steps_path(thread_id, run_id)))["data"] == []
