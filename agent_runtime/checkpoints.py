@@ -9,10 +9,12 @@ out-of-memory kill, a power cut within SQLite's durability).
 At the next start, :func:`end_interrupted` ends each run that was live when the previous
 process died, from its last checkpoint: each message still streaming is stored
 ``incomplete`` with its text so far, each open step ends ``failed``, and the run's log
-gets those endings and ``thread.run.failed``, numbered after the checkpointed head. A
-stream rebuilt from that log keeps the run's numbering, so a client's cursor still
-works; a cursor at or past the recovered end (a client may have seen events published
-after the last checkpoint) is at the end (``204``).
+gets those endings and ``thread.run.failed``. They are numbered past the checkpoint's
+*reserve*: ids a client may have seen published after the checkpoint (twice as many as
+in the interval before it, at least :data:`MIN_RESERVE`), so a client holding such a
+cursor still gets the endings. A stream rebuilt from that log keeps the run's
+numbering, so a client's cursor still works; a cursor at or past the recovered end is
+at the end (``204``).
 
 Concurrency: one loop-side task per hub writes every changed run in turn. A checkpoint
 is queued only while its run is not ending, and stores apply writes in call order, so a
@@ -34,6 +36,11 @@ from .store import Store
 __all__ = ["Checkpointer", "end_interrupted"]
 
 logger = logging.getLogger(__name__)
+
+MIN_RESERVE = 1000
+"""Ids left unused after a checkpoint's head before a crashed run's endings: events a
+client may have seen after the last checkpoint (at least this many, or twice as many as
+were published in the interval before it)."""
 
 FIRST_EVENTS = 2
 """Every run's stream starts with ``thread.run.created`` and ``thread.run.queued``: a run
@@ -94,8 +101,11 @@ class Checkpointer:
             # Checked right before the write is queued, in the same loop step.
             if ctx.finishing or ctx.run.terminal or self._saved.get(run_id) == head:
                 continue
+            log = ctx.stored_log()
+            # Ids a crash may have used past this checkpoint: twice the last interval's.
+            log["reserve"] = head + max(MIN_RESERVE, 2 * (head - self._saved.get(run_id, 0)))
             try:
-                await self.store.save_run_log(ctx.run.thread_id, run_id, ctx.stored_log())
+                await self.store.save_run_log(ctx.run.thread_id, run_id, log)
             except NotFound:
                 continue
             except Exception as exc:
@@ -135,10 +145,25 @@ async def _end_one(store: Store, run: Run) -> None:
     stored = await store.get_run_log(run.thread_id, run.id)
     items = list(stored.get("items") or []) if isinstance(stored, dict) else []
     head = int(stored.get("head") or FIRST_EVENTS) if isinstance(stored, dict) else FIRST_EVENTS
+    reserve = int(stored.get("reserve") or 0) if isinstance(stored, dict) else 0
     log = RunLog.from_compacted(items)
-    open_messages, open_steps = log.open_items()
-    next_id = head + 1
+    next_id = max(head + MIN_RESERVE, reserve) + 1
+    if not items and run.started_at is not None:
+        # No checkpoint: the run had published created, queued and in_progress (id 3).
+        live = run.to_dict() | {"status": "in_progress", "failed_at": None, "last_error": None}
+        log.record(FIRST_EVENTS + 1, "thread.run.in_progress", live)
     stamp = now()
+    # Steps stored after the last checkpoint: shown as created then failed, after it.
+    known = {item[3].get("id") for item in items if item[2] == "thread.run.step.created"}
+    stored_steps = await store.list_steps(run.thread_id, run.id, order="asc", limit=100)
+    for stored_step in stored_steps.data:
+        if stored_step.id in known:
+            continue
+        body = stored_step.to_dict()
+        created = body | {"status": "in_progress", "failed_at": None, "last_error": None}
+        log.record(next_id, "thread.run.step.created", created)
+        next_id += 1
+    open_messages, open_steps = log.open_items()
     for created in open_messages:
         text = str(created.get("_text") or "")
         message = Message(
@@ -159,8 +184,8 @@ async def _end_one(store: Store, run: Run) -> None:
         log.record(next_id, "thread.message.incomplete", message.to_dict())
         next_id += 1
     error = (run.last_error or {}).get("message") or "the run was interrupted"
-    for step in open_steps:
-        final = step | {"status": "failed", "failed_at": stamp}
+    for open_step in open_steps:
+        final = open_step | {"status": "failed", "failed_at": stamp}
         final["last_error"] = {"code": "server_error", "message": error}
         log.record(next_id, "thread.run.step.failed", final)
         next_id += 1

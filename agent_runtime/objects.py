@@ -1,11 +1,12 @@
-"""Threads, messages and runs, shaped like OpenAI's Assistants objects.
+"""Threads, messages, runs and run steps, shaped like OpenAI's Assistants objects.
 
 Plain dataclasses: no I/O, no asyncio. ``to_dict()`` gives the wire shape (``thread``,
-``thread.message``, ``thread.run``) with Unix-second timestamps.
+``thread.message``, ``thread.run``, ``thread.run.step``) with Unix-second timestamps.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 import time
@@ -18,6 +19,7 @@ __all__ = [
     "Message",
     "Run",
     "RunStatus",
+    "RunStep",
     "Thread",
     "key_digest",
     "new_id",
@@ -179,3 +181,36 @@ class Run:
             "tool_choice": "auto",
             "parallel_tool_calls": True,
         }
+
+
+@dataclass(slots=True)
+class RunStep:
+    """A run step (a streamed completion's tool calls, a child run) as stored: ``body`` is
+    the ``thread.run.step`` object its events carry, as of its latest event."""
+
+    id: str
+    thread_id: str
+    run_id: str
+    body: dict[str, Any]
+
+    @classmethod
+    def of(cls, step: dict[str, Any]) -> RunStep:
+        """A snapshot of the step object ``step`` (later changes to it are not seen)."""
+        return cls(
+            id=step["id"],
+            thread_id=step["thread_id"],
+            run_id=step["run_id"],
+            body=copy.deepcopy(step),
+        )
+
+    @property
+    def status(self) -> str:
+        return str(self.body["status"])
+
+    @property
+    def created_at(self) -> int:
+        return int(self.body["created_at"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``thread.run.step`` object (a copy)."""
+        return copy.deepcopy(self.body)

@@ -107,17 +107,24 @@ class Replay:
 
 
 def replay_compacted(
-    items: list[CompactItem], cursor: int | None, *, gap_event: str = "thread.stream.gap"
+    items: list[CompactItem],
+    cursor: int | None,
+    *,
+    resume: bool = False,
+    gap_event: str = "thread.stream.gap",
 ) -> Replay:
     """The events a subscriber with ``cursor`` gets from a run's compacted log (pure).
 
     * A cursor at or past the last event: nothing (``at_end``).
-    * A cursor that falls between two kept events (no merged delta straddles it): a gap
-      (the individual deltas are gone), then every kept event after it, each with its
-      own original id, so that any of them is a cursor that works.
-    * A cursor inside a merged delta (the subscriber holds part of its text): a gap,
-      then a snapshot that rebuilds everything, without ids except the last event's,
-      which carries the last id, as the live gap + snapshot does.
+    * A cursor that falls between two kept events (no kept event stands for deltas on
+      both sides of it): a gap (``to``: the next id sent; the individual deltas are
+      gone), then every kept event after it, each with its own original id, so that any
+      of them is a cursor that works. With ``resume`` (``snapshot=1``), the gap is
+      followed first by the state a client without any needs at the cursor: the run
+      object and the ``created`` event of each message or step open there (no ids).
+    * A cursor inside a run of merged deltas (the subscriber holds part of a text): a
+      gap (``to``: past the last id), then a snapshot that rebuilds everything, without
+      ids except the last event's, which carries the last id, as a live gap does.
     """
     if not items:
         return Replay([], at_end=True)
@@ -126,13 +133,38 @@ def replay_compacted(
     if after >= last:
         return Replay([], at_end=True)
     straddled = any(int(first) <= after < int(event_id) for first, event_id, _n, _p in items)
+    if straddled:
+        snapshot: list[tuple[int | None, str, Any]] = [(None, str(i[2]), i[3]) for i in items]
+        snapshot[-1] = (last, snapshot[-1][1], snapshot[-1][2])
+        return Replay([(None, gap_event, {"from": after, "to": last + 1}), *snapshot])
     following = [item for item in items if int(item[1]) > after]
-    gap = (None, gap_event, {"from": after, "to": int(following[0][0])})
-    if not straddled:
-        return Replay([gap, *((int(i[1]), str(i[2]), i[3]) for i in following)])
-    snapshot: list[tuple[int | None, str, Any]] = [(None, str(i[2]), i[3]) for i in items]
-    snapshot[-1] = (last, snapshot[-1][1], snapshot[-1][2])
-    return Replay([(None, gap_event, {"from": after, "to": int(items[0][0])}), *snapshot])
+    out: list[tuple[int | None, str, Any]] = [
+        (None, gap_event, {"from": after, "to": int(following[0][0])})
+    ]
+    if resume:
+        out.extend(_state_at(items, after))
+    out.extend((int(i[1]), str(i[2]), i[3]) for i in following)
+    return Replay(out)
+
+
+def _state_at(items: list[CompactItem], at: int) -> list[tuple[int | None, str, Any]]:
+    """The run object as of ``at`` and the ``created`` events of the messages and steps
+    open at ``at`` (created by then, ended after), from a compacted log (no ids)."""
+    ends: dict[str, int] = {}
+    for _first, event_id, name, payload in items:
+        if not name.endswith(".created") and isinstance(payload, dict) and "id" in payload:
+            ends[str(payload["id"])] = int(event_id)
+    run: tuple[int | None, str, Any] | None = None
+    for _first, event_id, name, payload in items:
+        if int(event_id) > at:
+            break
+        if name.startswith("thread.run.") and name.count(".") == 2:
+            run = (None, str(name), payload)
+    state = [run] if run is not None else []
+    for _first, event_id, name, payload in items:
+        if int(event_id) <= at and name.endswith(".created") and ends.get(payload["id"], 0) > at:
+            state.append((None, str(name), payload))
+    return state
 
 
 @dataclass(slots=True)
@@ -301,9 +333,10 @@ class RunLog:
 
     def compact(self, at: int | None = None) -> list[CompactItem]:
         """The run as of event ``at`` (default: all recorded) as a compacted event log:
-        the latest run status event, each message's ``created``, one ``delta`` merging
-        its deltas and its final event, each step likewise, and the terminal event;
-        every item keeps its original id (see :data:`CompactItem`), in id order.
+        the latest run status event; each message and step as its ``created`` and, when
+        finished, its final event (which stands for its deltas too), else one ``delta``
+        merging its deltas so far; the terminal event. Every item keeps its original id
+        (see :data:`CompactItem`), in id order; a message's text is held once.
 
         What is stored for a run, so that a stream rebuilt from the store keeps the
         run's numbering and a client's cursor still works (:func:`replay_compacted`)."""
@@ -317,25 +350,25 @@ class RunLog:
         if latest is not None:
             items.append([latest[0], latest[0], latest[1], latest[2]])
         for track in self._tracks(limit):
-            items.append([track.created_id, track.created_id, f"{_created(track)}", track.created])
+            items.append([track.created_id, track.created_id, _created(track), track.created])
             if isinstance(track, _MessageTrack):
-                count = bisect.bisect_right(track.delta_ids, limit)
-                if count:
-                    text = "".join(track.parts)[: track.delta_ends[count - 1]]
-                    first = track.first_delta or track.delta_ids[0]
-                    last = track.delta_ids[count - 1]
-                    items.append(
-                        [first, last, "thread.message.delta", delta_payload(track.message_id, text)]
-                    )
+                ids = track.delta_ids[: bisect.bisect_right(track.delta_ids, limit)]
             else:
                 ids = [event_id for event_id, _ in track.deltas if event_id <= limit]
-                delta = track.delta_upto(limit)
-                if ids and delta is not None:
-                    first = track.first_delta or ids[0]
-                    items.append([first, ids[-1], "thread.run.step.delta", delta])
+            first = track.first_delta or (ids[0] if ids else None)
             if track.finished_by(limit):
                 assert track.final is not None and track.final_id is not None
-                items.append([track.final_id, track.final_id, track.final_name, track.final])
+                start = first or track.final_id
+                items.append([start, track.final_id, track.final_name, track.final])
+            elif ids and first is not None:
+                if isinstance(track, _MessageTrack):
+                    text = track.text_upto(limit)
+                    delta = delta_payload(track.message_id, text)
+                    items.append([first, ids[-1], "thread.message.delta", delta])
+                else:
+                    step_delta = track.delta_upto(limit)
+                    if step_delta is not None:
+                        items.append([first, ids[-1], "thread.run.step.delta", step_delta])
         if self._terminal is not None and self._terminal[0] <= limit:
             event_id, name, payload = self._terminal
             items.append([event_id, event_id, name, payload])
@@ -348,12 +381,10 @@ class RunLog:
         log = cls()
         for first, event_id, name, payload in items:
             log.record(int(event_id), str(name), payload)
-            if int(first) < int(event_id):  # a merged delta: keep the ids it stands for
-                track: _MessageTrack | _StepTrack | None = (
-                    log._messages.get(payload["id"])
-                    if name == "thread.message.delta"
-                    else log._steps.get(payload["id"])
-                )
+            if int(first) < int(event_id):  # stands for deltas: keep the ids it covers
+                track: _MessageTrack | _StepTrack | None = log._messages.get(
+                    payload["id"]
+                ) or log._steps.get(payload["id"])
                 if track is not None and track.first_delta is None:
                     track.first_delta = int(first)
         return log

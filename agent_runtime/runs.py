@@ -12,6 +12,11 @@ Every event goes through :meth:`RunContext.publish`, which appends it to the run
 stream (never awaiting a subscriber) and records it in the run's :class:`RunLog`, from
 which the broker's late-join and resume snapshots are rebuilt.
 
+Run steps are stored too, when created and when ended, without holding back publishing:
+each write is a task started in call order (each store queues its writes in the order
+they start), tracked by the run, and awaited before the run's final status is written;
+a failed step write is logged, never raised.
+
 Endings
 -------
 Exactly one terminal event ends every run, whatever happens: ``completed`` (the agent
@@ -60,7 +65,7 @@ from .errors import (
 from .logs import bind_run
 from .models.base import CompletionRequest, ModelProvider
 from .models.router import ModelRouter
-from .objects import Message, Run, RunStatus, Thread, new_id, now
+from .objects import Message, Run, RunStatus, RunStep, Thread, new_id, now
 from .repairs import Repairs
 from .run_log import RunLog, delta_payload, delta_text, step_delta_payload
 from .store import Store
@@ -174,6 +179,8 @@ class RunContext:
         self._open_steps: dict[str, dict[str, Any]] = {}
         """Run steps created and not yet ended, by id (tool calls, child runs)."""
         self._pumps: set[asyncio.Task[None]] = set()
+        self._step_writes: set[asyncio.Task[None]] = set()
+        """Store writes of steps not yet done (awaited by ``_finish``)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.done = asyncio.Event()
 
@@ -229,6 +236,7 @@ class RunContext:
         # Copies: the run log keeps the published payloads, and the step changes later.
         self.publish("thread.run.step.created", dict(step))
         self.publish("thread.run.step.in_progress", dict(step))
+        self._store_step(step)
         return step
 
     def end_step(
@@ -254,6 +262,29 @@ class RunContext:
         if status == "failed":
             step["last_error"] = {"code": "server_error", "message": error or "the step failed"}
         self.publish(f"thread.run.step.{status}", dict(step))
+        self._store_step(step)
+
+    def _store_step(self, step: dict[str, Any]) -> None:
+        """Store the step as it is now, without waiting: a task, started after those
+        scheduled before it (so its write is queued after theirs), tracked until done."""
+        write = self.loop.create_task(
+            self.manager.store.put_step(RunStep.of(step)), name=f"store step {step['id']}"
+        )
+        self._step_writes.add(write)
+        write.add_done_callback(self._step_written)
+
+    def _step_written(self, write: asyncio.Task[None]) -> None:
+        self._step_writes.discard(write)
+        if write.cancelled():
+            logger.warning("run %s: a step's store write was cancelled", self.run.id)
+        elif (error := write.exception()) is not None:
+            logger.warning("run %s: storing a step failed: %s", self.run.id, _describe(error))
+
+    async def _steps_stored(self) -> None:
+        """Wait for every pending step write (they are not cancelled if this wait is;
+        their failures are logged by :meth:`_step_written`)."""
+        if self._step_writes:
+            await asyncio.wait(list(self._step_writes))
 
     def _publish_created(self, handler: StreamHandler) -> None:
         """Publish a streamed message's ``created`` and ``in_progress``, once."""
@@ -641,6 +672,7 @@ class RunContext:
                     await self._close_unreplied(handler, status)
             await self._end_children()
             await self._end_open_steps(status)
+            await self._steps_stored()  # the steps are in the store before the run's end
         except Exception as exc:  # never stops the ending
             logger.exception("run %s: error while ending (ending it anyway)", self.run.id)
             if status == "completed":
@@ -923,6 +955,19 @@ class RunManager:
         after: str | None = None
         while True:
             page = await self.store.list_messages(thread_id, order="asc", limit=1000, after=after)
+            out.extend(page.data)
+            if not page.has_more or not page.data:
+                return out
+            after = page.data[-1].id
+
+    async def run_steps(self, thread_id: str, run_id: str) -> list[RunStep]:
+        """Every stored step of the run, oldest first."""
+        out: list[RunStep] = []
+        after: str | None = None
+        while True:
+            page = await self.store.list_steps(
+                thread_id, run_id, order="asc", limit=1000, after=after
+            )
             out.extend(page.data)
             if not page.has_more or not page.data:
                 return out

@@ -1,5 +1,5 @@
-"""Runs and their event streams: ``/threads/{thread_id}/runs…``, ``/threads/runs``,
-``/threads/{thread_id}/stream/{run_id}``.
+"""Runs, their steps and their event streams: ``/threads/{thread_id}/runs…`` (with
+``…/runs/{run_id}/steps``), ``/threads/runs``, ``/threads/{thread_id}/stream/{run_id}``.
 
 Starting a run never retries itself and answers errors with ``x-should-retry: false``,
 so the openai SDK's automatic retries cannot start duplicate runs.
@@ -16,7 +16,7 @@ from broker import Event, Framing, InvalidCursor, serve_stream
 from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
 from ..errors import InvalidRequest
-from ..objects import Run
+from ..objects import Message, Run, RunStep
 from ..run_log import delta_payload, replay_compacted
 from ..runs import RunContext
 from .keys import HUB
@@ -150,6 +150,28 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response(run.to_dict())
 
 
+async def list_run_steps(request: web.Request) -> web.Response:
+    """The run's steps (tool calls, child runs) as OpenAI's ``thread.run.step`` objects,
+    each as of its latest event (a live run's open steps are ``in_progress``)."""
+    query = parse_query(request.query, RunListQuery)
+    page = await request.app[HUB].store.list_steps(
+        request.match_info["thread_id"],
+        request.match_info["run_id"],
+        order=query.order,
+        limit=query.limit,
+        after=query.after,
+        before=query.before,
+    )
+    return json_response(page_body([s.to_dict() for s in page.data], page.has_more))
+
+
+async def get_run_step(request: web.Request) -> web.Response:
+    step = await request.app[HUB].store.get_step(
+        request.match_info["thread_id"], request.match_info["run_id"], request.match_info["step_id"]
+    )
+    return json_response(step.to_dict())
+
+
 async def cancel_run(request: web.Request) -> web.Response:
     run = await request.app[HUB].runs.cancel(
         request.match_info["thread_id"], request.match_info["run_id"]
@@ -177,14 +199,15 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     From the run's stored event log when it has one (see
     :func:`~agent_runtime.run_log.replay_compacted`): the run's own numbering, an ``id:``
     on every event kept. Otherwise (a run stored before logs were kept): a gap, then a
-    snapshot of the run from its messages, the last event carrying the id of the run's
+    snapshot of the run from its messages and steps, the last event carrying the id of the run's
     real last event."""
     hub = request.app[HUB]
     cursor, source = request_cursor(request)
     framing = request_framing(request)
     stored = await hub.store.get_run_log(run.thread_id, run.id)
     if stored is not None and stored.get("items"):
-        return _replayed(run, stored, cursor, source, framing)
+        resume = request.query.get("snapshot", "").lower() in ("1", "true", "yes", "on")
+        return _replayed(run, stored, cursor, source, framing, resume)
     # A run interrupted by a crash has no recorded last event id: any cursor is behind.
     known = run.last_event_id is not None
     last = run.last_event_id or 0
@@ -195,6 +218,7 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     if known and cursor is not None and cursor >= last:
         return _at_end()
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
+    steps = await hub.runs.run_steps(run.thread_id, run.id)
     run_dict = run.to_dict()
     items: list[tuple[str, Any]] = [
         ("thread.stream.gap", {"from": cursor or 0, "to": last + 1 if known else None})
@@ -202,7 +226,12 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     live = {"status": "in_progress", "last_error": None, "failed_at": None}
     live |= {"cancelled_at": None, "completed_at": None, "incomplete_details": None}
     items.append(("thread.run.in_progress", run_dict | live))
-    for message in messages:
+    # Steps and messages in the order they were created (a step first within a second).
+    timeline: list[RunStep | Message] = sorted([*steps, *messages], key=_created)
+    for message in timeline:
+        if isinstance(message, RunStep):
+            items.extend(_step_events(message, run))
+            continue
         created = message.to_dict() | {"content": [], "status": "in_progress"}
         created |= {"completed_at": None, "incomplete_at": None, "incomplete_details": None}
         items.append(("thread.message.created", created))
@@ -222,7 +251,12 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
 
 
 def _replayed(
-    run: Run, stored: dict[str, Any], cursor: int | None, source: str, framing: Framing
+    run: Run,
+    stored: dict[str, Any],
+    cursor: int | None,
+    source: str,
+    framing: Framing,
+    resume: bool,
 ) -> web.StreamResponse:
     """A run's stream rebuilt from its stored event log (see :func:`_rebuilt`).
 
@@ -235,7 +269,7 @@ def _replayed(
         raise InvalidCursor(
             f"cursor {cursor} is ahead of the stream (last event id is {last})", param=source
         )
-    replay = replay_compacted(items, cursor)
+    replay = replay_compacted(items, cursor, resume=resume)
     if replay.at_end:
         return _at_end()
     return _sse([Event.create(i, name, payload) for i, name, payload in replay.items], framing)
@@ -252,6 +286,35 @@ def _sse(events: list[Event], framing: Framing) -> web.Response:
     return web.Response(body=body, headers=SSE_HEADERS)
 
 
+def _created(item: RunStep | Message) -> tuple[int, int]:
+    return (item.created_at, 0 if isinstance(item, RunStep) else 1)
+
+
+_STEP_STAMPS = ("cancelled_at", "completed_at", "expired_at", "failed_at")
+
+
+def _step_events(step: RunStep, run: Run) -> list[tuple[str, Any]]:
+    """A stored step of a finished run as its ``created`` and its final event (as a
+    snapshot has it). A step the run left ``in_progress`` (its process died) ends as
+    the run did."""
+    final = step.to_dict()
+    created = final | dict.fromkeys(_STEP_STAMPS) | {"status": "in_progress", "last_error": None}
+    if final.get("type") == "tool_calls":  # calls arrive in deltas: none when created
+        created["step_details"] = {"type": "tool_calls", "tool_calls": []}
+    elif final.get("type") == "child_run":  # a child run is created queued
+        details = final["step_details"]
+        created["step_details"] = details | {
+            "child_run": details["child_run"] | {"status": "queued"}
+        }
+    if final["status"] == "in_progress":
+        status = run.status if run.status in ("failed", "cancelled", "expired") else "cancelled"
+        ended = run.failed_at or run.cancelled_at or run.completed_at or final["created_at"]
+        final |= {"status": status, f"{status}_at": ended}
+        if status == "failed":
+            final["last_error"] = dict(run.last_error or {}) or None
+    return [("thread.run.step.created", created), (f"thread.run.step.{final['status']}", final)]
+
+
 def routes() -> list[tuple[str, str, Any]]:
     return [
         ("POST", "/threads/runs", create_thread_and_run),
@@ -259,5 +322,7 @@ def routes() -> list[tuple[str, str, Any]]:
         ("GET", "/threads/{thread_id}/runs", list_runs),
         ("GET", "/threads/{thread_id}/runs/{run_id}", get_run),
         ("POST", "/threads/{thread_id}/runs/{run_id}/cancel", cancel_run),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/steps", list_run_steps),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/steps/{step_id}", get_run_step),
         ("GET", STREAM_PATH, stream_run),
     ]

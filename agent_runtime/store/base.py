@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from ..objects import Message, Run, Thread
+from ..objects import Message, Run, RunStep, Thread
 
 __all__ = ["Page", "Store"]
 
@@ -35,7 +35,7 @@ class Store(Protocol):
         ...
 
     async def delete_thread(self, thread_id: str) -> None:
-        """Deletes the thread with its messages and runs. Raises ``NotFound``."""
+        """Deletes the thread with its messages, runs and run steps. Raises ``NotFound``."""
         ...
 
     async def add_message(self, message: Message) -> None: ...
@@ -83,10 +83,35 @@ class Store(Protocol):
         """The run's last stored event log, or ``None`` if none was stored."""
         ...
 
+    async def put_step(self, step: RunStep) -> None:
+        """Store a run step (when it is created, and again when it ends): a new step goes
+        last in its run's list, a step stored again replaces the stored one in place.
+        Raises ``NotFound`` (the thread, or its run, does not exist)."""
+        ...
+
+    async def get_step(self, thread_id: str, run_id: str, step_id: str) -> RunStep:
+        """Raises ``NotFound`` (thread, run or step)."""
+        ...
+
+    async def list_steps(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[RunStep]:
+        """A run's steps in the order they were first stored. Raises ``NotFound`` (thread
+        or run)."""
+        ...
+
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """At startup: every run still live (queued, in_progress, cancelling), i.e. live
         when a previous process died, becomes ``failed`` with ``failed_at`` now and
-        ``last_error`` ``{"code": "server_error", "message": message}``. Returns them."""
+        ``last_error`` ``{"code": "server_error", "message": message}``, and so do its
+        steps still ``in_progress``. Returns the runs."""
         ...
 
     async def count_unowned_threads(self) -> int:

@@ -1,4 +1,7 @@
-"""An in-memory store: dictionaries on the event loop, nothing survives the process."""
+"""An in-memory store: dictionaries on the event loop, nothing survives the process.
+
+Every operation completes before its first suspension (there is none), so operations
+apply in the order they are called."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from ..errors import InvalidRequest, NotFound
-from ..objects import Message, Run, Thread
+from ..objects import Message, Run, RunStep, Thread
 from .base import Order, Page
 
 __all__ = ["MemoryStore", "paginate"]
@@ -55,6 +58,8 @@ class MemoryStore:
         self._messages: dict[str, dict[str, Message]] = {}
         self._runs: dict[str, dict[str, Run]] = {}
         self._logs: dict[str, dict[str, bytes]] = {}
+        self._steps: dict[str, dict[str, dict[str, RunStep]]] = {}
+        """Thread id → run id → step id → step, in insertion order."""
 
     def _thread_messages(self, thread_id: str) -> dict[str, Message]:
         try:
@@ -73,6 +78,7 @@ class MemoryStore:
         self._messages[thread.id] = {}
         self._runs[thread.id] = {}
         self._logs[thread.id] = {}
+        self._steps[thread.id] = {}
 
     async def get_thread(self, thread_id: str) -> Thread:
         try:
@@ -86,6 +92,7 @@ class MemoryStore:
         del self._messages[thread_id]
         del self._runs[thread_id]
         del self._logs[thread_id]
+        del self._steps[thread_id]
 
     async def add_message(self, message: Message) -> None:
         messages = self._thread_messages(message.thread_id)
@@ -157,6 +164,34 @@ class MemoryStore:
         self._thread_runs(thread_id)
         raw = self._logs[thread_id].get(run_id)
         return None if raw is None else dict(orjson.loads(raw))
+
+    def _run_steps(self, thread_id: str, run_id: str) -> dict[str, RunStep]:
+        if run_id not in self._thread_runs(thread_id):
+            raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
+        return self._steps[thread_id].setdefault(run_id, {})
+
+    async def put_step(self, step: RunStep) -> None:
+        self._run_steps(step.thread_id, step.run_id)[step.id] = copy.deepcopy(step)
+
+    async def get_step(self, thread_id: str, run_id: str, step_id: str) -> RunStep:
+        try:
+            return copy.deepcopy(self._run_steps(thread_id, run_id)[step_id])
+        except KeyError:
+            raise NotFound(f"No step found with id '{step_id}'.", param="step_id") from None
+
+    async def list_steps(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[RunStep]:
+        items = list(self._run_steps(thread_id, run_id).values())
+        page = paginate(items, order=order, limit=limit, after=after, before=before)
+        return Page([copy.deepcopy(s) for s in page.data], page.has_more)
 
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """Nothing survives a previous process, so no run was interrupted by its end."""

@@ -5,7 +5,9 @@ Key layout (every key starts with ``prefix``)
 * ``thread:{id}`` — the thread, as JSON;
 * ``thread:{id}:m`` / ``thread:{id}:r`` — sorted sets of its message / run ids, scored by
   ``thread:{id}:seq`` (an ``INCR`` counter): insertion order, whatever ``created_at`` says;
-* ``thread:{id}:mh`` / ``thread:{id}:rh`` — hashes of id → the message / run as JSON.
+* ``thread:{id}:mh`` / ``thread:{id}:rh`` — hashes of id → the message / run as JSON;
+* ``thread:{id}:s`` / ``thread:{id}:sh`` — the same for the run steps of all its runs (a
+  run's steps are listed from the thread's, filtered by run).
 
 Atomicity and order
 -------------------
@@ -34,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import NotFound, ServiceUnavailable
-from ..objects import Message, Run, Thread
+from ..objects import Message, Run, RunStep, Thread
 from .base import Order, Page
 from .memory import paginate
 
@@ -67,6 +69,18 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
+# As _PUT, for a run step. KEYS: as _PUT, then the runs hash. ARGV: id, json, run id.
+# 0: no thread; -1: no run.
+_PUT_STEP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), ARGV[1])
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
 _DELETE_THREAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', unpack(KEYS))
@@ -90,6 +104,10 @@ _SCAN_BATCH = 1000
 
 def _thread_missing(thread_id: str) -> NotFound:
     return NotFound(f"No thread found with id '{thread_id}'.", param="thread_id")
+
+
+def _run_missing(run_id: str) -> NotFound:
+    return NotFound(f"No run found with id '{run_id}'.", param="run_id")
 
 
 def _dump(obj: Any) -> bytes:
@@ -234,6 +252,7 @@ class RedisStore:
         base = f"{self.prefix}thread:{thread_id}"
         keys = [base, f"{base}:m", f"{base}:mh", f"{base}:r", f"{base}:rh", f"{base}:seq"]
         keys.append(f"{base}:log")
+        keys += [f"{base}:s", f"{base}:sh"]
         if not await self._run(_DELETE_THREAD, keys, []):
             raise _thread_missing(thread_id)
 
@@ -325,6 +344,61 @@ class RedisStore:
         if not exists:
             raise _thread_missing(thread_id)
         return None if raw is None else dict(orjson.loads(raw))
+
+    # -- run steps -------------------------------------------------------------------
+
+    async def put_step(self, step: RunStep) -> None:
+        keys = [*self._keys(step.thread_id, "s"), self._keys(step.thread_id, "r")[2]]
+        done = await self._run(_PUT_STEP, keys, [step.id, _dump(step), step.run_id])
+        if done == 0:
+            raise _thread_missing(step.thread_id)
+        if done < 0:
+            raise _run_missing(step.run_id)
+
+    async def _run_steps(self, thread_id: str, run_id: str) -> list[RunStep]:
+        """The run's steps in insertion order, or NotFound (thread, run)."""
+        thread, index, table, _seq = self._keys(thread_id, "s")
+        runs = self._keys(thread_id, "r")[2]
+        exists, has_run, ids, rows = await self._read(
+            ("exists", (thread,)),
+            ("hexists", (runs, run_id)),
+            ("zrange", (index, 0, -1)),
+            ("hgetall", (table,)),
+        )
+        if not exists:
+            raise _thread_missing(thread_id)
+        if not has_run:
+            raise _run_missing(run_id)
+        steps = (RunStep(**orjson.loads(rows[i])) for i in ids if i in rows)
+        return [step for step in steps if step.run_id == run_id]
+
+    async def get_step(self, thread_id: str, run_id: str, step_id: str) -> RunStep:
+        thread, _index, table, _seq = self._keys(thread_id, "s")
+        runs = self._keys(thread_id, "r")[2]
+        exists, has_run, raw = await self._read(
+            ("exists", (thread,)), ("hexists", (runs, run_id)), ("hget", (table, step_id))
+        )
+        if not exists:
+            raise _thread_missing(thread_id)
+        if not has_run:
+            raise _run_missing(run_id)
+        step = None if raw is None else RunStep(**orjson.loads(raw))
+        if step is None or step.run_id != run_id:
+            raise NotFound(f"No step found with id '{step_id}'.", param="step_id")
+        return step
+
+    async def list_steps(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[RunStep]:
+        items = await self._run_steps(thread_id, run_id)
+        return paginate(items, order=order, limit=limit, after=after, before=before)
 
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """Nothing, on Redis: the store is shared, and other nodes' live runs are alive.

@@ -21,11 +21,13 @@ Durability
     the connection (which checkpoints the WAL) and the worker thread.
 
 Schema
-    Tables ``threads``, ``messages`` and ``runs``; ``metadata`` and ``last_error`` are JSON
-    text. Messages and runs are listed in insertion order, by an autoincrement ``seq``
+    Tables ``threads``, ``messages``, ``runs`` and ``run_steps``; ``metadata``,
+    ``last_error`` and a step's ``body`` (its ``thread.run.step`` object) are JSON text.
+    Messages, runs and steps are listed in insertion order, by an autoincrement ``seq``
     column (``created_at`` has one-second resolution). Deleting a thread cascades to its
-    messages and runs. ``PRAGMA user_version`` holds the schema version; :data:`MIGRATIONS`
-    brings an older database up to date when it is opened.
+    messages and runs, and a run's deletion to its steps. ``PRAGMA user_version`` holds the
+    schema version; :data:`MIGRATIONS` brings an older database up to date when it is
+    opened.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
-from ..objects import LIVE_STATUSES, Message, Run, Thread, now
+from ..objects import LIVE_STATUSES, Message, Run, RunStep, Thread, now
 from .base import Order, Page, Store
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
@@ -117,19 +119,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # Version 4: run steps (tool calls, child runs), each its ``thread.run.step`` object.
+    (
+        """
+        CREATE TABLE run_steps (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            UNIQUE (thread_id, id),
+            FOREIGN KEY (thread_id, run_id) REFERENCES runs (thread_id, id) ON DELETE CASCADE
+        )
+        """,
+        "CREATE INDEX run_steps_by_run ON run_steps (thread_id, run_id, seq)",
+    ),
 )
 """``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_JSON_COLUMNS = frozenset({"metadata", "last_error"})
+_JSON_COLUMNS = frozenset({"metadata", "last_error", "body"})
 # Columns follow the dataclasses' fields: a new field without a migration fails loudly.
 _THREAD_COLUMNS = tuple(f.name for f in dataclasses.fields(Thread))
 _MESSAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(Message))
 _RUN_COLUMNS = tuple(f.name for f in dataclasses.fields(Run))
+_STEP_COLUMNS = tuple(f.name for f in dataclasses.fields(RunStep))
 
 
-def _encode(obj: Thread | Message | Run, columns: Sequence[str]) -> tuple[Any, ...]:
+def _encode(obj: Thread | Message | Run | RunStep, columns: Sequence[str]) -> tuple[Any, ...]:
     """The row's values: a snapshot of ``obj``, JSON columns as text."""
     values: list[Any] = []
     for name in columns:
@@ -167,6 +185,7 @@ _INSERT_THREAD = (
 )
 _UPSERT_MESSAGE = _upsert_sql("messages", _MESSAGE_COLUMNS)
 _UPSERT_RUN = _upsert_sql("runs", _RUN_COLUMNS)
+_UPSERT_STEP = _upsert_sql("run_steps", _STEP_COLUMNS)
 _UPDATE_MESSAGE = (
     "UPDATE messages SET "
     + ", ".join(f"{c} = ?" for c in _MESSAGE_COLUMNS if c not in ("id", "thread_id"))
@@ -181,6 +200,15 @@ def _thread_not_found(thread_id: str) -> NotFound:
 def _require_thread(conn: sqlite3.Connection, thread_id: str) -> None:
     if conn.execute("SELECT 1 FROM threads WHERE id = ?", (thread_id,)).fetchone() is None:
         raise _thread_not_found(thread_id)
+
+
+def _require_run(conn: sqlite3.Connection, thread_id: str, run_id: str) -> None:
+    _require_thread(conn, thread_id)
+    row = conn.execute(
+        "SELECT 1 FROM runs WHERE thread_id = ? AND id = ?", (thread_id, run_id)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
 
 
 @contextmanager
@@ -548,22 +576,100 @@ class SQLiteStore:
     async def mark_interrupted_runs(self, message: str) -> list[Run]:
         """Set every live run (queued, in_progress, cancelling: live when a previous
         process died) to ``failed`` with ``last_error`` ``{"code": "server_error",
-        "message": message}``; returns them, oldest first."""
+        "message": message}``, and its steps still ``in_progress`` too; returns the runs,
+        oldest first."""
         live = sorted(LIVE_STATUSES)
-        error = json.dumps({"code": "server_error", "message": message}, ensure_ascii=False)
+        failure = {"code": "server_error", "message": message}
+        error = json.dumps(failure, ensure_ascii=False)
 
         def job(conn: sqlite3.Connection) -> list[Run]:
+            stamp = now()
             with _transaction(conn):
                 rows = conn.execute(
                     "UPDATE runs SET status = 'failed', failed_at = ?, last_error = ? "
                     f"WHERE status IN ({', '.join('?' for _ in live)}) "
                     f"RETURNING seq, {', '.join(_RUN_COLUMNS)}",
-                    (now(), error, *live),
+                    (stamp, error, *live),
                 ).fetchall()
+                for row in rows:
+                    _fail_open_steps(conn, row["thread_id"], row["id"], stamp, failure)
             rows.sort(key=lambda row: int(row["seq"]))
             return [Run(**_decode(row, _RUN_COLUMNS)) for row in rows]
 
         return await self._run(job)
+
+    # -- run steps -------------------------------------------------------------------
+
+    async def put_step(self, step: RunStep) -> None:
+        values = _encode(step, _STEP_COLUMNS)
+        thread_id, run_id = step.thread_id, step.run_id
+
+        def job(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _require_run(conn, thread_id, run_id)
+                conn.execute(_UPSERT_STEP, values)
+
+        await self._run(job)
+
+    async def get_step(self, thread_id: str, run_id: str, step_id: str) -> RunStep:
+        def job(conn: sqlite3.Connection) -> RunStep:
+            _require_run(conn, thread_id, run_id)
+            row = conn.execute(
+                f"SELECT {', '.join(_STEP_COLUMNS)} FROM run_steps "
+                "WHERE thread_id = ? AND run_id = ? AND id = ?",
+                (thread_id, run_id, step_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"No step found with id '{step_id}'.", param="step_id")
+            return RunStep(**_decode(row, _STEP_COLUMNS))
+
+        return await self._run(job)
+
+    async def list_steps(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        order: Order = "desc",
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[RunStep]:
+        def job(conn: sqlite3.Connection) -> Page[RunStep]:
+            _require_run(conn, thread_id, run_id)
+            rows, has_more = _page(
+                conn,
+                "run_steps",
+                _STEP_COLUMNS,
+                "thread_id = ? AND run_id = ?",
+                (thread_id, run_id),
+                order=order,
+                limit=limit,
+                after=after,
+                before=before,
+            )
+            return Page([RunStep(**row) for row in rows], has_more)
+
+        return await self._run(job)
+
+
+def _fail_open_steps(
+    conn: sqlite3.Connection, thread_id: str, run_id: str, stamp: int, error: dict[str, str]
+) -> None:
+    """The run's steps still ``in_progress`` become ``failed`` (in the caller's
+    transaction)."""
+    rows = conn.execute(
+        "SELECT id, body FROM run_steps WHERE thread_id = ? AND run_id = ?", (thread_id, run_id)
+    ).fetchall()
+    for row in rows:
+        body = json.loads(row["body"])
+        if body.get("status") != "in_progress":
+            continue
+        body |= {"status": "failed", "failed_at": stamp, "last_error": dict(error)}
+        conn.execute(
+            "UPDATE run_steps SET body = ? WHERE thread_id = ? AND id = ?",
+            (json.dumps(body, ensure_ascii=False), thread_id, row["id"]),
+        )
 
 
 if TYPE_CHECKING:

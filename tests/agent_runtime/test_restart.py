@@ -6,6 +6,8 @@
   text of its last checkpoint; its stream endpoint answers a protocol-valid rebuilt
   sequence in the run's own numbering (gap first, terminal ``thread.run.failed`` last,
   a cursor at the end answered 204).
+* Run steps survive a SIGKILL: a finished run's are listed as before and rebuilt into its
+  stream; the open step of the run that was live is ``failed`` with it.
 * SIGTERM with a live subscriber: the stream ends with a terminal event (the run finishes
   within ``--shutdown-grace``, or is ended ``failed`` after it), and the process exits 0
   within grace + shutdown timeout. A second SIGTERM exits at once.
@@ -25,9 +27,19 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import GAP, TERMINAL_EVENTS, UNIT, ClientState, check_run, eventually, text_of
+from .conftest import (
+    GAP,
+    TERMINAL_EVENTS,
+    UNIT,
+    ClientState,
+    check_run,
+    eventually,
+    text_of,
+    write_agent,
+)
 from .provider_stub import ServeProcess, call
 from .sse import Ev, SSEReader, parse_events
+from .steps_helpers import StepsClientState, check_steps_run
 
 FAST = "simulated:tokens=12,rate=0"
 SLOW = "simulated:tokens=5000,rate=100"
@@ -188,29 +200,33 @@ async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_
         assert client.terminal == "thread.run.failed" and client.run == run
         assert client.texts == [kept]
         last = events[-1].id
-        assert last is not None
-        for cursor in (last, max(last, seen_last)):
-            status, _ = await whole_stream(
-                session, url, live_thread, run["id"], **{"Last-Event-ID": str(cursor)}
-            )
-            assert status == 204
-        # A cursor between kept events continues exactly after it; one inside the merged
-        # text gets a gap and a snapshot whose last event carries the last id.
+        assert last is not None and last > seen_last  # the endings come after any seen id
+        status, _ = await whole_stream(
+            session, url, live_thread, run["id"], **{"Last-Event-ID": str(last)}
+        )
+        assert status == 204
+        # The subscriber's own cursor (it holds more text than was kept) gets a gap and
+        # a snapshot of the kept state, ending with the run's end.
+        status, tail = await whole_stream(
+            session, url, live_thread, run["id"], **{"Last-Event-ID": str(seen_last)}
+        )
+        assert tail[0].name == GAP and tail[-1].name == "thread.run.failed"
+        assert tail[-1].id == last and ClientState().apply_all(tail).texts == [kept]
+        # A cursor between kept events continues exactly after it; one inside what the
+        # kept message stands for gets a gap and a snapshot whose last event has the last id.
         created = next(e for e in events if e.name == "thread.message.created")
-        delta = next(e for e in events if e.name == "thread.message.delta")
-        assert created.id is not None and delta.id is not None
+        assert created.id is not None
         status, tail = await whole_stream(
             session, url, live_thread, run["id"], **{"Last-Event-ID": str(created.id)}
         )
-        assert [e.name for e in tail][1:] == names[names.index("thread.message.delta") :]
+        assert [e.name for e in tail][1:] == names[names.index("thread.message.created") + 1 :]
         assert ClientState().apply_all([created, *tail]).texts == [kept]
-        if delta.id - 1 > created.id:  # the checkpoint merged several deltas
-            status, snapshot = await whole_stream(
-                session, url, live_thread, run["id"], **{"Last-Event-ID": str(delta.id - 1)}
-            )
-            assert snapshot[0].name == GAP and snapshot[-1].id == last
-            assert all(e.id is None for e in snapshot[:-1]), [(e.id, e.name) for e in snapshot]
-            assert ClientState().apply_all(snapshot).texts == [kept]
+        status, snapshot = await whole_stream(
+            session, url, live_thread, run["id"], **{"Last-Event-ID": str(created.id + 3)}
+        )
+        assert snapshot[0].name == GAP and snapshot[-1].id == last
+        assert all(e.id is None for e in snapshot[:-1]), [(e.id, e.name) for e in snapshot]
+        assert ClientState().apply_all(snapshot).texts == [kept]
 
         # The finished run's stream (no longer in memory): rebuilt with the same texts, and
         # a cursor at its end is a 204.
@@ -230,6 +246,98 @@ async def test_sigkill_mid_run_then_restart_keeps_everything_and_fails_the_live_
 
         second.send(signal.SIGTERM)
         assert await second.wait(SHUTDOWN_TIMEOUT + 5 * UNIT) == 0, second.output
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+STEP_AGENTS = {
+    # A streamed completion that must call a tool, then a reply.
+    "tool-user": """
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+async def run(env):
+    handler = await env.acompletions(await env.alist_messages(), stream=True, tools=TOOLS,
+                                     tool_choice="required")
+    async for _chunk in handler:
+        pass
+    await env.aadd_reply("called " + handler.tool_calls[0].function.name)
+""",
+    # A child run that never ends: its step stays open until the process goes.
+    "waits-on-child": """
+async def run(env):
+    await env.arun_agent("sleeper", "take your time")
+""",
+    "sleeper": """
+import asyncio
+
+async def run(env):
+    await asyncio.Event().wait()
+""",
+}
+
+
+async def test_steps_survive_a_sigkill_and_the_live_runs_open_step_fails(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    agents = tmp_path / "agents"
+    for name, source in STEP_AGENTS.items():
+        write_agent(agents, name, source)
+    args = serve_args(tmp_path / "data", "--agents", str(agents), "--model", FAST)
+    first, second = ServeProcess(*args), ServeProcess(*args)
+    try:
+        url = await first.start()
+        thread_id = await new_thread(session, url, "weather in Argos")
+        body = {"assistant_id": "tool-user"}
+        run_id = (await call(session, "POST", f"{url}/v1/threads/{thread_id}/runs", body))["id"]
+        status, events = await whole_stream(session, url, thread_id, run_id)
+        [step] = check_steps_run(events).steps
+        steps_path = f"/v1/threads/{thread_id}/runs/{run_id}/steps"
+        listed = await call(session, "GET", url + steps_path)
+        assert listed["data"] == [step.final.data]
+
+        # A run live when the process dies, with an open child_run step.
+        live_thread = await new_thread(session, url, "delegate")
+        body = {"assistant_id": "waits-on-child"}
+        live_run = await call(session, "POST", f"{url}/v1/threads/{live_thread}/runs", body)
+        live_path = f"/v1/threads/{live_thread}/runs/{live_run['id']}/steps"
+        async with session.get(f"{url}/v1/threads/{live_thread}/stream/{live_run['id']}") as r:
+            async with asyncio.timeout(5 * UNIT):
+                await SSEReader(r).until(lambda e: e.name == "thread.run.step.in_progress")
+        deadline = time.monotonic() + 5 * UNIT
+        while not (await call(session, "GET", url + live_path))["data"]:  # stored soon after
+            assert time.monotonic() < deadline, "the open step was never stored"
+            await asyncio.sleep(0.01)  # another process's store: nothing to await
+        first.send(signal.SIGKILL)
+        assert await first.wait(5 * UNIT) == -signal.SIGKILL
+
+        url = await second.start()
+        assert await call(session, "GET", url + steps_path) == listed
+        assert await call(session, "GET", f"{url}{steps_path}/{step.id}") == step.final.data
+        [failed] = (await call(session, "GET", url + live_path))["data"]
+        assert failed["type"] == "child_run" and failed["status"] == "failed", failed
+        assert failed["failed_at"] is not None
+        assert failed["last_error"] == {
+            "code": "server_error",
+            "message": "the hub stopped while this run was live (it was not resumed on restart)",
+        }
+
+        # Both streams, rebuilt from the store, show the steps.
+        status, rebuilt = await whole_stream(session, url, thread_id, run_id)
+        assert status == 200 and rebuilt[0].name == GAP
+        state = StepsClientState().apply_all(rebuilt)
+        assert state.tool_calls() == step.final_calls()
+        assert state.steps == {step.id: step.final.data}
+        status, rebuilt = await whole_stream(session, url, live_thread, live_run["id"])
+        assert [e.name for e in rebuilt] == [
+            GAP,
+            "thread.run.in_progress",
+            "thread.run.step.created",
+            "thread.run.step.failed",
+            "thread.run.failed",
+        ]
+        assert rebuilt[3].data == failed
     finally:
         await first.aclose()
         await second.aclose()

@@ -235,17 +235,15 @@ def as_evs(items: list[tuple[int | None, str, Any]]) -> list[Ev]:
 def test_compact_keeps_each_kept_events_own_id_and_merges_deltas() -> None:
     rec = two_messages()
     items = rec.log.compact()
+    # A finished message: created, and its final event standing for its deltas too.
     assert [(first, event_id, name) for first, event_id, name, _p in items] == [
         (3, 3, "thread.run.in_progress"),
         (4, 4, "thread.message.created"),
-        (6, 8, "thread.message.delta"),
-        (9, 9, "thread.message.completed"),
+        (6, 9, "thread.message.completed"),
         (10, 10, "thread.message.created"),
-        (12, 13, "thread.message.delta"),
-        (14, 14, "thread.message.completed"),
+        (12, 14, "thread.message.completed"),
         (15, 15, "thread.run.completed"),
     ]
-    assert delta_text(items[2][3]) == "".join(M1)
     # As of an earlier event: the message streaming then holds its text so far.
     partial = rec.log.compact(7)
     assert [(f, i, n) for f, i, n, _p in partial][-1] == (6, 7, "thread.message.delta")
@@ -261,7 +259,7 @@ def test_a_log_rebuilt_from_its_compacted_form_compacts_the_same() -> None:
 
 def test_replay_from_a_cursor_between_kept_events_is_exact() -> None:
     items = two_messages().log.compact()
-    for cursor in (None, 0, 3, 4, 5, 8, 9, 11, 13, 14):
+    for cursor in (None, 0, 3, 4, 5, 9, 10, 11, 14):
         replay = replay_compacted(items, cursor)
         assert not replay.at_end
         gap, *rest = replay.items
@@ -275,7 +273,7 @@ def test_replay_from_a_cursor_between_kept_events_is_exact() -> None:
 
 def test_replay_from_inside_merged_deltas_is_a_gap_and_a_snapshot() -> None:
     items = two_messages().log.compact()
-    for cursor in (6, 7, 12):
+    for cursor in (6, 7, 8, 12, 13):
         replay = replay_compacted(items, cursor)
         ids = [i for i, _n, _p in replay.items]
         assert ids == [None] * (len(ids) - 1) + [15]
@@ -288,3 +286,21 @@ def test_replay_at_or_past_the_end_is_nothing() -> None:
     assert replay_compacted(items, 15).at_end
     assert replay_compacted(items, 99).at_end
     assert replay_compacted([], None).at_end
+
+
+def test_replay_with_snapshot_1_gives_a_stateless_client_what_is_open_at_its_cursor() -> None:
+    items = two_messages().log.compact()
+    replay = replay_compacted(items, 5, resume=True)
+    assert [(i, n) for i, n, _p in replay.items] == [
+        (None, "thread.stream.gap"),
+        (None, "thread.run.in_progress"),
+        (None, "thread.message.created"),
+        (9, "thread.message.completed"),
+        (10, "thread.message.created"),
+        (14, "thread.message.completed"),
+        (15, "thread.run.completed"),
+    ]
+    state = ClientState().apply_all(as_evs(replay.items))
+    assert state.texts == ["".join(M1), "".join(M2)]
+    # Without it, the exact tail only.
+    assert [i for i, _n, _p in replay_compacted(items, 5).items] == [None, 9, 10, 14, 15]

@@ -1,7 +1,8 @@
-"""The Store contract, checked on MemoryStore and SQLiteStore alike (the ``store`` fixture
-runs each test on both), then SQLiteStore's own guarantees: reopening keeps everything,
-interrupted runs, writes applied in call order, durability across SIGKILL, an event loop
-never blocked by the database, and ``close``."""
+"""The Store contract, checked on MemoryStore, SQLiteStore and RedisStore alike (the
+``store`` fixture runs each test on each), run steps included, then SQLiteStore's own
+guarantees: reopening keeps everything, interrupted runs (and their open steps), the
+schema migrated from an older version, writes applied in call order, durability across
+SIGKILL, an event loop never blocked by the database, and ``close``."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from typing import Any
 import pytest
 
 from agent_runtime.errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
-from agent_runtime.objects import Message, Run, Thread, new_id, now
+from agent_runtime.objects import Message, Run, RunStep, Thread, new_id, now
 from agent_runtime.store import MemoryStore, RedisStore, SQLiteStore, Store
 from agent_runtime.store.memory import paginate
-from agent_runtime.store.sqlite import SCHEMA_VERSION
+from agent_runtime.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 
 from .conftest import UNIT
 
@@ -111,6 +112,50 @@ def full_run(thread_id: str) -> Run:
         incomplete_reason="max_tokens",
         last_event_id=12345,
     )
+
+
+def a_step(run: Run, kind: str = "tool_calls", **fields_: Any) -> RunStep:
+    """A step of ``run`` as ``RunContext.new_step`` makes it (``fields_`` override)."""
+    details: dict[str, Any] = {"type": "tool_calls", "tool_calls": []}
+    if kind == "child_run":
+        details = {"type": "child_run", "child_run": {"run_id": new_id("run"), "status": "queued"}}
+    body: dict[str, Any] = {
+        "id": new_id("step"),
+        "object": "thread.run.step",
+        "created_at": now(),
+        "run_id": run.id,
+        "assistant_id": run.assistant_id,
+        "thread_id": run.thread_id,
+        "type": kind,
+        "status": "in_progress",
+        "cancelled_at": None,
+        "completed_at": None,
+        "expired_at": None,
+        "failed_at": None,
+        "last_error": None,
+        "metadata": {},
+        "usage": None,
+        "step_details": details,
+    }
+    return RunStep.of(body | fields_)
+
+
+ARGUMENTS = '{"city": "Αθήνα 🦉"}'
+
+
+def ended(step: RunStep, status: str = "completed", **fields_: Any) -> RunStep:
+    """The step as ``RunContext.end_step`` stores it: final status, its stamp, details."""
+    calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": ARGUMENTS, "output": None},
+        }
+    ]
+    body = step.to_dict() | {"status": status, f"{status}_at": now() + 1}
+    if body["type"] == "tool_calls":
+        body["step_details"] = {"type": "tool_calls", "tool_calls": calls}
+    return RunStep.of(body | fields_)
 
 
 def test_the_full_objects_set_every_field() -> None:
@@ -469,6 +514,166 @@ async def test_run_pagination_matches_paginate_everywhere(store: Store) -> None:
     await check_pages(list_page, runs, ("run_unknown",))
 
 
+# -- run steps -------------------------------------------------------------------------------
+
+
+async def test_steps_are_stored_then_replaced_in_place_when_they_end(store: Store) -> None:
+    thread = a_thread()
+    await store.create_thread(thread)
+    run, other_run = a_run(thread.id), a_run(thread.id)
+    await store.create_run(run)
+    await store.create_run(other_run)
+    tools, child = a_step(run), a_step(run, "child_run")
+    elsewhere = a_step(other_run)
+    for step in (tools, elsewhere, child):
+        await store.put_step(step)
+    assert await store.get_step(thread.id, run.id, tools.id) == tools
+    assert (await store.list_steps(thread.id, run.id, order="asc")).data == [tools, child]
+
+    done_tools = ended(tools)
+    failed_child = ended(child, "failed", last_error={"code": "server_error", "message": "x"})
+    await store.put_step(failed_child)
+    await store.put_step(done_tools)
+    # Each replaced in place: the list keeps the order the steps were first stored in.
+    assert (await store.list_steps(thread.id, run.id, order="asc")).data == [
+        done_tools,
+        failed_child,
+    ]
+    got = await store.get_step(thread.id, run.id, tools.id)
+    assert got == done_tools and got.to_dict() == done_tools.body
+    assert got.body["step_details"]["tool_calls"][0]["function"]["arguments"] == ARGUMENTS
+    assert (await store.list_steps(thread.id, other_run.id)).data == [elsewhere]
+    # A run without steps has an empty list.
+    quiet = a_run(thread.id)
+    await store.create_run(quiet)
+    page = await store.list_steps(thread.id, quiet.id)
+    assert (page.data, page.has_more) == ([], False)
+
+
+async def test_step_errors(store: Store) -> None:
+    thread = a_thread()
+    await store.create_thread(thread)
+    run, other_run = a_run(thread.id), a_run(thread.id)
+    await store.create_run(run)
+    await store.create_run(other_run)
+    step = a_step(run)
+    await store.put_step(step)
+    for run_id, step_id in ((run.id, "step_unknown"), (other_run.id, step.id)):
+        with pytest.raises(NotFound) as error:  # no such step; a step of another run
+            await store.get_step(thread.id, run_id, step_id)
+        check_not_found(error, "step", step_id)
+    never_run = a_run(thread.id)
+    for call in (
+        store.put_step(a_step(never_run)),
+        store.get_step(thread.id, never_run.id, step.id),
+        store.list_steps(thread.id, never_run.id),
+    ):
+        with pytest.raises(NotFound) as error:
+            await call
+        check_not_found(error, "run", never_run.id)
+    orphan = a_step(a_run("thread_unknown"))
+    for call in (
+        store.put_step(orphan),
+        store.get_step("thread_unknown", run.id, step.id),
+        store.list_steps("thread_unknown", run.id),
+    ):
+        with pytest.raises(NotFound) as error:
+            await call
+        check_not_found(error, "thread", "thread_unknown")
+    assert (await store.list_steps(thread.id, run.id)).data == [step]
+    assert (await store.list_steps(thread.id, other_run.id)).data == []
+
+
+async def test_step_pagination_matches_paginate_everywhere(store: Store) -> None:
+    thread = a_thread()
+    await store.create_thread(thread)
+    run, other_run = a_run(thread.id), a_run(thread.id)
+    await store.create_run(run)
+    await store.create_run(other_run)
+    steps = [a_step(run, created_at=7) for _ in range(6)]
+    elsewhere = a_step(other_run)
+    for index, step in enumerate(steps):
+        await store.put_step(step)
+        if index == 2:
+            await store.put_step(elsewhere)
+    assert (await store.list_steps(thread.id, run.id)).data == steps[::-1]
+
+    async def list_page(**kwargs: Any) -> Any:
+        return await store.list_steps(thread.id, run.id, **kwargs)
+
+    # Another run's step is an unknown cursor.
+    await check_pages(list_page, steps, (elsewhere.id, "step_unknown"))
+
+
+async def test_deleting_a_thread_deletes_its_steps(store: Store) -> None:
+    thread, other = a_thread(), a_thread()
+    await store.create_thread(thread)
+    await store.create_thread(other)
+    run, kept_run = a_run(thread.id), a_run(other.id)
+    await store.create_run(run)
+    await store.create_run(kept_run)
+    step, kept = a_step(run), a_step(kept_run)
+    await store.put_step(step)
+    await store.put_step(kept)
+
+    await store.delete_thread(thread.id)
+
+    for call in (
+        store.get_step(thread.id, run.id, step.id),
+        store.list_steps(thread.id, run.id),
+        store.put_step(ended(step)),
+    ):
+        with pytest.raises(NotFound) as error:
+            await call
+        check_not_found(error, "thread", thread.id)
+    # The same ids again: a new thread and run, with no steps left of the old ones.
+    await store.create_thread(thread)
+    await store.create_run(run)
+    assert (await store.list_steps(thread.id, run.id)).data == []
+    with pytest.raises(NotFound):
+        await store.get_step(thread.id, run.id, step.id)
+    assert (await store.list_steps(other.id, kept_run.id)).data == [kept]
+
+
+async def test_the_store_keeps_copies_of_steps(store: Store) -> None:
+    thread = a_thread()
+    await store.create_thread(thread)
+    run = a_run(thread.id)
+    await store.create_run(run)
+    step = ended(a_step(run))
+    await store.put_step(step)
+    kept = RunStep.of(step.body)
+
+    step.body["step_details"]["tool_calls"][0]["function"]["arguments"] = "changed"
+    step.body["status"] = "changed"
+    got = await store.get_step(thread.id, run.id, step.id)
+    got.body["metadata"]["x"] = "y"
+    listed = (await store.list_steps(thread.id, run.id)).data[0]
+    listed.body["step_details"]["tool_calls"].clear()
+    got.to_dict()["usage"] = {"total_tokens": 1}
+
+    assert await store.get_step(thread.id, run.id, step.id) == kept
+    assert (await store.list_steps(thread.id, run.id)).data == [kept]
+
+
+async def test_writes_of_one_step_apply_in_call_order(store: Store) -> None:
+    """What ``RunContext`` relies on: a step's final write, started after its created
+    write, lands after it (never ``in_progress`` over ``completed``)."""
+    thread = a_thread()
+    await store.create_thread(thread)
+    run = a_run(thread.id)
+    await store.create_run(run)
+    step = a_step(run)
+    writes = [
+        RunStep.of(step.body | {"status": ("in_progress", "completed")[i % 2], "usage": i})
+        for i in range(200)
+    ]
+    async with asyncio.timeout(10 * UNIT):
+        await asyncio.gather(*(store.put_step(w) for w in writes))
+    got = await store.get_step(thread.id, run.id, step.id)
+    assert (got.status, got.body["usage"]) == ("completed", 199)
+
+
 # -- copies ----------------------------------------------------------------------------------
 
 
@@ -689,6 +894,58 @@ async def test_reopening_keeps_everything(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_reopening_keeps_the_steps(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = await SQLiteStore.open(path)
+    thread, _messages, runs = await fill(store)
+    steps = [ended(a_step(runs[0])), a_step(runs[0], "child_run"), a_step(runs[1])]
+    for step in steps:
+        await store.put_step(step)
+    await store.close()
+
+    store = await SQLiteStore.open(path)
+    try:
+        assert (await store.list_steps(thread.id, runs[0].id, order="asc")).data == steps[:2]
+        assert await store.get_step(thread.id, runs[1].id, steps[2].id) == steps[2]
+        later = a_step(runs[0], created_at=0)
+        await store.put_step(later)
+        assert (await store.list_steps(thread.id, runs[0].id, limit=1)).data == [later]
+    finally:
+        await store.close()
+
+
+async def test_a_version_2_database_gains_steps_and_keeps_everything(tmp_path: Path) -> None:
+    """``MIGRATIONS`` takes a database written before steps were stored up to date."""
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statements in MIGRATIONS[:2]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    thread = a_thread(owner="digest")
+    conn.execute(
+        "INSERT INTO threads (id, created_at, metadata, owner) VALUES (?, ?, ?, ?)",
+        (thread.id, thread.created_at, "{}", thread.owner),
+    )
+    conn.close()
+
+    store = await SQLiteStore.open(path)
+    try:
+        assert await store.get_thread(thread.id) == thread
+        run = a_run(thread.id)
+        await store.create_run(run)
+        step = a_step(run)
+        await store.put_step(step)
+        assert (await store.list_steps(thread.id, run.id)).data == [step]
+
+        def version(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+        assert await store._run(version) == SCHEMA_VERSION
+    finally:
+        await store.close()
+
+
 async def test_a_store_made_directly_opens_at_first_use(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "lazy" / "store.db")
     try:
@@ -748,6 +1005,37 @@ async def test_mark_interrupted_runs(tmp_path: Path) -> None:
             if run.status not in ("queued", "in_progress", "cancelling"):
                 assert await store.get_run(thread.id, run.id) == run
         assert await store.mark_interrupted_runs("again") == []
+    finally:
+        await store.close()
+
+
+async def test_mark_interrupted_runs_fails_their_open_steps(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = await SQLiteStore.open(path)
+    thread = a_thread()
+    await store.create_thread(thread)
+    live, finished = a_run(thread.id, status="in_progress"), a_run(thread.id, status="failed")
+    await store.create_run(live)
+    await store.create_run(finished)
+    open_step, done_step = a_step(live, "child_run"), ended(a_step(live))
+    left_open = a_step(finished)  # a finished run's step is left as it is
+    for step in (open_step, done_step, left_open):
+        await store.put_step(step)
+    await store.close()
+
+    store = await SQLiteStore.open(path)
+    try:
+        started = now()
+        [marked] = await store.mark_interrupted_runs("the hub stopped")
+        assert marked.id == live.id
+        got = await store.get_step(thread.id, live.id, open_step.id)
+        assert got.status == "failed"
+        assert got.body["last_error"] == {"code": "server_error", "message": "the hub stopped"}
+        assert started <= got.body["failed_at"] <= now()
+        unchanged = {"status": "in_progress", "failed_at": None, "last_error": None}
+        assert got.body | unchanged == open_step.body
+        assert await store.get_step(thread.id, live.id, done_step.id) == done_step
+        assert await store.get_step(thread.id, finished.id, left_open.id) == left_open
     finally:
         await store.close()
 
