@@ -76,7 +76,8 @@ class HubConfig(BaseModel):
     longest without a request in progress; a few are kept for ``/healthz`` (see
     :mod:`agent_runtime.connections`); refusals are ``503`` naming the limit."""
     header_timeout: float = Field(10.0, gt=0)
-    """Seconds a new connection has to send a complete request head before it is closed."""
+    """Seconds a new connection has to send a complete request head before it is closed
+    (``idle_timeout`` if that is shorter)."""
     idle_timeout: float = Field(75.0, gt=0)
     """Seconds a keep-alive connection may stay idle (or take to send its next request
     head) before it is closed. Neither timeout applies while a request (a stream) runs."""
