@@ -169,6 +169,27 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument(
         "--max-streams", type=int, default=None, help="streams open or retained at once"
     )
+    serve_p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="client connections open at once (default: the open-files limit minus a "
+        "quarter, at least 32, kept for the hub's own files); beyond it, 503",
+    )
+    serve_p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a new connection has to send its request head (default 10)",
+    )
+    serve_p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=75.0,
+        metavar="SECONDS",
+        help="time an idle keep-alive connection is kept open (default 75)",
+    )
     serve_p.add_argument("--retention", type=float, default=300.0, help="seconds (default 300)")
     serve_p.add_argument("--keepalive", type=float, default=15.0, help="seconds (default 15)")
     serve_p.add_argument(
@@ -400,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_subscribers=args.max_subscribers,
                 max_subscribers_per_stream=args.max_subscribers_per_stream,
                 max_streams=args.max_streams,
+                max_connections=args.max_connections,
+                header_timeout=args.header_timeout,
+                idle_timeout=args.idle_timeout,
                 retention=args.retention,
                 keepalive=args.keepalive,
                 run_expires_after=args.run_expires_after,

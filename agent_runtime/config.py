@@ -76,6 +76,17 @@ class HubConfig(BaseModel):
     max_streams: int | None = Field(None, ge=1)
     """Run streams open or retained at once; retained ones are dropped first to make room,
     then new runs are refused (429 naming the limit)."""
+    max_connections: int | None = Field(None, ge=1)
+    """Client connections open at once (``None``: the open-files limit minus a reserve for
+    the hub's own descriptors). Beyond it a new connection replaces the one waiting
+    longest without a request in progress; a few are kept for ``/healthz`` (see
+    :mod:`agent_runtime.connections`); refusals are ``503`` naming the limit."""
+    header_timeout: float = Field(10.0, gt=0)
+    """Seconds a new connection has to send a complete request head before it is closed
+    (``idle_timeout`` if that is shorter)."""
+    idle_timeout: float = Field(75.0, gt=0)
+    """Seconds a keep-alive connection may stay idle (or take to send its next request
+    head) before it is closed. Neither timeout applies while a request (a stream) runs."""
     api_keys: tuple[str, ...] = ()
     """With keys, every API route needs ``Authorization: Bearer <key>`` (the stream route
     also takes ``?token=``) and threads belong to the key that created them."""

@@ -13,6 +13,12 @@ from aiohttp import web
 
 from .api.app import create_app
 from .config import HubConfig
+from .connections import (
+    ConnectionGuard,
+    Listener,
+    default_max_connections,
+    open_files_limit,
+)
 from .hub import Hub
 from .models.base import ModelProvider
 
@@ -35,31 +41,65 @@ class Server:
         self.providers = dict(providers or {})
         self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
+        self.connections: ConnectionGuard | None = None
         self.port: int = config.port
+        self._listener: Listener | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        hub = Hub(self.config, providers=self.providers) if self.providers else None
-        self.app = create_app(self.config, hub=hub)
+        """Listen. Connections go through a :class:`ConnectionGuard` (head timeout,
+        connection cap) and a :class:`Listener` (accept errors paced and counted); see
+        :mod:`agent_runtime.connections`."""
+        config = self.config
+        hub = Hub(config, providers=self.providers) if self.providers else None
+        self.app = create_app(config, hub=hub)
+        limit = open_files_limit()
+        max_connections = config.max_connections
+        if max_connections is None:
+            max_connections = default_max_connections(limit)
+        elif limit is not None and max_connections >= limit:
+            logger.warning(
+                "--max-connections %d is not below the open-files limit (%d): accept() "
+                "will fail before the cap is reached",
+                max_connections,
+                limit,
+            )
+        guard = ConnectionGuard(
+            max_connections=max_connections, header_timeout=config.header_timeout
+        )
+        self.app.middlewares.insert(0, guard.middleware)
         self.runner = web.AppRunner(
             self.app,
             handler_cancellation=True,
-            shutdown_timeout=self.config.shutdown_timeout,
+            shutdown_timeout=config.shutdown_timeout,
             access_log=None,
+            keepalive_timeout=config.idle_timeout,
         )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.host, self.config.port)
-        await site.start()
-        addresses = self.runner.addresses
-        if addresses:
-            self.port = addresses[0][1]
+        web_server = self.runner.server
+        assert web_server is not None
+        self._listener = Listener(guard.protocol_factory(web_server), guard)
+        await self._listener.start(config.host, config.port)
+        self.connections = guard
+        self.port = self._listener.port
+        logger.info(
+            "connections: at most %s open (open-files limit %s), %g s for a request head, "
+            "%g s idle",
+            max_connections,
+            limit,
+            config.header_timeout,
+            config.idle_timeout,
+        )
 
     async def stop(self) -> None:
         """Stop listening, end live runs (subscribers receive their terminal events),
         then close the remaining connections; bounded by ``config.shutdown_timeout``."""
+        if self._listener is not None:
+            await self._listener.aclose()
+            self._listener = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

@@ -181,21 +181,33 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
+_LIMITED = (
+    "import resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, resource.getrlimit("
+    "resource.RLIMIT_NOFILE)[1])); "
+    "from agent_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+"""The CLI under a lowered open-files limit (``python -c``; its arguments follow)."""
 _LISTENING = re.compile(r"agentstream listening on (http://\S+)")
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServeProcess:
-    """``python -m agent_runtime.cli serve --port 0 ARGS…`` in a child process.
+    """``python -m agent_runtime.cli serve --port 0 ARGS…`` in a child process (``nofile``:
+    with that open-files limit).
 
     ``await start()`` returns its URL once it listens (bounded by ``timeout``); its log
     lines are kept (:attr:`log`). :meth:`aclose` kills it if it still runs and reaps it:
     call it in a ``finally``.
     """
 
-    def __init__(self, *args: str, timeout: float = 30.0) -> None:
+    def __init__(self, *args: str, timeout: float = 30.0, nofile: int | None = None) -> None:
         self.args = args
         self.timeout = timeout
+        self.nofile = nofile
+        """The child's open-files limit (``RLIMIT_NOFILE``), set before it starts."""
+        self.log_bytes = 0
+        """Bytes the child wrote to stderr so far (its log)."""
         self.url = ""
         self.port = 0
         self.log: collections.deque[str] = collections.deque(maxlen=200)
@@ -212,10 +224,12 @@ class ServeProcess:
         return None if self.proc is None else self.proc.returncode
 
     async def start(self) -> str:
+        command: tuple[str, ...] = ("-m", "agent_runtime.cli")
+        if self.nofile is not None:
+            command = ("-c", _LIMITED.format(nofile=self.nofile))
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "agent_runtime.cli",
+            *command,
             "serve",
             "--port",
             "0",
@@ -232,6 +246,7 @@ class ServeProcess:
                     raw = await self.proc.stderr.readline()
                     if not raw:
                         raise AssertionError(f"serve exited first:\n{self.output}")
+                    self.log_bytes += len(raw)
                     line = raw.decode(errors="replace").rstrip()
                     self.log.append(line)
                     found = _LISTENING.search(line)
@@ -247,6 +262,7 @@ class ServeProcess:
     async def _read_log(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         while raw := await self.proc.stderr.readline():
+            self.log_bytes += len(raw)
             self.log.append(raw.decode(errors="replace").rstrip())
 
     @property
