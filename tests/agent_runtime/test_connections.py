@@ -28,7 +28,7 @@ from .provider_stub import ServeProcess, call
 HALF_HEAD = b"GET /healthz HTTP/1.1\r\nHost: flood\r\nX-Slow: "
 """A request head that never ends."""
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
-QUIET_MODEL = "simulated:tokens=5,rate=0,delay=3600"
+QUIET_MODEL = "simulated:tokens=5,rate=0,delay=60"
 """A run that stays live and silent: its stream carries nothing but keepalives."""
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
