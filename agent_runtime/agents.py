@@ -5,8 +5,9 @@ parses and compiles ``agent.py`` once, and decides the agent's *style* by static
 
 - ``"async"`` when ``agent.py`` has a top-level ``async def run(env)`` or a top-level class
   with an ``async def run(self)`` method;
-- ``"sync"`` otherwise: the style of the product description, module code that finds ``env``
-  in its globals (``if globals().get('env', None): ...``), usually a class taking ``env``.
+- ``"sync"`` otherwise: the style of ``examples/streaming-example``, module code that
+  finds ``env`` in its globals (``if globals().get('env', None): ...``), usually a class
+  taking ``env``.
 
 Threads and the event loop:
 

@@ -3,7 +3,7 @@
 CLI → :func:`main` → :class:`~agent_runtime.config.HubConfig` → the hub. ``agent …``
 commands run the hub in-process (no HTTP) and follow the run's stream exactly as an SSE
 subscriber would; ``--stream`` prints text as it arrives, otherwise the final messages.
-Unlike the description's note, an agent that does not stream still shows its final
+Unlike a bare ``--stream`` printer, an agent that does not stream still shows its final
 messages under ``--stream``: a reply written with ``add_reply(text)`` is published as one
 delta holding its whole text.
 
@@ -31,7 +31,7 @@ from .errors import AgentRuntimeError
 from .hub import Hub
 from .logs import LOG_FORMAT, RunContextFilter
 from .objects import Message, Thread, new_id, now
-from .run_log import delta_text
+from .protocol import delta_text
 from .server import serve
 
 __all__ = ["main"]

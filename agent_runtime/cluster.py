@@ -28,8 +28,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -41,7 +41,7 @@ from .objects import Run, now
 if TYPE_CHECKING:
     from broker.redis_streams import RedisRegistry
 
-    from .runs import RunManager
+    from .objects import Message
     from .store import Store
 
 __all__ = ["Cluster", "new_node_id"]
@@ -72,6 +72,44 @@ def new_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class LiveRun(Protocol):
+    """A run live on this node, as the cluster sees it."""
+
+    @property
+    def run(self) -> Run: ...
+
+    def end(self, status: Any, message: str | None = None) -> None: ...
+
+
+class LocalRuns(Protocol):
+    """What the cluster needs of this node's runs (the
+    :class:`~agent_runtime.runs.RunManager`): given at :meth:`Cluster.start`."""
+
+    def live_contexts(self) -> Sequence[LiveRun]: ...
+
+    def knows(self, thread_id: str, run_id: str) -> bool: ...
+
+    async def cancel(self, thread_id: str, run_id: str, *, local: bool = False) -> Run: ...
+
+    async def thread_messages(self, thread_id: str) -> list[Message]: ...
+
+
+class _NoRuns:
+    """Before :meth:`Cluster.start`: no run is live here."""
+
+    def live_contexts(self) -> Sequence[LiveRun]:
+        return ()
+
+    def knows(self, thread_id: str, run_id: str) -> bool:
+        return False
+
+    async def cancel(self, thread_id: str, run_id: str, *, local: bool = False) -> Run:
+        raise ServiceUnavailable("this node is not started")
+
+    async def thread_messages(self, thread_id: str) -> list[Message]:
+        return []
+
+
 class Cluster:
     """This node's membership of a deployment on one Redis (see the module docstring)."""
 
@@ -82,7 +120,6 @@ class Cluster:
         prefix: str,
         node_id: str,
         lease: float,
-        runs: RunManager,
         registry: RedisRegistry,
         store: Store,
         cancel_timeout: float = 5.0,
@@ -91,7 +128,7 @@ class Cluster:
         self.prefix = prefix
         self.node_id = node_id
         self.lease = lease
-        self.runs = runs
+        self.runs: LocalRuns = _NoRuns()
         self.registry = registry
         self.store = store
         self.cancel_timeout = cancel_timeout
@@ -120,8 +157,10 @@ class Cluster:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Take this node's lease and start its heartbeat, inbox and reaper."""
+    async def start(self, runs: LocalRuns) -> None:
+        """Take this node's lease and start its heartbeat, inbox and reaper, serving
+        cancels forwarded here to ``runs`` (this node's runs)."""
+        self.runs = runs
         await self._renew(first=True)
         # Runs recorded as ours are a previous process's under the same node id (it
         # died, and its lease was taken over before anyone noticed): fail them now.

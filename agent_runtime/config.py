@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -9,11 +10,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker import BrokerConfig
 
-from .runs import RunsConfig
-
-__all__ = ["HubConfig"]
+__all__ = ["HubConfig", "RunsConfig"]
 
 MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RunsConfig:
+    """What the :class:`~agent_runtime.runs.RunManager` needs (from :class:`HubConfig`)."""
+
+    expires_after: float = 600.0
+    """Seconds from creation after which a live run ends ``expired``."""
+    max_concurrent_runs: int | None = None
+    """Runs executing at once; further runs wait ``queued`` for a slot."""
+    checkpoint_interval: float = 1.0
+    """Seconds between two checkpoints of a live run's state (its compacted event log,
+    with the text streamed so far) in the store; ``0`` turns checkpoints off."""
+    final_write_timeout: float = 10.0
+    """Seconds a run's final store write may take before the run ends without it (its
+    terminal event is published either way; the write is retried in the background)."""
+    max_queued_runs: int | None = None
+    """Runs waiting for a slot at once (with ``max_concurrent_runs``); further ones are
+    refused (429). ``None``: no bound."""
 
 
 class HubConfig(BaseModel):

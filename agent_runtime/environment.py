@@ -3,10 +3,10 @@
 Two faces over one run:
 
 * synchronous methods (``completion``, ``add_reply``, ``list_messages``…) for agents
-  written as the product description shows. They run in the agent's worker thread and
-  hand every operation to the event loop (``asyncio.run_coroutine_threadsafe``), which
-  owns every socket, buffer and store. Calling one on the loop thread is an error that
-  points to its ``a…`` twin.
+  written as the bundled ``examples/streaming-example`` shows. They run in the agent's
+  worker thread and hand every operation to the event loop
+  (``asyncio.run_coroutine_threadsafe``), which owns every socket, buffer and store.
+  Calling one on the loop thread is an error that points to its ``a…`` twin.
 * awaitable twins (``acompletion``, ``aadd_reply``, ``alist_messages``…) for asynchronous
   agents, which run as tasks on the loop.
 
@@ -34,7 +34,7 @@ from .errors import AgentRuntimeError, RunCancelled, UnsupportedOperation
 from .stream_handler import StreamHandler
 
 if TYPE_CHECKING:
-    from .runs import ChildRunResult, RunContext
+    from .runs.ports import AgentPort, ChildRunResult
 
 __all__ = ["Environment"]
 
@@ -46,7 +46,7 @@ T = TypeVar("T")
 class Environment:
     """The ``env`` an agent receives. One per run."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: AgentPort) -> None:
         self._ctx = ctx
         self.env_vars: dict[str, str] = {}
 
@@ -93,7 +93,7 @@ class Environment:
 
     @property
     def agent_name(self) -> str:
-        return self._ctx.agent.name
+        return self._ctx.agent_name
 
     # -- completions -----------------------------------------------------------------
 
@@ -224,10 +224,10 @@ class Environment:
 
     def add_system_log(self, log: str, level: int = logging.INFO) -> None:
         """Log a line tagged with the run (thread-safe; never blocks on the loop)."""
-        self._ctx.log(log, level)
+        self._ctx.agent_log(log, level)
 
     async def aadd_system_log(self, log: str, level: int = logging.INFO) -> None:
-        self._ctx.log(log, level)
+        self._ctx.agent_log(log, level)
 
     def request_user_input(self) -> None:
         """End this run with ``requires_action``: the agent waits for the user's next message."""

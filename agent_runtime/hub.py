@@ -74,23 +74,23 @@ class Hub:
         if store is None:
             store = SQLiteStore(config.database_path) if config.store == "sqlite" else MemoryStore()
         self.store: Store = store
+        if redis_registry is not None:
+            self.cluster = Cluster(
+                redis_registry.client,
+                prefix=config.redis_prefix,
+                node_id=config.node_id or new_node_id(),
+                lease=config.node_lease,
+                registry=redis_registry,
+                store=self.store,
+            )
         self.runs = RunManager(
             store=self.store,
             registry=self.registry,
             catalog=self.catalog,
             models=self.models,
             config=config.runs_config(),
+            cluster=self.cluster,
         )
-        if redis_registry is not None:
-            self.cluster = self.runs.cluster = Cluster(
-                redis_registry.client,
-                prefix=config.redis_prefix,
-                node_id=config.node_id or new_node_id(),
-                lease=config.node_lease,
-                runs=self.runs,
-                registry=redis_registry,
-                store=self.store,
-            )
         self._closed = False
         self._started = False
 
@@ -109,7 +109,7 @@ class Hub:
                 await self.registry.start()
             except BackendUnavailable as exc:
                 raise ServiceUnavailable(str(exc)) from exc
-            await self.cluster.start()
+            await self.cluster.start(self.runs)
             return
         interrupted = await self.store.mark_interrupted_runs(
             "the hub stopped while this run was live (it was not resumed on restart)"

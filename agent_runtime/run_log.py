@@ -28,71 +28,32 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "CompactItem",
-    "RunLog",
-    "Replay",
-    "delta_payload",
-    "replay_compacted",
-    "step_delta_payload",
-]
+from .protocol import (
+    GAP,
+    MESSAGE_CREATED,
+    MESSAGE_DELTA,
+    MESSAGE_FINAL,
+    STEP_CREATED,
+    STEP_DELTA,
+    STEP_FINAL,
+    TERMINAL_RUN_EVENTS,
+    delta_payload,
+    delta_text,
+    is_run_status_event,
+    step_delta_payload,
+)
+from .tool_calls import ToolCallFold
+
+__all__ = ["CompactItem", "Replay", "RunLog", "replay_compacted"]
 
 CompactItem = list[Any]
 """``[first_id, id, name, payload]``: one event of a compacted log. ``id`` is the event's
 own id in the run's numbering; ``first_id`` is the first id it stands for (a merged delta
 stands for every delta from ``first_id`` to ``id``; any other event has ``first_id == id``)."""
 
-TERMINAL_RUN_EVENTS = frozenset(
-    {
-        "thread.run.completed",
-        "thread.run.failed",
-        "thread.run.cancelled",
-        "thread.run.expired",
-        "thread.run.incomplete",
-        "thread.run.requires_action",
-    }
-)
-_MESSAGE_FINAL = frozenset({"thread.message.completed", "thread.message.incomplete"})
-STEP_FINAL = frozenset(
-    {
-        "thread.run.step.completed",
-        "thread.run.step.cancelled",
-        "thread.run.step.failed",
-        "thread.run.step.expired",
-    }
-)
-
-
-def delta_payload(message_id: str, text: str) -> dict[str, Any]:
-    """The ``thread.message.delta`` object carrying ``text``."""
-    return {
-        "id": message_id,
-        "object": "thread.message.delta",
-        "delta": {
-            "content": [{"index": 0, "type": "text", "text": {"value": text, "annotations": []}}]
-        },
-    }
-
-
-def step_delta_payload(step_id: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``thread.run.step.delta`` object carrying tool call fragments."""
-    return {
-        "id": step_id,
-        "object": "thread.run.step.delta",
-        "delta": {"step_details": {"type": "tool_calls", "tool_calls": tool_calls}},
-    }
-
-
-def delta_text(payload: dict[str, Any]) -> str:
-    """The text a ``thread.message.delta`` payload carries ('' if none)."""
-    parts = payload.get("delta", {}).get("content") or []
-    return "".join(p.get("text", {}).get("value", "") for p in parts if p.get("type") == "text")
-
 
 def _created(track: _MessageTrack | _StepTrack) -> str:
-    return (
-        "thread.message.created" if isinstance(track, _MessageTrack) else "thread.run.step.created"
-    )
+    return MESSAGE_CREATED if isinstance(track, _MessageTrack) else STEP_CREATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +72,7 @@ def replay_compacted(
     cursor: int | None,
     *,
     resume: bool = False,
-    gap_event: str = "thread.stream.gap",
+    gap_event: str = GAP,
 ) -> Replay:
     """The events a subscriber with ``cursor`` gets from a run's compacted log (pure).
 
@@ -158,7 +119,7 @@ def _state_at(items: list[CompactItem], at: int) -> list[tuple[int | None, str, 
     for _first, event_id, name, payload in items:
         if int(event_id) > at:
             break
-        if name.startswith("thread.run.") and name.count(".") == 2:
+        if is_run_status_event(name):
             run = (None, str(name), payload)
     state = [run] if run is not None else []
     for _first, event_id, name, payload in items:
@@ -209,26 +170,14 @@ class _StepTrack:
 
     def delta_upto(self, at: int) -> dict[str, Any] | None:
         """One delta holding every tool call fragment published up to ``at``."""
-        calls: dict[int, dict[str, Any]] = {}
+        fold = ToolCallFold()
         for event_id, fragments in self.deltas:
             if event_id > at:
                 break
-            for fragment in fragments:
-                index = fragment.get("index", 0)
-                function = fragment.get("function") or {}
-                call = calls.get(index)
-                if call is None:
-                    call = calls[index] = {
-                        "index": index,
-                        "id": fragment.get("id"),
-                        "type": "function",
-                        "function": {"name": function.get("name") or "", "arguments": ""},
-                    }
-                    call["function"]["output"] = None
-                call["function"]["arguments"] += function.get("arguments") or ""
-        if not calls:
+            fold.add_entries(fragments)
+        if not fold:
             return None
-        return step_delta_payload(self.step_id, [calls[i] for i in sorted(calls)])
+        return step_delta_payload(self.step_id, fold.step_calls())
 
 
 class RunLog:
@@ -242,14 +191,18 @@ class RunLog:
         self._steps: dict[str, _StepTrack] = {}
         self._terminal: tuple[int, str, dict[str, Any]] | None = None
 
-    def record(self, event_id: int, name: str, payload: dict[str, Any]) -> None:
-        """Note an event the run has just published with id ``event_id``."""
+    def record(
+        self, event_id: int, name: str, payload: dict[str, Any], text: str | None = None
+    ) -> None:
+        """Note an event the run has just published with id ``event_id``. ``text``: a
+        delta's text, when the caller has it (else it is read from ``payload``)."""
         if name.startswith("thread.run.step."):
             self._record_step(event_id, name, payload)
-        elif name == "thread.message.delta":
+        elif name == MESSAGE_DELTA:
             track = self._messages.get(payload["id"])
             if track is not None:
-                text = delta_text(payload)
+                if text is None:
+                    text = delta_text(payload)
                 track.parts.append(text)
                 track.length += len(text)
                 track.delta_ids.append(event_id)
@@ -257,23 +210,23 @@ class RunLog:
         elif name.startswith("thread.run."):
             if name in TERMINAL_RUN_EVENTS:
                 self._terminal = (event_id, name, payload)
-            elif name.count(".") == 2:  # thread.run.<status>, not thread.run.step.*
+            elif is_run_status_event(name):
                 self._run_events.append((event_id, name, payload))
-        elif name == "thread.message.created":
+        elif name == MESSAGE_CREATED:
             self._messages[payload["id"]] = _MessageTrack(payload["id"], event_id, payload)
-        elif name in _MESSAGE_FINAL:
+        elif name in MESSAGE_FINAL:
             track = self._messages.get(payload["id"])
             if track is not None:
                 track.final_id, track.final_name, track.final = event_id, name, payload
 
     def _record_step(self, event_id: int, name: str, payload: dict[str, Any]) -> None:
-        if name == "thread.run.step.created":
+        if name == STEP_CREATED:
             self._steps[payload["id"]] = _StepTrack(payload["id"], event_id, payload)
             return
         track = self._steps.get(payload["id"])
         if track is None:
             return
-        if name == "thread.run.step.delta":
+        if name == STEP_DELTA:
             details = payload.get("delta", {}).get("step_details") or {}
             track.deltas.append((event_id, list(details.get("tool_calls") or [])))
         elif name in STEP_FINAL:
@@ -290,14 +243,14 @@ class RunLog:
         return tracks
 
     def _step_events(self, track: _StepTrack, at: int, finished: bool) -> list[tuple[str, Any]]:
-        events: list[tuple[str, Any]] = [("thread.run.step.created", track.created)]
+        events: list[tuple[str, Any]] = [(STEP_CREATED, track.created)]
         if finished:
             assert track.final is not None
             events.append((track.final_name, track.final))
         else:
             delta = track.delta_upto(at)
             if delta is not None:
-                events.append(("thread.run.step.delta", delta))
+                events.append((STEP_DELTA, delta))
         return events
 
     def message_text(self, message_id: str) -> str:
@@ -319,14 +272,14 @@ class RunLog:
             if isinstance(track, _StepTrack):
                 events.extend(self._step_events(track, at, track.finished_by(at)))
                 continue
-            events.append(("thread.message.created", track.created))
+            events.append((MESSAGE_CREATED, track.created))
             if track.finished_by(at):
                 assert track.final is not None
                 events.append((track.final_name, track.final))
             else:
                 text = track.text_upto(at)
                 if text:
-                    events.append(("thread.message.delta", delta_payload(track.message_id, text)))
+                    events.append((MESSAGE_DELTA, delta_payload(track.message_id, text)))
         if self._terminal is not None and self._terminal[0] <= at:
             events.append((self._terminal[1], self._terminal[2]))
         return events
@@ -364,11 +317,11 @@ class RunLog:
                 if isinstance(track, _MessageTrack):
                     text = track.text_upto(limit)
                     delta = delta_payload(track.message_id, text)
-                    items.append([first, ids[-1], "thread.message.delta", delta])
+                    items.append([first, ids[-1], MESSAGE_DELTA, delta])
                 else:
                     step_delta = track.delta_upto(limit)
                     if step_delta is not None:
-                        items.append([first, ids[-1], "thread.run.step.delta", step_delta])
+                        items.append([first, ids[-1], STEP_DELTA, step_delta])
         if self._terminal is not None and self._terminal[0] <= limit:
             event_id, name, payload = self._terminal
             items.append([event_id, event_id, name, payload])
@@ -409,8 +362,8 @@ class RunLog:
             if isinstance(track, _StepTrack):
                 events.extend(self._step_events(track, at, False))
                 continue
-            events.append(("thread.message.created", track.created))
+            events.append((MESSAGE_CREATED, track.created))
             text = track.text_upto(at)
             if text:
-                events.append(("thread.message.delta", delta_payload(track.message_id, text)))
+                events.append((MESSAGE_DELTA, delta_payload(track.message_id, text)))
         return events

@@ -9,7 +9,7 @@ run). Each chunk is appended here and, if it carries text, published at once as 
 The agent reads the same chunks either from its worker thread (``for chunk in handler``,
 blocking on a ``threading.Condition``) or on the loop (``async for chunk in handler``).
 The handler is its own iterator with one shared position, so every chunk is yielded
-exactly once however the loops are nested (the description's "Agent Usage" example
+exactly once however the loops are nested (the nested-loop agent usage example
 iterates it inside a loop over itself). Iteration raises the provider's error if the
 stream failed, and :class:`~agent_runtime.errors.RunCancelled` if the run was cancelled.
 """
@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageToolCall
-from openai.types.chat.chat_completion_message_tool_call import Function
 
 from .errors import AgentRuntimeError, RunCancelled
+from .tool_calls import ToolCallFold
 
 if TYPE_CHECKING:
     from .objects import Message
@@ -52,8 +52,8 @@ class StreamHandler:
         self.published = False
         """Whether the message's ``created`` has been published (a completion asked for
         with ``tools`` publishes it only with its first text)."""
-        self._calls: dict[int, list[str]] = {}
-        """Tool calls so far, by index: [id, name, arguments]."""
+        self._calls = ToolCallFold()
+        """Tool calls so far."""
 
     # -- loop side (the pump) --------------------------------------------------------
 
@@ -66,27 +66,25 @@ class StreamHandler:
 
     def push(self, chunk: ChatCompletionChunk) -> str:
         """Append a chunk; returns the text it carries ('' if none). Loop thread only."""
+        return self.push_chunk(chunk)[0]
+
+    def push_chunk(self, chunk: ChatCompletionChunk) -> tuple[str, list[dict[str, Any]]]:
+        """Append a chunk, folding it once; returns the text it carries ('' if none) and
+        the run step delta entries of its tool call fragments. Loop thread only."""
         text = ""
+        entries: list[dict[str, Any]] = []
         with self._cond:
             for choice in chunk.choices:
                 if choice.delta.content:
                     text += choice.delta.content
                 if choice.finish_reason:
                     self.finish_reason = choice.finish_reason
-                for call in choice.delta.tool_calls or ():
-                    slot = self._calls.setdefault(call.index, ["", "", ""])
-                    if call.id:
-                        slot[0] = call.id
-                    if call.function is not None:
-                        if call.function.name:
-                            slot[1] += call.function.name
-                        if call.function.arguments:
-                            slot[2] += call.function.arguments
+                entries.extend(self._calls.add_deltas(choice.delta.tool_calls))
             self._chunks.append(chunk)
             if text:
                 self._parts.append(text)
             self._wake()
-        return text
+        return text, entries
 
     def end(self, error: BaseException | None = None) -> None:
         """Mark the stream finished (or failed). Loop thread only. Idempotent."""
@@ -129,15 +127,7 @@ class StreamHandler:
         """The tool calls assembled from the chunks so far (all of them once the stream
         has ended), in index order, as the ``openai`` package's objects."""
         with self._cond:
-            calls = sorted(self._calls.items())
-        return [
-            ChatCompletionMessageToolCall(
-                id=call_id or f"call_{index}",
-                type="function",
-                function=Function(name=name, arguments=arguments),
-            )
-            for index, (call_id, name, arguments) in calls
-        ]
+            return self._calls.message_calls()
 
     @property
     def chunks(self) -> list[ChatCompletionChunk]:

@@ -50,7 +50,7 @@ from .hub import Hub as CoreHub
 from .models.base import ModelProvider
 from .models.scripted import Fail, Finish, Gate, Say, ScriptedModel, Stall, Step, ToolCall
 from .objects import Message, Thread, new_id, now
-from .run_log import delta_text
+from .protocol import delta_text
 from .server import Server
 
 if TYPE_CHECKING:

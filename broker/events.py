@@ -4,7 +4,7 @@ Pure and synchronous. An :class:`Event` is encoded to SSE frame bytes at most on
 framing; the bytes are cached on the event and shared by every subscriber that uses that
 framing ("encode once").
 
-Two framings exist (see ``shared/spec/protocol.md``, "Event stream framing"):
+Two framings exist (see ``docs/protocol.md``, "Framings"):
 
 * :attr:`Framing.DEFAULT` — no ``event:`` line; ``data:`` holds an envelope
   ``{"event": <name>, "data": <payload>}``, so a browser ``EventSource`` listening for

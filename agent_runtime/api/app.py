@@ -1,7 +1,7 @@
 """The aiohttp application: ``create_app(config)`` wires the hub's HTTP API.
 
 Every resource module contributes ``routes()`` relative to ``/v1``; each is mounted under
-``/v1`` and mirrored under ``/api/v1`` (what the description's browser snippet calls).
+``/v1`` and mirrored under ``/api/v1`` (what browser clients such as the chat page call).
 Errors become OpenAI-style JSON answers (``error_middleware``). Serve the app with
 ``handler_cancellation=True`` (see :func:`agent_runtime.server.run`) so that a subscriber
 going away releases its subscription at once.

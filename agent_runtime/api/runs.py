@@ -17,7 +17,8 @@ from broker.sse import SSE_HEADERS, request_cursor, request_framing
 
 from ..errors import InvalidRequest
 from ..objects import Message, Run, RunStep
-from ..run_log import delta_payload, replay_compacted
+from ..protocol import delta_payload
+from ..run_log import replay_compacted
 from ..runs import RunContext
 from .keys import HUB
 from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from ..protocol import TERMINAL_RUN_EVENTS
 from .stats import Histogram
 
 __all__ = ["Endpoint", "FrameInfo", "RunState", "Subscriber", "Tally", "parse_event", "split_frame"]
@@ -37,16 +38,7 @@ logger = logging.getLogger(__name__)
 
 DELTA = "thread.message.delta"
 GAP = "thread.stream.gap"
-TERMINAL = frozenset(
-    {
-        "thread.run.completed",
-        "thread.run.failed",
-        "thread.run.cancelled",
-        "thread.run.expired",
-        "thread.run.incomplete",
-        "thread.run.requires_action",
-    }
-)
+TERMINAL = TERMINAL_RUN_EVENTS
 _MESSAGE_END = frozenset({"thread.message.completed", "thread.message.incomplete"})
 _MAX_RETRIES = 5
 _RETRY_DELAY = 0.1

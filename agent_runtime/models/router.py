@@ -1,6 +1,7 @@
 """Which provider serves a model name.
 
-Rules of :meth:`ModelRouter.resolve`, first match wins:
+The one home of the rule for which model wins (:meth:`ModelRouter.model_for_run`, then
+:meth:`ModelRouter.resolve`). Rules of :meth:`ModelRouter.resolve`, first match wins:
 
 1. ``force_model`` (the CLI's ``--model``) replaces the requested model and provider.
 2. No model: ``default_model``.
@@ -92,6 +93,12 @@ class ModelRouter:
                 f"unknown model provider {name!r}; known providers: {known}", param="model"
             )
         return provider
+
+    def model_for_run(self, requested: str | None, agent_default: str | None) -> str:
+        """The model a run records: ``force_model``, else the one requested, else the
+        agent's default, else ``default_model``. (Its completions then go through
+        :meth:`resolve`, where ``force_model`` wins the same way.)"""
+        return self.force_model or requested or agent_default or self.default_model
 
     def resolve(self, model: str | None, provider: str | None = None) -> tuple[ModelProvider, str]:
         """The provider serving ``model`` and the model name to put in the request."""

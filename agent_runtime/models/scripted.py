@@ -61,12 +61,9 @@ from openai.types.chat.chat_completion_chunk import (
     ChoiceDeltaToolCall,
     ChoiceDeltaToolCallFunction,
 )
-from openai.types.chat.chat_completion_message_tool_call import (
-    ChatCompletionMessageToolCall,
-    Function,
-)
 
 from ..errors import ProviderError
+from ..tool_calls import ToolCallFold
 from .base import CompletionRequest
 
 __all__ = ["Fail", "Finish", "Gate", "Say", "ScriptedModel", "Stall", "Step", "ToolCall"]
@@ -314,25 +311,15 @@ class ScriptedModel:
         """Play the next script and return its whole text (errors raise as in ``stream``)."""
         parts: list[str] = []
         finish: FinishReason = "stop"
-        calls: dict[int, list[str]] = {}
+        calls = ToolCallFold()
         async for piece in self.stream(request):
             for choice in piece.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
-                for call in choice.delta.tool_calls or ():
-                    slot = calls.setdefault(call.index, ["", "", ""])
-                    slot[0] = call.id or slot[0]
-                    if call.function is not None:
-                        slot[1] += call.function.name or ""
-                        slot[2] += call.function.arguments or ""
+                calls.add_deltas(choice.delta.tool_calls)
                 if choice.finish_reason:
                     finish = choice.finish_reason
-        tool_calls = [
-            ChatCompletionMessageToolCall(
-                id=call_id, type="function", function=Function(name=name, arguments=args)
-            )
-            for _index, (call_id, name, args) in sorted(calls.items())
-        ]
+        tool_calls = calls.message_calls()
         message = ChatCompletionMessage(
             role="assistant",
             content="".join(parts) if parts or not tool_calls else None,

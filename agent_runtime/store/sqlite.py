@@ -34,231 +34,40 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
+from ..errors import AgentRuntimeError, NotFound, StorageUnavailable
 from ..objects import LIVE_STATUSES, Message, Run, RunStep, Thread, now
 from .base import Order, Page, Store
+from .sqlite_schema import (
+    INSERT_THREAD,
+    MESSAGE_COLUMNS,
+    MIGRATIONS,
+    RUN_COLUMNS,
+    SCHEMA_VERSION,
+    STEP_COLUMNS,
+    THREAD_COLUMNS,
+    UPDATE_MESSAGE,
+    UPSERT_MESSAGE,
+    UPSERT_RUN,
+    UPSERT_STEP,
+    decode_row,
+    encode_row,
+    require_run,
+    require_thread,
+    select_page,
+    thread_not_found,
+    transaction,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # Version 1.
-    (
-        """
-        CREATE TABLE threads (
-            id TEXT PRIMARY KEY,
-            created_at INTEGER NOT NULL,
-            metadata TEXT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE messages (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL,
-            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
-            role TEXT NOT NULL,
-            content TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            run_id TEXT,
-            assistant_id TEXT,
-            metadata TEXT NOT NULL,
-            completed_at INTEGER,
-            incomplete_at INTEGER,
-            incomplete_reason TEXT,
-            UNIQUE (thread_id, id)
-        )
-        """,
-        "CREATE INDEX messages_by_thread ON messages (thread_id, seq)",
-        "CREATE INDEX messages_by_run ON messages (thread_id, run_id, seq)",
-        """
-        CREATE TABLE runs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL,
-            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
-            assistant_id TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
-            expires_at INTEGER,
-            model TEXT NOT NULL,
-            status TEXT NOT NULL,
-            instructions TEXT,
-            metadata TEXT NOT NULL,
-            started_at INTEGER,
-            cancelled_at INTEGER,
-            failed_at INTEGER,
-            completed_at INTEGER,
-            last_error TEXT,
-            incomplete_reason TEXT,
-            last_event_id INTEGER,
-            UNIQUE (thread_id, id)
-        )
-        """,
-        "CREATE INDEX runs_by_thread ON runs (thread_id, seq)",
-        "CREATE INDEX runs_by_status ON runs (status)",
-    ),
-    # Version 2: threads belong to the API key that created them (a digest of it).
-    ("ALTER TABLE threads ADD COLUMN owner TEXT",),
-    # Version 3: each run's compacted event log (checkpointed while it streams).
-    (
-        """
-        CREATE TABLE run_logs (
-            thread_id TEXT NOT NULL REFERENCES threads (id) ON DELETE CASCADE,
-            run_id TEXT NOT NULL,
-            data TEXT NOT NULL,
-            PRIMARY KEY (thread_id, run_id)
-        )
-        """,
-    ),
-    # Version 4: run steps (tool calls, child runs), each its ``thread.run.step`` object.
-    (
-        """
-        CREATE TABLE run_steps (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL,
-            thread_id TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            body TEXT NOT NULL,
-            UNIQUE (thread_id, id),
-            FOREIGN KEY (thread_id, run_id) REFERENCES runs (thread_id, id) ON DELETE CASCADE
-        )
-        """,
-        "CREATE INDEX run_steps_by_run ON run_steps (thread_id, run_id, seq)",
-    ),
-)
-"""``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``."""
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_JSON_COLUMNS = frozenset({"metadata", "last_error", "body"})
-# Columns follow the dataclasses' fields: a new field without a migration fails loudly.
-_THREAD_COLUMNS = tuple(f.name for f in dataclasses.fields(Thread))
-_MESSAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(Message))
-_RUN_COLUMNS = tuple(f.name for f in dataclasses.fields(Run))
-_STEP_COLUMNS = tuple(f.name for f in dataclasses.fields(RunStep))
-
-
-def _encode(obj: Thread | Message | Run | RunStep, columns: Sequence[str]) -> tuple[Any, ...]:
-    """The row's values: a snapshot of ``obj``, JSON columns as text."""
-    values: list[Any] = []
-    for name in columns:
-        value = getattr(obj, name)
-        if name in _JSON_COLUMNS and value is not None:
-            value = json.dumps(value, ensure_ascii=False)
-        values.append(value)
-    return tuple(values)
-
-
-def _decode(row: sqlite3.Row, columns: Sequence[str]) -> dict[str, Any]:
-    return {
-        name: json.loads(row[name])
-        if name in _JSON_COLUMNS and row[name] is not None
-        else row[name]
-        for name in columns
-    }
-
-
-def _upsert_sql(table: str, columns: Sequence[str]) -> str:
-    """Insert, or replace every column of the row with the same (thread_id, id), keeping
-    its place in the list (its ``seq``), as MemoryStore's dictionaries do."""
-    names = ", ".join(columns)
-    marks = ", ".join("?" for _ in columns)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("id", "thread_id"))
-    return (
-        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT (thread_id, id) DO UPDATE SET {updates}"
-    )
-
-
-_INSERT_THREAD = (
-    f"INSERT INTO threads ({', '.join(_THREAD_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _THREAD_COLUMNS)})"
-)
-_UPSERT_MESSAGE = _upsert_sql("messages", _MESSAGE_COLUMNS)
-_UPSERT_RUN = _upsert_sql("runs", _RUN_COLUMNS)
-_UPSERT_STEP = _upsert_sql("run_steps", _STEP_COLUMNS)
-_UPDATE_MESSAGE = (
-    "UPDATE messages SET "
-    + ", ".join(f"{c} = ?" for c in _MESSAGE_COLUMNS if c not in ("id", "thread_id"))
-    + " WHERE thread_id = ? AND id = ?"
-)
-
-
-def _thread_not_found(thread_id: str) -> NotFound:
-    return NotFound(f"No thread found with id '{thread_id}'.", param="thread_id")
-
-
-def _require_thread(conn: sqlite3.Connection, thread_id: str) -> None:
-    if conn.execute("SELECT 1 FROM threads WHERE id = ?", (thread_id,)).fetchone() is None:
-        raise _thread_not_found(thread_id)
-
-
-def _require_run(conn: sqlite3.Connection, thread_id: str, run_id: str) -> None:
-    _require_thread(conn, thread_id)
-    row = conn.execute(
-        "SELECT 1 FROM runs WHERE thread_id = ? AND id = ?", (thread_id, run_id)
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, committed on success, rolled back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _page(
-    conn: sqlite3.Connection,
-    table: str,
-    columns: Sequence[str],
-    where: str,
-    params: tuple[Any, ...],
-    *,
-    order: Order,
-    limit: int,
-    after: str | None,
-    before: str | None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """:func:`~agent_runtime.store.memory.paginate`'s semantics, in SQL over ``seq``."""
-    ascending = order == "asc"
-    clauses = [where]
-    values = list(params)
-    for name, cursor, newer in (("after", after, ascending), ("before", before, not ascending)):
-        if cursor is None:
-            continue
-        row = conn.execute(
-            f"SELECT seq FROM {table} WHERE {where} AND id = ?", (*params, cursor)
-        ).fetchone()
-        if row is None:
-            raise InvalidRequest(f"no object with id {cursor!r} in this list", param=name)
-        clauses.append("seq > ?" if newer else "seq < ?")
-        values.append(row["seq"])
-    # One row more than the page tells whether there are more; a negative limit slices
-    # like Python's ``window[:limit]`` over the whole window.
-    values.append(limit + 1 if limit >= 0 else -1)
-    rows = conn.execute(
-        f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(clauses)} "
-        f"ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
-        values,
-    ).fetchall()
-    return [_decode(row, columns) for row in rows[:limit]], len(rows) > limit
 
 
 class SQLiteStore:
@@ -330,7 +139,7 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; writes use _transaction().
+        # isolation_level=None: no implicit transactions; writes use transaction().
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
@@ -344,7 +153,7 @@ class SQLiteStore:
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        with _transaction(conn):
+        with transaction(conn):
             version: int = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise AgentRuntimeError(
@@ -373,32 +182,32 @@ class SQLiteStore:
     # -- threads ---------------------------------------------------------------------
 
     async def create_thread(self, thread: Thread) -> None:
-        values = _encode(thread, _THREAD_COLUMNS)
+        values = encode_row(thread, THREAD_COLUMNS)
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 # A thread created again starts empty, as in MemoryStore.
                 conn.execute("DELETE FROM threads WHERE id = ?", (thread.id,))
-                conn.execute(_INSERT_THREAD, values)
+                conn.execute(INSERT_THREAD, values)
 
         await self._run(job)
 
     async def get_thread(self, thread_id: str) -> Thread:
         def job(conn: sqlite3.Connection) -> Thread:
             row = conn.execute(
-                f"SELECT {', '.join(_THREAD_COLUMNS)} FROM threads WHERE id = ?", (thread_id,)
+                f"SELECT {', '.join(THREAD_COLUMNS)} FROM threads WHERE id = ?", (thread_id,)
             ).fetchone()
             if row is None:
-                raise _thread_not_found(thread_id)
-            return Thread(**_decode(row, _THREAD_COLUMNS))
+                raise thread_not_found(thread_id)
+            return Thread(**decode_row(row, THREAD_COLUMNS))
 
         return await self._run(job)
 
     async def delete_thread(self, thread_id: str) -> None:
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 if conn.execute("DELETE FROM threads WHERE id = ?", (thread_id,)).rowcount == 0:
-                    raise _thread_not_found(thread_id)
+                    raise thread_not_found(thread_id)
 
         await self._run(job)
 
@@ -411,7 +220,7 @@ class SQLiteStore:
 
     async def adopt_unowned_threads(self, owner: str) -> int:
         def job(conn: sqlite3.Connection) -> int:
-            with _transaction(conn):
+            with transaction(conn):
                 cursor = conn.execute("UPDATE threads SET owner = ? WHERE owner IS NULL", (owner,))
                 return int(cursor.rowcount)
 
@@ -420,40 +229,39 @@ class SQLiteStore:
     # -- messages --------------------------------------------------------------------
 
     async def add_message(self, message: Message) -> None:
-        values = _encode(message, _MESSAGE_COLUMNS)
+        values = encode_row(message, MESSAGE_COLUMNS)
         thread_id = message.thread_id
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _require_thread(conn, thread_id)
-                conn.execute(_UPSERT_MESSAGE, values)
+            with transaction(conn):
+                require_thread(conn, thread_id)
+                conn.execute(UPSERT_MESSAGE, values)
 
         await self._run(job)
 
     async def update_message(self, message: Message) -> None:
-        encoded = dict(zip(_MESSAGE_COLUMNS, _encode(message, _MESSAGE_COLUMNS), strict=True))
+        encoded = dict(zip(MESSAGE_COLUMNS, encode_row(message, MESSAGE_COLUMNS), strict=True))
         thread_id, message_id = message.thread_id, message.id
         values = [v for c, v in encoded.items() if c not in ("id", "thread_id")]
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _require_thread(conn, thread_id)
-                if conn.execute(_UPDATE_MESSAGE, (*values, thread_id, message_id)).rowcount == 0:
+            with transaction(conn):
+                require_thread(conn, thread_id)
+                if conn.execute(UPDATE_MESSAGE, (*values, thread_id, message_id)).rowcount == 0:
                     raise NotFound(f"No message found with id '{message_id}'.", param="message_id")
 
         await self._run(job)
 
     async def get_message(self, thread_id: str, message_id: str) -> Message:
         def job(conn: sqlite3.Connection) -> Message:
-            _require_thread(conn, thread_id)
+            require_thread(conn, thread_id)
             row = conn.execute(
-                f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messages "
-                "WHERE thread_id = ? AND id = ?",
+                f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE thread_id = ? AND id = ?",
                 (thread_id, message_id),
             ).fetchone()
             if row is None:
                 raise NotFound(f"No message found with id '{message_id}'.", param="message_id")
-            return Message(**_decode(row, _MESSAGE_COLUMNS))
+            return Message(**decode_row(row, MESSAGE_COLUMNS))
 
         return await self._run(job)
 
@@ -473,11 +281,11 @@ class SQLiteStore:
             where, params = "thread_id = ? AND run_id = ?", (thread_id, run_id)
 
         def job(conn: sqlite3.Connection) -> Page[Message]:
-            _require_thread(conn, thread_id)
-            rows, has_more = _page(
+            require_thread(conn, thread_id)
+            rows, has_more = select_page(
                 conn,
                 "messages",
-                _MESSAGE_COLUMNS,
+                MESSAGE_COLUMNS,
                 where,
                 params,
                 order=order,
@@ -492,13 +300,13 @@ class SQLiteStore:
     # -- runs ------------------------------------------------------------------------
 
     async def _upsert_run(self, run: Run) -> None:
-        values = _encode(run, _RUN_COLUMNS)
+        values = encode_row(run, RUN_COLUMNS)
         thread_id = run.thread_id
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _require_thread(conn, thread_id)
-                conn.execute(_UPSERT_RUN, values)
+            with transaction(conn):
+                require_thread(conn, thread_id)
+                conn.execute(UPSERT_RUN, values)
 
         await self._run(job)
 
@@ -511,14 +319,14 @@ class SQLiteStore:
 
     async def get_run(self, thread_id: str, run_id: str) -> Run:
         def job(conn: sqlite3.Connection) -> Run:
-            _require_thread(conn, thread_id)
+            require_thread(conn, thread_id)
             row = conn.execute(
-                f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE thread_id = ? AND id = ?",
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE thread_id = ? AND id = ?",
                 (thread_id, run_id),
             ).fetchone()
             if row is None:
                 raise NotFound(f"No run found with id '{run_id}'.", param="run_id")
-            return Run(**_decode(row, _RUN_COLUMNS))
+            return Run(**decode_row(row, RUN_COLUMNS))
 
         return await self._run(job)
 
@@ -532,11 +340,11 @@ class SQLiteStore:
         before: str | None = None,
     ) -> Page[Run]:
         def job(conn: sqlite3.Connection) -> Page[Run]:
-            _require_thread(conn, thread_id)
-            rows, has_more = _page(
+            require_thread(conn, thread_id)
+            rows, has_more = select_page(
                 conn,
                 "runs",
-                _RUN_COLUMNS,
+                RUN_COLUMNS,
                 "thread_id = ?",
                 (thread_id,),
                 order=order,
@@ -552,8 +360,8 @@ class SQLiteStore:
         data = json.dumps(log, ensure_ascii=False, separators=(",", ":"))
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _require_thread(conn, thread_id)
+            with transaction(conn):
+                require_thread(conn, thread_id)
                 conn.execute(
                     "INSERT INTO run_logs (thread_id, run_id, data) VALUES (?, ?, ?) "
                     "ON CONFLICT (thread_id, run_id) DO UPDATE SET data = excluded.data",
@@ -564,7 +372,7 @@ class SQLiteStore:
 
     async def get_run_log(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
         def job(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            _require_thread(conn, thread_id)
+            require_thread(conn, thread_id)
             row = conn.execute(
                 "SELECT data FROM run_logs WHERE thread_id = ? AND run_id = ?",
                 (thread_id, run_id),
@@ -584,44 +392,44 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> list[Run]:
             stamp = now()
-            with _transaction(conn):
+            with transaction(conn):
                 rows = conn.execute(
                     "UPDATE runs SET status = 'failed', failed_at = ?, last_error = ? "
                     f"WHERE status IN ({', '.join('?' for _ in live)}) "
-                    f"RETURNING seq, {', '.join(_RUN_COLUMNS)}",
+                    f"RETURNING seq, {', '.join(RUN_COLUMNS)}",
                     (stamp, error, *live),
                 ).fetchall()
                 for row in rows:
                     _fail_open_steps(conn, row["thread_id"], row["id"], stamp, failure)
             rows.sort(key=lambda row: int(row["seq"]))
-            return [Run(**_decode(row, _RUN_COLUMNS)) for row in rows]
+            return [Run(**decode_row(row, RUN_COLUMNS)) for row in rows]
 
         return await self._run(job)
 
     # -- run steps -------------------------------------------------------------------
 
     async def put_step(self, step: RunStep) -> None:
-        values = _encode(step, _STEP_COLUMNS)
+        values = encode_row(step, STEP_COLUMNS)
         thread_id, run_id = step.thread_id, step.run_id
 
         def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _require_run(conn, thread_id, run_id)
-                conn.execute(_UPSERT_STEP, values)
+            with transaction(conn):
+                require_run(conn, thread_id, run_id)
+                conn.execute(UPSERT_STEP, values)
 
         await self._run(job)
 
     async def get_step(self, thread_id: str, run_id: str, step_id: str) -> RunStep:
         def job(conn: sqlite3.Connection) -> RunStep:
-            _require_run(conn, thread_id, run_id)
+            require_run(conn, thread_id, run_id)
             row = conn.execute(
-                f"SELECT {', '.join(_STEP_COLUMNS)} FROM run_steps "
+                f"SELECT {', '.join(STEP_COLUMNS)} FROM run_steps "
                 "WHERE thread_id = ? AND run_id = ? AND id = ?",
                 (thread_id, run_id, step_id),
             ).fetchone()
             if row is None:
                 raise NotFound(f"No step found with id '{step_id}'.", param="step_id")
-            return RunStep(**_decode(row, _STEP_COLUMNS))
+            return RunStep(**decode_row(row, STEP_COLUMNS))
 
         return await self._run(job)
 
@@ -636,11 +444,11 @@ class SQLiteStore:
         before: str | None = None,
     ) -> Page[RunStep]:
         def job(conn: sqlite3.Connection) -> Page[RunStep]:
-            _require_run(conn, thread_id, run_id)
-            rows, has_more = _page(
+            require_run(conn, thread_id, run_id)
+            rows, has_more = select_page(
                 conn,
                 "run_steps",
-                _STEP_COLUMNS,
+                STEP_COLUMNS,
                 "thread_id = ? AND run_id = ?",
                 (thread_id, run_id),
                 order=order,

@@ -27,10 +27,12 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
+from agent_runtime import protocol
 from agent_runtime.agents import bundled_examples_dir
 from agent_runtime.api.keys import HUB
 from agent_runtime.config import HubConfig
 from agent_runtime.hub import Hub
+from agent_runtime.protocol import TERMINAL_RUN_EVENTS
 from agent_runtime.server import Server
 from broker.redis_streams import RedisRegistry
 
@@ -51,17 +53,8 @@ SOCRATES = {"role": "system", "content": "respond as though you were Socrates"}
 PLATO = {"role": "system", "content": "Now, respond as though you were Plato"}
 
 RUN_START = ("thread.run.created", "thread.run.queued", "thread.run.in_progress")
-TERMINAL_EVENTS = frozenset(
-    {
-        "thread.run.completed",
-        "thread.run.failed",
-        "thread.run.cancelled",
-        "thread.run.expired",
-        "thread.run.incomplete",
-        "thread.run.requires_action",
-    }
-)
-GAP = "thread.stream.gap"
+TERMINAL_EVENTS = TERMINAL_RUN_EVENTS
+GAP = protocol.GAP
 
 
 def within(units: float = 5) -> asyncio.Timeout:

@@ -5,7 +5,7 @@ rules, keepalive comments and every raw field kept, so tests can check exactly w
 over the wire).
 
 :func:`decode` turns frames into protocol events (:class:`Ev`) in either framing of
-``shared/spec/protocol.md``: the default one (no ``event:`` line, ``data:`` holding
+``docs/protocol.md``: the default one (no ``event:`` line, ``data:`` holding
 ``{"event", "data"}``) or OpenAI's (``event: <name>``, ``data: <bare object>``, ending
 ``event: done`` / ``data: [DONE]``).
 """

@@ -185,7 +185,7 @@ def test_sse_frames_are_split_whatever_their_layout() -> None:
 
 async def test_a_subscriber_parses_a_chunked_stream_split_anywhere() -> None:
     from agent_runtime.bench.sse_client import Endpoint, RunState, Subscriber, Tally, _Conn
-    from agent_runtime.run_log import delta_payload
+    from agent_runtime.protocol import delta_payload
     from broker import Event, Framing
     from broker.sse import chunked_wire
 

@@ -388,7 +388,7 @@ async def run(env):
 async def test_agent_raising_an_exception_that_cannot_be_printed_still_fails_the_run(
     tmp_path: Path, agent: str
 ) -> None:
-    """Runtime bug: ``RunContext.execute`` (agent_runtime/runs.py) describes the agent's
+    """Runtime bug: ``RunContext.execute`` (agent_runtime/runs/lifecycle.py) describes the agent's
     exception with ``_describe(exc)``, i.e. ``str(exc)``, inside its ``except`` clause; when
     ``__str__`` itself raises, that error escapes ``execute`` before ``_finish`` runs: no
     terminal event is published, the stream never ends (subscribers wait forever), and
@@ -460,7 +460,7 @@ async def test_agent_exiting_fails_its_run_and_the_hub_lives_on(tmp_path: Path, 
     """An agent is code from elsewhere: ``sys.exit(3)`` at the end of an agent script, or
     a ``KeyboardInterrupt``, must end that run, not the hub.
 
-    Runtime bug: ``RunContext.execute`` (agent_runtime/runs.py) catches ``Exception``, and
+    Runtime bug: ``RunContext.execute`` (agent_runtime/runs/lifecycle.py) catches ``Exception``, and
     SystemExit/KeyboardInterrupt are not Exceptions: from a sync agent's thread
     ``_in_daemon_thread`` hands the BaseException to the loop (``done.set_exception``),
     an async agent raises it in the run's task; either way asyncio re-raises it out of the

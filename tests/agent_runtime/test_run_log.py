@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent_runtime.run_log import RunLog, delta_payload, delta_text, replay_compacted
+from agent_runtime.protocol import delta_payload, delta_text
+from agent_runtime.run_log import RunLog, replay_compacted
 
 from .conftest import ClientState
 from .sse import Ev, Frame
