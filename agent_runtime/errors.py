@@ -60,6 +60,27 @@ class ServiceUnavailable(AgentRuntimeError):
     type = "server_error"
 
 
+class DataDirError(AgentRuntimeError):
+    """The data directory (``--data-dir``) or its database cannot be used: not a
+    directory, not writable, not a database… Raised when the store opens, at start-up."""
+
+
+class DataDirInUse(DataDirError):
+    """Another process (or another hub of this one) holds the data directory's lock.
+
+    ``path`` is the directory, ``pid`` the holder's process id (``None`` if unknown).
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"data directory {path} is in use by another agentstream process ({holder}); "
+            "only one process may use a data directory at a time"
+        )
+        self.path = path
+        self.pid = pid
+
+
 class AgentLoadError(AgentRuntimeError):
     """An agent folder is missing a file or has an invalid ``metadata.json``.
 

@@ -94,7 +94,11 @@ class Hub:
 
     async def start(self) -> None:
         """Make the hub ready: open the store and fail the runs that were live when a
-        previous process holding this store died. Idempotent."""
+        previous process holding this store died. Idempotent.
+
+        A SQLite store that cannot be opened (its data directory locked by another hub,
+        or unusable) raises :class:`~agent_runtime.errors.DataDirError` and is closed.
+        """
         if self._started:
             return
         self._started = True
@@ -107,9 +111,16 @@ class Hub:
                 raise ServiceUnavailable(str(exc)) from exc
             await self.cluster.start()
             return
-        interrupted = await self.store.mark_interrupted_runs(
-            "the hub stopped while this run was live (it was not resumed on restart)"
-        )
+        try:
+            # The store's first operation opens it: a SQLite store takes its data
+            # directory's lock before touching the database (DataDirInUse if another
+            # process holds it, DataDirError if the directory is unusable).
+            interrupted = await self.store.mark_interrupted_runs(
+                "the hub stopped while this run was live (it was not resumed on restart)"
+            )
+        except BaseException:
+            await self.store.close()
+            raise
         for run in interrupted:
             logger.warning(
                 "run %s on thread %s was live at the last stop: marked failed",

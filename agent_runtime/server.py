@@ -15,6 +15,7 @@ from .api.app import create_app
 from .config import HubConfig
 from .hub import Hub
 from .models.base import ModelProvider
+from .store import SQLiteStore, Store
 
 __all__ = ["Server", "serve"]
 
@@ -29,10 +30,16 @@ class Server:
     """
 
     def __init__(
-        self, config: HubConfig, *, providers: Mapping[str, ModelProvider] | None = None
+        self,
+        config: HubConfig,
+        *,
+        providers: Mapping[str, ModelProvider] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.providers = dict(providers or {})
+        self.store = store
+        """An opened store for the hub (closed with it), instead of the config's."""
         self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
         self.port: int = config.port
@@ -42,7 +49,11 @@ class Server:
         return f"http://{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        hub = Hub(self.config, providers=self.providers) if self.providers else None
+        hub = (
+            Hub(self.config, providers=self.providers, store=self.store)
+            if self.providers or self.store is not None
+            else None
+        )
         self.app = create_app(self.config, hub=hub)
         self.runner = web.AppRunner(
             self.app,
@@ -76,9 +87,22 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     """Serve until SIGINT/SIGTERM (or cancellation), then shut down gracefully: stop
     accepting connections, let live runs finish within ``config.shutdown_grace``, end the
     rest with their terminal events, let subscribers read to the end, close the store.
-    A second signal during that exits at once."""
-    server = Server(config)
-    await server.start()
+    A second signal during that exits at once.
+
+    A SQLite store is opened first, before anything else is loaded or logged: a data
+    directory locked by another process or unusable raises
+    :class:`~agent_runtime.errors.DataDirError` at once (``agentstream serve`` prints it
+    as one line and exits 2)."""
+    store: Store | None = None
+    if config.store == "sqlite" and config.redis_url is None:
+        store = await SQLiteStore.open(config.database_path)
+    server = Server(config, store=store)
+    try:
+        await server.start()
+    except BaseException:
+        if store is not None:
+            await store.close()
+        raise
     logger.info("agentstream listening on %s", server.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
