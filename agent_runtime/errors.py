@@ -81,6 +81,27 @@ class StorageUnavailable(ServiceUnavailable):
         super().__init__(message, param=param, code=code or "storage_unavailable")
 
 
+class DataDirError(StorageUnavailable):
+    """The data directory (``--data-dir``) or its database cannot be used: not a
+    directory, not writable, not a database… Raised when the store opens, at start-up."""
+
+
+class DataDirInUse(DataDirError):
+    """Another process (or another hub of this one) holds the data directory's lock.
+
+    ``path`` is the directory, ``pid`` the holder's process id (``None`` if unknown).
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"data directory {path} is in use by another agentstream process ({holder}); "
+            "only one process may use a data directory at a time"
+        )
+        self.path = path
+        self.pid = pid
+
+
 class AgentLoadError(AgentRuntimeError):
     """An agent folder is missing a file or has an invalid ``metadata.json``.
 

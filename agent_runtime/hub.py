@@ -97,12 +97,16 @@ class Hub:
     async def start(self) -> None:
         """Make the hub ready: open the store, handle threads without an owner when API
         keys are on (see :meth:`_check_ownerless_threads`) and fail the runs that were live
-        when a previous process holding this store died. Idempotent."""
+        when a previous process holding this store died. Idempotent.
+
+        A SQLite store that cannot be opened (its data directory locked by another hub,
+        or unusable) raises :class:`~agent_runtime.errors.DataDirError` and is closed.
+        """
         if self._started:
             return
         self._started = True
-        await self._check_ownerless_threads()
         if self.cluster is not None:
+            await self._check_ownerless_threads()
             # Several nodes: runs of a node that died are failed by the survivors once
             # its lease expires (see .cluster), never by a node that starts.
             try:
@@ -111,9 +115,17 @@ class Hub:
                 raise ServiceUnavailable(str(exc)) from exc
             await self.cluster.start(self.runs)
             return
-        interrupted = await self.store.mark_interrupted_runs(
-            "the hub stopped while this run was live (it was not resumed on restart)"
-        )
+        try:
+            # The store's first operation opens it: a SQLite store takes its data
+            # directory's lock before touching the database (DataDirInUse if another
+            # process holds it, DataDirError if the directory is unusable).
+            interrupted = await self.store.mark_interrupted_runs(
+                "the hub stopped while this run was live (it was not resumed on restart)"
+            )
+            await self._check_ownerless_threads()
+        except BaseException:
+            await self.store.close()
+            raise
         await end_interrupted(self.store, interrupted)
 
     async def _check_ownerless_threads(self) -> None:

@@ -21,6 +21,7 @@ from .connections import (
 )
 from .hub import Hub
 from .models.base import ModelProvider
+from .store import SQLiteStore, Store
 
 __all__ = ["Server", "serve"]
 
@@ -35,10 +36,16 @@ class Server:
     """
 
     def __init__(
-        self, config: HubConfig, *, providers: Mapping[str, ModelProvider] | None = None
+        self,
+        config: HubConfig,
+        *,
+        providers: Mapping[str, ModelProvider] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.providers = dict(providers or {})
+        self.store = store
+        """An opened store for the hub (closed with it), instead of the config's."""
         self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
         self.connections: ConnectionGuard | None = None
@@ -54,7 +61,11 @@ class Server:
         connection cap) and a :class:`Listener` (accept errors paced and counted); see
         :mod:`agent_runtime.connections`."""
         config = self.config
-        hub = Hub(config, providers=self.providers) if self.providers else None
+        hub = (
+            Hub(config, providers=self.providers, store=self.store)
+            if self.providers or self.store is not None
+            else None
+        )
         self.app = create_app(config, hub=hub)
         limit = open_files_limit()
         max_connections = config.max_connections
@@ -116,9 +127,22 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     """Serve until SIGINT/SIGTERM (or cancellation), then shut down gracefully: stop
     accepting connections, let live runs finish within ``config.shutdown_grace``, end the
     rest with their terminal events, let subscribers read to the end, close the store.
-    A second signal during that exits at once."""
-    server = Server(config)
-    await server.start()
+    A second signal during that exits at once.
+
+    A SQLite store is opened first, before anything else is loaded or logged: a data
+    directory locked by another process or unusable raises
+    :class:`~agent_runtime.errors.DataDirError` at once (``agentstream serve`` prints it
+    as one line and exits 2)."""
+    store: Store | None = None
+    if config.store == "sqlite" and config.redis_url is None:
+        store = await SQLiteStore.open(config.database_path)
+    server = Server(config, store=store)
+    try:
+        await server.start()
+    except BaseException:
+        if store is not None:
+            await store.close()
+        raise
     logger.info("agentstream listening on %s", server.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,9 @@ Lifecycle of one subscription
    seconds, then resumes it (it catches up from its cursor) or aborts the connection.
    The kernel is also asked to drop the connection when sent data stays unacknowledged
    that long (``TCP_USER_TIMEOUT``), which catches a hung peer on a quiet stream.
+   Every subscriber dropped for making no progress (by that timeout, by the kernel's, or
+   a finished one not taking its end) is counted in ``Counters.stalled_disconnects`` and
+   logged (INFO) with how far behind it was.
 4. After the stream's terminal event the response ends (``event: done`` first in the
    OpenAI framing). A stream dropped under a subscriber closes the connection without
    ending the body, so the client knows to resume.
@@ -43,7 +46,7 @@ from .cursor import parse_cursor
 from .errors import BackendUnavailable, BrokerError, InvalidCursor, LimitExceeded, StreamNotFound
 from .events import RETRY_LINE, Framing
 from .registry import Registry
-from .stream import Stream, SubState
+from .stream import Stream, Subscription, SubState
 from .types import Wire, plain_wire
 
 __all__ = [
@@ -123,6 +126,54 @@ class _TransportSink:
         return self._transport.is_closing()
 
 
+class _LossWatch(asyncio.Protocol):
+    """Stands between a transport and its protocol (aiohttp's) while a subscription lasts,
+    forwarding every call, to learn why the connection was lost: ``TimeoutError``
+    (``ETIMEDOUT``) when the kernel dropped a peer that stopped taking data.
+
+    aiohttp cancels the handler on a lost connection without saying why; this is how a
+    slow subscriber cut off by the kernel is told from a client that left.
+    """
+
+    __slots__ = ("transport", "inner", "lost_with")
+
+    def __init__(self, transport: asyncio.BaseTransport, inner: asyncio.BaseProtocol) -> None:
+        self.transport = transport
+        self.inner = inner
+        self.lost_with: BaseException | None = None
+
+    @classmethod
+    def install(cls, transport: asyncio.BaseTransport) -> _LossWatch | None:
+        inner = transport.get_protocol()
+        if not isinstance(inner, asyncio.Protocol) or isinstance(inner, asyncio.BufferedProtocol):
+            return None  # not a protocol this can stand in for: go without
+        watch = cls(transport, inner)
+        transport.set_protocol(watch)
+        return watch
+
+    def restore(self) -> None:
+        """Give the transport its protocol back (the connection may serve more requests)."""
+        if self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.inner)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()  # type: ignore[attr-defined]
+        return result
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_with = exc
+        self.inner.connection_lost(exc)
+
+
 async def serve_stream(
     request: web.Request,
     stream: Stream,
@@ -167,10 +218,12 @@ async def serve_stream(
         sink = _TransportSink(transport, wire, config.high_water)
         preamble = b"" if config.retry_ms is None else RETRY_LINE % config.retry_ms
         sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot, preamble=preamble)
+        watch = _LossWatch.install(transport)
     finally:
         if release is not None:
             release()
 
+    stalled: str | None = None
     try:
         while True:
             state = await sub.wait()
@@ -180,19 +233,23 @@ async def serve_stream(
                 async with asyncio.timeout(config.stall_timeout):
                     await writer.drain()
             except TimeoutError:
-                logger.info(
-                    "stream %r: subscriber stalled for %.0fs at event %d; disconnecting",
-                    stream.key,
-                    config.stall_timeout,
-                    sub.cursor,
-                )
-                stream.counters.stalled_disconnects += 1
-                transport.abort()
+                stalled = f"stalled for {config.stall_timeout:g}s"
                 break
             except ConnectionError:
                 break
             stream.resume(sub)
     finally:
+        if watch is not None:
+            watch.restore()
+        if stalled is None and watch is not None and isinstance(watch.lost_with, TimeoutError):
+            # The kernel gave up on the peer (TCP_USER_TIMEOUT: sent data stayed
+            # unacknowledged, usually behind a full receive window). It often fires before
+            # the timer above: the peer's window closes long before the transport's buffer
+            # reaches high_water.
+            stalled = f"unacknowledged for {config.stall_timeout:g}s"
+        if stalled is not None:
+            _dropped_slow(stream, sub, transport, stalled)
+            transport.abort()
         stream.unsubscribe(sub)
 
     if sub.state is SubState.DONE and not transport.is_closing():
@@ -200,12 +257,29 @@ async def serve_stream(
             async with asyncio.timeout(config.stall_timeout):
                 await response.write_eof()
         except TimeoutError:
+            # It was sent the whole stream but did not take it.
+            _dropped_slow(stream, sub, transport, f"stalled for {config.stall_timeout:g}s")
             transport.abort()
     else:
         # Ended early: leave the body unterminated so the client knows to resume.
         response.force_close()
         transport.close()
     return response
+
+
+def _dropped_slow(
+    stream: Stream, sub: Subscription, transport: asyncio.Transport, why: str
+) -> None:
+    """Count (``Counters.stalled_disconnects``) and log one slow subscriber dropped."""
+    stream.counters.stalled_disconnects += 1
+    logger.info(
+        "stream %r: slow subscriber dropped (%s) at event %d, %d events and %d bytes behind",
+        stream.key,
+        why,
+        sub.cursor,
+        max(0, stream.head - sub.cursor),
+        transport.get_write_buffer_size(),
+    )
 
 
 def broker_error_response(exc: BrokerError) -> web.Response:

@@ -7,7 +7,8 @@ is synchronous and never awaits a subscriber: it appends the event to the replay
 and, if none is pending, schedules one flush with ``loop.call_soon``. The flush runs on
 the next loop turn and writes every pending frame of every subscriber in one write each.
 A burst of publishes is therefore batched, and a lone event goes out on the next turn
-without any added delay.
+without any added delay. A burst that would overflow the replay buffer before that turn
+is flushed first, so a subscriber that keeps up never falls out of the buffer.
 
 Subscriptions are cursors into the shared buffer, not queues. Subscribers at the same
 cursor with the same framing share the bytes of a batch, encoded once.
@@ -165,6 +166,9 @@ class Stream:
         self._tally = subscriber_tally
         self._subs: dict[Subscription, None] = {}
         self._flush_handle: asyncio.Handle | None = None
+        self._pending_events = 0
+        self._pending_bytes = 0
+        """Events (and their bytes) appended since the scheduled flush was scheduled."""
         self._loop = asyncio.get_running_loop()
         self.closed = False
         self.closed_at: float | None = None
@@ -202,12 +206,27 @@ class Stream:
         self._append(event)
 
     def _append(self, event: Event) -> None:
-        self.buffer.append(event)
+        buffer = self.buffer
+        if self._flush_handle is not None and (
+            self._pending_events >= buffer.max_events
+            or self._pending_bytes + event.size > buffer.max_bytes
+        ):
+            # This append would evict events not yet written to the live subscribers (a
+            # burst larger than the buffer within one loop turn, e.g. a batch read from
+            # another node): write them now, so that only a subscriber that is really
+            # behind (paused) ever gets a gap.
+            self._flush_handle.cancel()
+            self._flush()
+        buffer.append(event)
         budget = self._budget
         if budget is not None and budget.over and self._on_over_budget is not None:
             self._on_over_budget(self)
-        if self._subs and self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if self._subs:
+            if self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush)
+                self._pending_events = self._pending_bytes = 0
+            self._pending_events += 1
+            self._pending_bytes += event.size
         if self._followers:
             self._wake_followers()
 

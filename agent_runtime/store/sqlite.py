@@ -12,6 +12,12 @@ Threading model
     cannot land after its final status. A caller cancelled while waiting does not cancel
     its operation: the operation is applied anyway, as MemoryStore would have applied it.
 
+One process per directory
+    Opening the database first takes the exclusive lock of its directory (see
+    :mod:`.lock`), held until :meth:`SQLiteStore.close`: a second store on the same
+    directory, in this process or another, fails to open with ``DataDirInUse`` naming the
+    holder's pid. An unusable directory or database fails with ``DataDirError``.
+
 Durability
     Every write is committed (one transaction per operation) before its coroutine
     returns. The database runs in WAL mode with ``synchronous=NORMAL``: a committed write
@@ -41,9 +47,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import AgentRuntimeError, NotFound, StorageUnavailable
+from ..errors import AgentRuntimeError, DataDirError, NotFound, StorageUnavailable
 from ..objects import LIVE_STATUSES, Message, Run, RunStep, Thread, now
 from .base import Order, Page, Store
+from .lock import DirectoryLock
 from .sqlite_schema import (
     INSERT_THREAD,
     MESSAGE_COLUMNS,
@@ -70,6 +77,12 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 T = TypeVar("T")
 
 
+def _unusable(directory: Path, exc: OSError | sqlite3.Error) -> DataDirError:
+    """``exc`` (from creating, locking or opening the database) as one line."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return DataDirError(f"cannot use data directory {directory}: {reason}")
+
+
 class SQLiteStore:
     """The thread/message/run store in the SQLite database at ``path``.
 
@@ -86,6 +99,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         """Only ever touched on the worker thread."""
         self._closing: concurrent.futures.Future[None] | None = None
+        self._lock = DirectoryLock(self.path.parent)
+        """Held from opening to closing: one process per directory (worker thread only)."""
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
@@ -138,17 +153,35 @@ class SQLiteStore:
         return StorageUnavailable(f"{cause} ({text})")
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; writes use transaction().
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        """Create the directory, take its lock, open and migrate the database.
+
+        An unusable directory or database raises :class:`DataDirError` (one line naming
+        the directory and the reason), a locked one :class:`DataDirInUse`; the lock is
+        not kept when opening fails.
+        """
+        directory = self.path.parent
         try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except FileExistsError:
+            raise DataDirError(f"cannot use data directory {directory}: not a directory") from None
+        except OSError as exc:
+            raise _unusable(directory, exc) from None
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: no implicit transactions; writes use transaction().
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
-        except BaseException:
-            conn.close()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            self._lock.release()
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise _unusable(directory, exc) from None
             raise
         return conn
 
@@ -169,6 +202,7 @@ class SQLiteStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._lock.release()
 
     async def close(self) -> None:
         """Wait for every queued operation, then close the database and the worker thread.

@@ -1302,6 +1302,6 @@ async def test_sqlite_failures_are_storage_unavailable_naming_the_cause(tmp_path
         with pytest.raises(StorageUnavailable) as error:
             await store.get_thread("thread_x")
         assert error.value.status == 503 and error.value.code == "storage_unavailable"
-        assert f"the database in {blocker / 'data'} cannot be opened" in error.value.message
+        assert f"cannot use data directory {blocker / 'data'}" in error.value.message
     finally:
         await store.close()

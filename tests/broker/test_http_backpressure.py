@@ -176,6 +176,7 @@ async def test_a_subscriber_stalled_past_stall_timeout_is_disconnected(
         check_sequence(records_of(healthy.body), published=published, start=0).cursor == stream.head
     )
     assert registry.subscriber_count == 0
+    assert registry.counters.stalled_disconnects == 1  # the stalled one, not the healthy one
 
 
 async def test_a_stalled_client_leaving_releases_its_subscription(
@@ -189,6 +190,7 @@ async def test_a_stalled_client_leaving_releases_its_subscription(
     await stall(registry, stream, published)
     await slow.aclose()
     await eventually(lambda: registry.subscriber_count == 0, what="paused subscriber released")
+    assert registry.counters.stalled_disconnects == 0  # it left: nobody dropped it
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="relies on TCP_USER_TIMEOUT")

@@ -333,6 +333,34 @@ async def test_resume_after_falling_behind_gets_gap_then_snapshot() -> None:
     assert result.gaps == [(1, 11)] and result.cursor == 12
 
 
+async def test_a_burst_larger_than_the_buffer_in_one_turn_reaches_live_subscribers_whole() -> None:
+    """A burst of publishes (or a batch appended from another node) bigger than the replay
+    buffer, within one loop turn: subscribers that keep up get every event, no gap (the
+    stream flushes before it would evict what they have not been written yet). Only a
+    paused subscriber falls out of the buffer."""
+    stream = Stream("k", snapshot=snap, max_events=5)
+    live, stalled = CollectingSink(), CollectingSink()
+    stalled.stalled = True
+    live_sub = stream.subscribe(live)
+    stalled_sub = stream.subscribe(stalled)
+    published = publish_n(stream, 1)
+    await turn()
+    assert stalled_sub.state is SubState.PAUSED
+    published += publish_n(stream, 17)
+    for event_id in range(19, 31):  # as a mirror appends what it read from another node
+        payload = {"i": event_id, "pad": ""}
+        stream.append(Event.create(event_id, "e", payload))
+        published.append(("e", payload))
+    await turn()
+    result = check_sequence(records_of(live.data), published=published, start=0)
+    assert result.gaps == [] and result.cursor == 30 == live_sub.cursor
+    assert live.violations == [] and stalled.violations == []
+    stalled.unblock()
+    stream.resume(stalled_sub)
+    behind = check_sequence(records_of(stalled.data), published=published, start=0, snapshot=snap)
+    assert behind.gaps == [(0, 31)]
+
+
 async def test_gap_without_snapshot_says_what_is_missing_and_goes_on() -> None:
     stream = Stream("k", max_events=3)
     published = publish_n(stream, 10)
