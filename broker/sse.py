@@ -253,13 +253,25 @@ async def serve_stream(
         stream.unsubscribe(sub)
 
     if sub.state is SubState.DONE and not transport.is_closing():
+        # It was sent the whole stream: it may still not take it (the timer below), or the
+        # kernel may cut it off meanwhile (seen by the watch; aiohttp then cancels us).
+        watch = _LossWatch.install(transport)
+        dropped = False
         try:
             async with asyncio.timeout(config.stall_timeout):
                 await response.write_eof()
         except TimeoutError:
-            # It was sent the whole stream but did not take it.
+            dropped = True
             _dropped_slow(stream, sub, transport, f"stalled for {config.stall_timeout:g}s")
             transport.abort()
+        except ConnectionError:
+            pass
+        finally:
+            if watch is not None:
+                watch.restore()
+                if not dropped and isinstance(watch.lost_with, TimeoutError):
+                    why = f"unacknowledged for {config.stall_timeout:g}s"
+                    _dropped_slow(stream, sub, transport, why)
     else:
         # Ended early: leave the body unterminated so the client knows to resume.
         response.force_close()

@@ -12,22 +12,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 
-from .conftest import UNIT, StartHub, eventually
+from .conftest import UNIT, StartHub, eventually, write_agent
 
-FIREHOSE = "simulated:tokens=100000,rate=0"
-"""Publishes as fast as it can for longer than the test lasts."""
+FIREHOSE = """
+import asyncio
+
+async def run(env):
+    line = "x" * 1000
+    while True:  # publishes as fast as it can until the run is ended
+        await env.astream_text(line)
+        await asyncio.sleep(0)
+"""
+"""An agent that never ends: whatever the kernel's buffers hold, the subscriber falls
+behind (a run that ended could be taken whole into the kernel's send buffer)."""
 
 
 async def test_a_dropped_slow_subscriber_is_counted_and_logged(
-    start_hub: StartHub, caplog: pytest.LogCaptureFixture
+    start_hub: StartHub, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.INFO, logger="broker.sse")
-    hub = await start_hub(model=FIREHOSE, stall_timeout=0.3 * UNIT, high_water=4096)
+    write_agent(tmp_path, "firehose", FIREHOSE)
+    hub = await start_hub(agents=(tmp_path,), stall_timeout=0.3 * UNIT, high_water=4096)
     registry = hub.hub.registry
-    thread_id, run_id = await hub.start()
+    thread_id, run_id = await hub.start("firehose")
 
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
