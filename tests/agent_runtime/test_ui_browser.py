@@ -47,8 +47,9 @@ pytestmark = [
 
 MODEL = "simulated:tokens=40,rate=40"
 """About a second per message: long enough to watch, short enough for the suite."""
-LONG_MODEL = f"simulated:tokens={max(120, int(120 * UNIT))},rate=40"
-"""Three seconds per message: still live after a browser's reconnection delay."""
+LONG_MODEL = f"simulated:tokens={max(240, int(240 * UNIT))},rate=40"
+"""Six seconds per message: still live after a browser's reconnection delay, and long
+enough for a browser on a busy machine to render the text growing several times."""
 QUESTION = "What is virtue?"
 RUN_ID = re.compile(r"^run_[0-9a-f]{24}$")
 
@@ -150,7 +151,10 @@ class Tab:
         return value
 
     async def wait_run_end(self, run_id: str, status: str = "completed") -> None:
-        await expect(self.page.locator("#run-status")).to_have_attribute("data-status", status)
+        # A run of LONG_MODEL lasts twelve seconds: its end may be that far off.
+        await expect(self.page.locator("#run-status")).to_have_attribute(
+            "data-status", status, timeout=ms(30)
+        )
         # Set once the stream is closed and the stored messages are shown.
         await expect(self.app).to_have_attribute("data-stream-done", run_id)
         await expect(self.page.locator(".msg[data-state=streaming]")).to_have_count(0)
@@ -271,7 +275,7 @@ async def test_streams_live_and_replaces_the_bubble_with_the_stored_message(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    hub = await start_ui_hub()
+    hub = await start_ui_hub(model=LONG_MODEL)  # it watches the text grow three times
     tab = await open_tab(f"{hub.url}/?agent=ui-chat")
     page = tab.page
 
@@ -342,7 +346,7 @@ async def test_streams_live_and_replaces_the_bubble_with_the_stored_message(
 async def test_hidden_streaming_text_still_counts_the_deltas(
     start_ui_hub: StartHub, open_tab: OpenTab, session: aiohttp.ClientSession
 ) -> None:
-    hub = await start_ui_hub()
+    hub = await start_ui_hub(model=LONG_MODEL)  # it watches the counter grow twice
     tab = await open_tab(f"{hub.url}/?agent=ui-quiet")
     page = tab.page
     await expect(page.locator("#welcome-title")).to_have_text("Thinking in private")
