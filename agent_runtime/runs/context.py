@@ -63,6 +63,9 @@ class RunContext:
         self.finishing = False
         """The run is writing its ending: it can no longer be cancelled or ended otherwise."""
         self.task: asyncio.Task[None] | None = None
+        self.started = False
+        """Its task has begun (a task cancelled before it begins would never run its
+        ending: :meth:`end` leaves such a task to find the ending when it begins)."""
         self.ending: tuple[RunStatus, str | None] | None = None
         """How the run was told to end (:meth:`end`), if it was."""
         self.outcome: tuple[RunStatus, str | None] | None = None
@@ -258,7 +261,7 @@ class RunContext:
             handler.interrupt()
         for future in list(self._thread_futures):
             future.cancel()
-        if self.task is not None:
+        if self.task is not None and self.started:
             self.task.cancel()
 
     def set_outcome(self, status: RunStatus, message: str | None = None) -> None:

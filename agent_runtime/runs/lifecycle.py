@@ -49,6 +49,10 @@ class NoSlot:
 async def execute(ctx: RunContext) -> None:
     """The run's task body: wait for a slot, run the agent, end the run."""
     bind_run(ctx.run.id, ctx.run.thread_id)  # this task's context: its logs carry them
+    ctx.started = True
+    if ctx.ending is not None:  # ended before its task began: end it now
+        await finish(ctx, *ctx.ending)
+        return
     status: RunStatus = "completed"
     error: str | None = None
     try:
