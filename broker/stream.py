@@ -36,14 +36,14 @@ from .errors import StreamClosed
 from .events import DONE_FRAME, PING_FRAME, Event, Framing
 from .types import Counters, Sink, SnapshotFn, StreamStats
 
-__all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "Tally"]
+__all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "SubscriberTotal"]
 
 logger = logging.getLogger(__name__)
 
 GAP_EVENT = "thread.stream.gap"
 
 
-class Tally:
+class SubscriberTotal:
     """A count shared by several streams (the registry's total of subscribers), with a
     way to wait until it falls to zero."""
 
@@ -144,7 +144,7 @@ class Stream:
         budget: ByteBudget | None = None,
         on_over_budget: Callable[[Stream], None] | None = None,
         on_close: Callable[[Stream], None] | None = None,
-        subscriber_tally: Tally | None = None,
+        subscriber_total: SubscriberTotal | None = None,
         resume_snapshot: SnapshotFn | None = None,
         counters: Counters | None = None,
         tap: Callable[[Event], None] | None = None,
@@ -163,7 +163,7 @@ class Stream:
         self.counters = counters or Counters()
         self._followers: list[asyncio.Future[None]] = []
         self._on_close = on_close
-        self._tally = subscriber_tally
+        self._total = subscriber_total
         self._subs: dict[Subscription, None] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._pending_events = 0
@@ -289,8 +289,8 @@ class Stream:
         self.buffer.check_cursor(start)
         sub = Subscription(self, sink, framing, start)
         self._subs[sub] = None
-        if self._tally is not None:
-            self._tally.add()
+        if self._total is not None:
+            self._total.add()
         prefix = preamble
         if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
             events = self._snapshot_events(self._resume_snapshot, start, [])
@@ -315,8 +315,8 @@ class Stream:
     def _remove(self, sub: Subscription, state: SubState) -> None:
         if sub in self._subs:
             del self._subs[sub]
-            if self._tally is not None:
-                self._tally.remove()
+            if self._total is not None:
+                self._total.remove()
         sub._set_state(state)
 
     def _snapshot_events(self, fn: SnapshotFn | None, at: int, lead: list[Event]) -> list[Event]:

@@ -17,7 +17,7 @@ import pytest
 from broker.buffer import ByteBudget
 from broker.errors import InvalidCursor, InvalidEvent, StreamClosed
 from broker.events import DONE_FRAME, Event, Framing
-from broker.stream import GAP_EVENT, Stream, SubState, Tally
+from broker.stream import GAP_EVENT, Stream, SubscriberTotal, SubState
 from broker.types import StreamStats
 
 from .helpers import CollectingSink, Rec, check_sequence, records_of, within
@@ -151,12 +151,12 @@ async def test_subscribing_while_a_flush_is_pending_gives_no_duplicates() -> Non
 
 async def test_close_delivers_the_rest_then_finishes_every_subscriber() -> None:
     closed: list[Stream] = []
-    tally = Tally()
-    stream = Stream("k", on_close=closed.append, subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", on_close=closed.append, subscriber_total=total)
     default, openai = CollectingSink(), CollectingSink()
     sub_d = stream.subscribe(default)
     sub_o = stream.subscribe(openai, None, OPENAI)
-    assert tally.n == 2
+    assert total.n == 2
     published = publish_n(stream, 3)
     stream.close()
     stream.close()  # idempotent
@@ -165,7 +165,7 @@ async def test_close_delivers_the_rest_then_finishes_every_subscriber() -> None:
     async with within():
         assert await sub_d.wait() is SubState.DONE
         assert await sub_o.wait() is SubState.DONE
-    assert stream.subscriber_count == 0 and tally.n == 0
+    assert stream.subscriber_count == 0 and total.n == 0
     recs = records_of(default.data)
     assert check_sequence(recs, published=published, start=0).cursor == 3
     assert not any(r.done for r in recs)
@@ -190,13 +190,13 @@ async def test_close_of_an_idle_stream_finishes_caught_up_subscribers() -> None:
 
 
 async def test_subscribing_to_a_closed_stream_is_done_at_once() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     published = publish_n(stream, 3)
     stream.close()
     sink = CollectingSink()
     sub = stream.subscribe(sink, 1, OPENAI)
-    assert sub.state is SubState.DONE and stream.subscriber_count == 0 and tally.n == 0
+    assert sub.state is SubState.DONE and stream.subscriber_count == 0 and total.n == 0
     assert len(sink.writes) == 1
     result = check_sequence(records_of(sink.data, OPENAI), published=published, start=1)
     assert result.done_frame and result.cursor == 3
@@ -245,13 +245,13 @@ async def test_at_end_and_check_cursor() -> None:
 
 
 async def test_a_cursor_ahead_of_the_stream_is_refused_and_adds_nothing() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     publish_n(stream, 2)
     for bad in (3, -1, 10**17):
         with pytest.raises(InvalidCursor):
             stream.subscribe(CollectingSink(), bad)
-    assert stream.subscriber_count == 0 and tally.n == 0
+    assert stream.subscriber_count == 0 and total.n == 0
 
 
 # -- backpressure -----------------------------------------------------------------------------
@@ -477,8 +477,8 @@ async def test_an_unserialisable_snapshot_is_treated_as_failed(
 
 
 async def test_a_closing_sink_is_dropped_at_the_next_delivery() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     sink = CollectingSink()
     sub = stream.subscribe(sink)
     sink.closing = True
@@ -487,7 +487,7 @@ async def test_a_closing_sink_is_dropped_at_the_next_delivery() -> None:
     async with within():
         assert await sub.wait() is SubState.DROPPED
     assert sink.writes == [] and sink.violations == []
-    assert stream.subscriber_count == 0 and tally.n == 0
+    assert stream.subscriber_count == 0 and total.n == 0
 
 
 async def test_a_sink_closing_at_subscribe_is_dropped_at_once() -> None:
@@ -501,13 +501,13 @@ async def test_a_sink_closing_at_subscribe_is_dropped_at_once() -> None:
 
 
 async def test_unsubscribe_is_idempotent() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     sink = CollectingSink()
     sub = stream.subscribe(sink)
     stream.unsubscribe(sub)
     stream.unsubscribe(sub)
-    assert sub.state is SubState.DROPPED and tally.n == 0
+    assert sub.state is SubState.DROPPED and total.n == 0
     assert stream.subscriptions() == []
     stream.publish("e", {})
     await turn()
@@ -516,15 +516,15 @@ async def test_unsubscribe_is_idempotent() -> None:
 
 async def test_discard_drops_subscribers_and_releases_the_buffer() -> None:
     budget = ByteBudget()
-    tally = Tally()
-    stream = Stream("k", budget=budget, subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", budget=budget, subscriber_total=total)
     sinks = [CollectingSink(), CollectingSink()]
     subs = [stream.subscribe(s) for s in sinks]
     publish_n(stream, 3)  # a flush is pending
     assert budget.used > 0
     stream.discard()
     assert all(s.state is SubState.DROPPED for s in subs)
-    assert budget.used == 0 and tally.n == 0 and stream.closed
+    assert budget.used == 0 and total.n == 0 and stream.closed
     await turn()
     assert all(s.writes == [] for s in sinks)  # the pending flush was cancelled
     with pytest.raises(StreamClosed):
@@ -724,13 +724,13 @@ async def test_a_follower_of_a_discarded_stream_is_told() -> None:
     assert [e.id for e in got] == [1]
 
 
-async def test_tally_wait_zero() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+async def test_subscriber_total_wait_zero() -> None:
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     async with within():
-        await tally.wait_zero()  # already zero
+        await total.wait_zero()  # already zero
     subs = [stream.subscribe(CollectingSink()) for _ in range(2)]
-    waiter = asyncio.create_task(tally.wait_zero())
+    waiter = asyncio.create_task(total.wait_zero())
     await turn()
     stream.unsubscribe(subs[0])
     await turn()
@@ -738,4 +738,4 @@ async def test_tally_wait_zero() -> None:
     stream.unsubscribe(subs[1])
     async with within():
         await waiter
-    assert tally.n == 0
+    assert total.n == 0
