@@ -27,14 +27,13 @@ from .errors import (
 from .events import Event, Framing
 from .registry import Registry
 from .sse import SSE_HEADERS, broker_error_response, make_stream_handler, serve_stream
-from .stream import GAP_EVENT, Stream
+from .stream import Stream
 from .types import Counters, SnapshotFn, SnapshotItem
 
 # What callers use: the registry and its streams, events and their framing, the SSE
 # handler, the errors the broker raises. Internals (buffers, frames, subscriptions, …)
 # are imported from their modules.
 __all__ = [
-    "GAP_EVENT",
     "SSE_HEADERS",
     "BackendUnavailable",
     "BrokerConfig",

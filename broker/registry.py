@@ -102,6 +102,7 @@ class Registry:
             on_close=self._retain,
             subscriber_total=self._subscribers,
             tap=tap,
+            gap_event=self.config.gap_event,
         )
         self._streams[key] = stream
         if self._keepalive_task is None:

@@ -19,7 +19,7 @@ After a write, a sink above its high-water mark is *paused*: the stream stops wr
 it and wakes its owner (see :meth:`Subscription.wait`), who waits for the transport to
 drain (or gives up after a stall timeout and drops the connection) and then calls
 :meth:`Stream.resume`. The subscriber then catches up from its cursor; if the buffer has
-moved past it, it receives a ``thread.stream.gap`` event and the publisher's snapshot.
+moved past it, it receives a gap event (named by ``gap_event``) and the publisher's snapshot.
 A stalled subscriber costs one cursor and its transport's buffer, never the agent's time
 or the other subscribers'.
 """
@@ -32,15 +32,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from .buffer import ByteBudget, Gap, ReplayBuffer
+from .config import DEFAULT_GAP_EVENT
 from .errors import StreamClosed
 from .events import DONE_FRAME, PING_FRAME, Event, Framing
 from .types import Counters, Sink, SnapshotFn, StreamStats
 
-__all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "SubscriberTotal"]
+__all__ = ["Stream", "SubState", "Subscription", "SubscriberTotal"]
 
 logger = logging.getLogger(__name__)
-
-GAP_EVENT = "thread.stream.gap"
 
 
 class SubscriberTotal:
@@ -148,6 +147,7 @@ class Stream:
         resume_snapshot: SnapshotFn | None = None,
         counters: Counters | None = None,
         tap: Callable[[Event], None] | None = None,
+        gap_event: str = DEFAULT_GAP_EVENT,
     ) -> None:
         kwargs = {}
         if max_events is not None:
@@ -176,6 +176,7 @@ class Stream:
         self.reserved = 0
         """Subscriber slots held by requests still starting (see ``Registry.reserve``)."""
         self._tap = tap
+        self._gap_event = gap_event
 
     # -- publishing ------------------------------------------------------------------
 
@@ -337,12 +338,12 @@ class Stream:
         then the snapshot at the head; or, with no snapshot, the gap and what is buffered."""
         head = self.buffer.head
         if self._snapshot is not None:
-            gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": head + 1})
+            gap = Event.create(None, self._gap_event, {"from": cursor, "to": head + 1})
             return self._snapshot_events(self._snapshot, head, [gap]), head
         first = self.buffer.first_id
         tail = self.buffer.since(first - 1)
         assert not isinstance(tail, Gap)
-        return [Event.create(None, GAP_EVENT, {"from": cursor, "to": first}), *tail], head
+        return [Event.create(None, self._gap_event, {"from": cursor, "to": first}), *tail], head
 
     def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int, bool]:
         """SSE bytes that take a subscriber from ``cursor`` to the head, the new cursor,

@@ -18,10 +18,11 @@ from aiohttp import web
 from broker.config import BrokerConfig
 from broker.events import DONE_FRAME, Framing
 from broker.registry import Registry
-from broker.stream import GAP_EVENT, Stream
+from broker.stream import Stream
 
 from .conftest import OpenRaw, Serve
 from .helpers import (
+    GAP,
     UNIT,
     IncompleteBody,
     Rec,
@@ -539,7 +540,7 @@ async def test_fresh_join_after_eviction_gets_gap_snapshot_then_tail(
         stream.close()
         await client.read_to_end()
     recs = records_of(client.body)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 0, "to": 21})
+    assert recs[0] == Rec(None, GAP, {"from": 0, "to": 21})
     assert [(r.id, r.name) for r in recs[1:4]] == [
         (None, "thread.run"),
         (None, "thread.message.created"),
@@ -589,7 +590,7 @@ async def test_resume_before_the_buffer_gets_gap_and_snapshot(
     async with within(), session.get(url) as resp:
         body = await resp.read()
     recs = records_of(body, Framing.OPENAI)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 3, "to": 21})
+    assert recs[0] == Rec(None, GAP, {"from": 3, "to": 21})
     result = check_sequence(recs, published=published, start=3, snapshot=snap)
     assert result.done_frame and result.cursor == 20
 

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 from broker.buffer import ByteBudget
+from broker.config import BrokerConfig
 from broker.errors import InvalidCursor, InvalidEvent, StreamClosed
 from broker.events import DONE_FRAME, Event, Framing
-from broker.stream import GAP_EVENT, Stream, SubscriberTotal, SubState
+from broker.registry import Registry
+from broker.stream import Stream, SubscriberTotal, SubState
 from broker.types import StreamStats
 
-from .helpers import CollectingSink, Rec, check_sequence, records_of, within
+from .helpers import GAP, CollectingSink, Rec, check_sequence, records_of, within
 
 DEFAULT = Framing.DEFAULT
 OPENAI = Framing.OPENAI
@@ -321,7 +323,7 @@ async def test_resume_after_falling_behind_gets_gap_then_snapshot() -> None:
     sink.unblock()
     stream.resume(sub)
     recs = records_of(sink.data)
-    assert recs[1] == Rec(None, GAP_EVENT, {"from": 1, "to": 11})
+    assert recs[1] == Rec(None, GAP, {"from": 1, "to": 11})
     assert recs[2:] == [
         Rec(None, "thread.run", {"at": 10}),
         Rec(10, "thread.message.created", {"at": 10, "text": "so\nfar"}),
@@ -367,9 +369,24 @@ async def test_gap_without_snapshot_says_what_is_missing_and_goes_on() -> None:
     sink = CollectingSink()
     stream.subscribe(sink, 2)
     recs = records_of(sink.data)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 2, "to": 8})
+    assert recs[0] == Rec(None, GAP, {"from": 2, "to": 8})
     assert [r.id for r in recs[1:]] == [8, 9, 10]
     assert check_sequence(recs, published=published, start=2).gaps == [(2, 8)]
+
+
+async def test_the_gap_event_is_named_by_the_configuration() -> None:
+    registry = Registry(BrokerConfig(max_events_per_stream=3, gap_event="feed.behind"))
+    stream = registry.create("k")
+    publish_n(stream, 10)
+    sink = CollectingSink()
+    stream.subscribe(sink, 2)
+    assert records_of(sink.data)[0] == Rec(None, "feed.behind", {"from": 2, "to": 8})
+    registry.shutdown()
+
+
+def test_a_gap_event_name_that_cannot_be_framed_is_refused() -> None:
+    with pytest.raises(ValueError, match="gap_event"):
+        BrokerConfig(gap_event="two\nlines")
 
 
 async def test_fresh_join_after_eviction_gets_gap_and_snapshot_at_head() -> None:
@@ -378,7 +395,7 @@ async def test_fresh_join_after_eviction_gets_gap_and_snapshot_at_head() -> None
     sink = CollectingSink()
     stream.subscribe(sink)
     recs = records_of(sink.data)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 0, "to": 21})
+    assert recs[0] == Rec(None, GAP, {"from": 0, "to": 21})
     assert [r.id for r in recs] == [None, None, 20]
     assert check_sequence(recs, published=published, start=0, snapshot=snap).cursor == 20
 
@@ -449,7 +466,7 @@ async def test_a_failing_snapshot_sends_the_gap_alone_stamped(
     sink = CollectingSink()
     with caplog.at_level(logging.ERROR, logger="broker.stream"):
         sub = stream.subscribe(sink)
-    assert records_of(sink.data) == [Rec(6, GAP_EVENT, {"from": 0, "to": 7})]
+    assert records_of(sink.data) == [Rec(6, GAP, {"from": 0, "to": 7})]
     assert any("snapshot" in r.message for r in caplog.records)
     assert sub.cursor == 6 and sub.state is SubState.LIVE
 
@@ -459,7 +476,7 @@ async def test_an_empty_snapshot_leaves_the_gap_stamped() -> None:
     publish_n(stream, 6)
     sink = CollectingSink()
     stream.subscribe(sink)
-    assert records_of(sink.data) == [Rec(6, GAP_EVENT, {"from": 0, "to": 7})]
+    assert records_of(sink.data) == [Rec(6, GAP, {"from": 0, "to": 7})]
 
 
 async def test_an_unserialisable_snapshot_is_treated_as_failed(
@@ -470,7 +487,7 @@ async def test_an_unserialisable_snapshot_is_treated_as_failed(
     sink = CollectingSink()
     with caplog.at_level(logging.ERROR, logger="broker.stream"):
         stream.subscribe(sink)
-    assert records_of(sink.data) == [Rec(6, GAP_EVENT, {"from": 0, "to": 7})]
+    assert records_of(sink.data) == [Rec(6, GAP, {"from": 0, "to": 7})]
 
 
 # -- leaving ----------------------------------------------------------------------------------
@@ -628,7 +645,7 @@ async def test_resume_snapshot_serves_requested_snapshots_and_snapshot_serves_ga
     behind = CollectingSink()
     stream.subscribe(behind, 2, snapshot=True)  # behind the buffer: the gap snapshot
     recs = records_of(behind.data)
-    assert recs == [Rec(None, GAP_EVENT, {"from": 2, "to": 11}), Rec(10, "gap.state", {"at": 10})]
+    assert recs == [Rec(None, GAP, {"from": 2, "to": 11}), Rec(10, "gap.state", {"at": 10})]
 
 
 async def test_resume_snapshot_alone_has_no_say_in_gaps() -> None:
@@ -640,7 +657,7 @@ async def test_resume_snapshot_alone_has_no_say_in_gaps() -> None:
     behind = CollectingSink()
     stream.subscribe(behind)
     recs = records_of(behind.data)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 0, "to": 8})
+    assert recs[0] == Rec(None, GAP, {"from": 0, "to": 8})
     assert check_sequence(recs, published=published, start=0).cursor == 10
 
 
