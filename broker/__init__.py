@@ -26,7 +26,14 @@ from .errors import (
 )
 from .events import Event, Framing
 from .registry import Registry
-from .sse import SSE_HEADERS, broker_error_response, make_stream_handler, serve_stream
+from .sse import (
+    SSE_HEADERS,
+    StreamQuery,
+    broker_error_response,
+    make_stream_handler,
+    parse_stream_query,
+    serve_stream,
+)
 from .stream import Stream
 from .types import Counters, SnapshotFn, SnapshotItem
 
@@ -51,7 +58,9 @@ __all__ = [
     "StreamClosed",
     "StreamExists",
     "StreamNotFound",
+    "StreamQuery",
     "broker_error_response",
     "make_stream_handler",
+    "parse_stream_query",
     "serve_stream",
 ]

@@ -18,6 +18,7 @@ from aiohttp import web
 from broker.config import BrokerConfig
 from broker.events import DONE_FRAME, Framing
 from broker.registry import Registry
+from broker.sse import StreamQuery, serve_stream
 from broker.stream import Stream
 
 from .conftest import OpenRaw, Serve
@@ -226,6 +227,27 @@ async def test_header_beats_query(serve: Serve, session: aiohttp.ClientSession) 
         assert await resp.read() == body_of(stream, 6, 8)
     async with within(), session.get(url, headers={"Last-Event-ID": ""}) as resp:
         assert await resp.read() == body_of(stream, 3, 8)  # an empty header is absent
+
+
+async def test_serve_stream_serves_the_query_it_is_given(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    """The caller parses the request once; ``serve_stream`` does not read it again."""
+    registry = Registry()
+    stream = registry.create("k")
+    publish_n(stream, 8)
+    stream.close()
+    query = StreamQuery(
+        cursor=5, cursor_param="last_event_id", framing=Framing.OPENAI, snapshot=False
+    )
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_stream(request, stream, query, config=registry.config)
+
+    server = await serve(registry, lambda app: app.router.add_get("/given", handler))
+    async with within(), session.get(server.url("/given?last_event_id=1&format=xml")) as resp:
+        assert resp.status == 200
+        assert await resp.read() == RETRY + frames_of(stream, 6, 8, Framing.OPENAI) + DONE_FRAME
 
 
 @pytest.mark.parametrize(
