@@ -29,7 +29,6 @@ from .registry import Registry
 from .sse import (
     SSE_HEADERS,
     StreamQuery,
-    broker_error_response,
     make_stream_handler,
     parse_stream_query,
     serve_stream,
@@ -59,7 +58,6 @@ __all__ = [
     "StreamExists",
     "StreamNotFound",
     "StreamQuery",
-    "broker_error_response",
     "make_stream_handler",
     "parse_stream_query",
     "serve_stream",

@@ -54,10 +54,10 @@ from .types import Wire, plain_wire
 __all__ = [
     "SSE_HEADERS",
     "StreamQuery",
-    "broker_error_response",
     "chunked_wire",
     "make_stream_handler",
     "parse_stream_query",
+    "plain_error_response",
     "request_cursor",
     "request_framing",
     "serve_stream",
@@ -217,7 +217,8 @@ async def serve_stream(
     until the stream ends or the client leaves.
 
     Raises :class:`~broker.errors.BrokerError` subclasses before the response starts for
-    a cursor ahead of the stream or a refused limit; callers turn them into error answers.
+    a cursor ahead of the stream or a refused limit; callers turn them into error answers
+    (see :func:`make_stream_handler`).
     """
     cursor, framing = query.cursor, query.framing
     try:
@@ -322,28 +323,34 @@ def _dropped_slow(
     )
 
 
-def broker_error_response(exc: BrokerError) -> web.Response:
-    """An OpenAI-style JSON error answer for a broker error raised before streaming."""
+def plain_error_response(exc: BrokerError) -> web.Response:
+    """A minimal answer to a broker error raised before streaming, for the broker used on
+    its own: a status and the message as plain text (``param: …`` on a second line when
+    the error names one). Applications answer in their own format (see
+    :func:`make_stream_handler`'s ``on_error``)."""
+    status = 400
+    param = exc.param if isinstance(exc, InvalidCursor) else None
     if isinstance(exc, StreamNotFound):
-        status, kind, param = 404, "not_found_error", None
+        status = 404
     elif isinstance(exc, LimitExceeded):
-        status, kind, param = 429, "rate_limit_error", exc.limit
+        status, param = 429, exc.limit
     elif isinstance(exc, BackendUnavailable):
-        status, kind, param = 503, "server_error", None
-    elif isinstance(exc, InvalidCursor):
-        status, kind, param = 400, "invalid_request_error", exc.param
-    else:
-        status, kind, param = 400, "invalid_request_error", None
-    body = {"error": {"message": str(exc), "type": kind, "param": param, "code": None}}
-    retry = "true" if status == 503 else "false"
-    return web.json_response(body, status=status, headers={"x-should-retry": retry})
+        status = 503
+    text = str(exc) if param is None else f"{exc}\nparam: {param}"
+    return web.Response(status=status, text=text + "\n")
 
 
 def make_stream_handler(
     registry: Registry,
     key_of: Callable[[web.Request], str] = lambda request: request.match_info["key"],
+    *,
+    on_error: Callable[[BrokerError], web.StreamResponse] = plain_error_response,
 ) -> Callable[[web.Request], object]:
-    """A ready aiohttp handler serving the registry's stream named by ``key_of(request)``."""
+    """A ready aiohttp handler serving the registry's stream named by ``key_of(request)``.
+
+    A broker error raised before streaming (a bad cursor or format, an unknown key, a
+    refused limit, an unreachable backend) is answered with ``on_error(exc)``.
+    """
 
     async def handler(request: web.Request) -> web.StreamResponse:
         key = key_of(request)
@@ -356,6 +363,6 @@ def make_stream_handler(
                 request, stream, query, config=registry.config, registry=registry
             )
         except BrokerError as exc:
-            return broker_error_response(exc)
+            return on_error(exc)
 
     return handler

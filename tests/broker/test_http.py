@@ -18,7 +18,7 @@ from aiohttp import web
 from broker.config import BrokerConfig
 from broker.events import DONE_FRAME, Framing
 from broker.registry import Registry
-from broker.sse import StreamQuery, serve_stream
+from broker.sse import StreamQuery, make_stream_handler, serve_stream
 from broker.stream import Stream
 
 from .conftest import OpenRaw, Serve
@@ -314,6 +314,23 @@ async def test_unknown_key_is_a_404_json_error(
         body = await resp.json()
     assert body["error"]["type"] == "not_found_error"
     assert body["error"]["param"] is None
+
+
+async def test_the_broker_alone_answers_errors_in_plain_text(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    """Without ``on_error``, the broker's own handler answers a status and the message."""
+    registry = Registry()
+    stream = registry.create("k")
+    publish_n(stream, 3)
+    handler = make_stream_handler(registry)
+    server = await serve(registry, lambda app: app.router.add_get("/plain/{key}", handler))
+    async with within(), session.get(server.url("/plain/nope")) as resp:
+        assert resp.status == 404 and resp.content_type == "text/plain"
+        assert "nope" in await resp.text()
+    async with within(), session.get(server.url("/plain/k?last_event_id=9")) as resp:
+        assert resp.status == 400
+        assert (await resp.text()).endswith("\nparam: last_event_id\n")
 
 
 async def test_subscriber_limit_is_a_429(serve: Serve, open_raw: OpenRaw) -> None:
