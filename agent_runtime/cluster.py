@@ -35,7 +35,14 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .errors import AgentRuntimeError, ServiceUnavailable
+from .errors import (
+    AgentRuntimeError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    StorageUnavailable,
+)
 from .objects import Run, now
 
 if TYPE_CHECKING:
@@ -70,6 +77,14 @@ def _text(value: bytes | str) -> str:
 def new_node_id() -> str:
     """``host-pid-random``: unique per process start."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+_REMOTE_ERRORS: dict[str, type[AgentRuntimeError]] = {
+    cls.__name__: cls
+    for cls in (InvalidRequest, NotFound, Conflict, ServiceUnavailable, StorageUnavailable)
+}
+"""Errors a node's answer to a cluster request may name (``kind``): raised here as the
+same class, so the client gets the answer the owner would have given. Others are 500s."""
 
 
 class LiveRun(Protocol):
@@ -282,9 +297,9 @@ class Cluster:
             )
         body = orjson.loads(answer[1])
         if "error" in body:
-            error = AgentRuntimeError(body["error"]["message"], param=body["error"].get("param"))
-            error.status = body["error"]["status"]
-            raise error
+            sent = body["error"]
+            kind = _REMOTE_ERRORS.get(sent.get("kind", ""), AgentRuntimeError)
+            raise kind(sent["message"], param=sent.get("param"), code=sent.get("code"))
         return Run(**body["run"])  # as the owner answered: ``cancelling``, like a local cancel
 
     async def _serve_inbox(self) -> None:
@@ -308,13 +323,15 @@ class Cluster:
     async def _answer(self, request: dict[str, Any]) -> None:
         answer: dict[str, Any]
         if request.get("op") != "cancel":
-            answer = {"error": {"message": f"unknown op {request.get('op')!r}", "status": 400}}
+            message = f"unknown op {request.get('op')!r}"
+            answer = {"error": {"message": message, "kind": InvalidRequest.__name__}}
         else:
             try:
                 run = await self.runs.cancel(request["thread_id"], request["run_id"], local=True)
                 answer = {"run": dataclasses.asdict(run)}
             except AgentRuntimeError as exc:
-                answer = {"error": {"message": str(exc), "param": exc.param, "status": exc.status}}
+                answer = {"error": {"message": str(exc), "param": exc.param, "code": exc.code}}
+                answer["error"]["kind"] = type(exc).__name__
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.rpush(request["reply"], orjson.dumps(answer))
             pipe.expire(request["reply"], max(1, int(self.cancel_timeout * 2)))

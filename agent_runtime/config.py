@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker import BrokerConfig
 
+from .protocol import GAP
+
 __all__ = ["HubConfig", "RunsConfig"]
 
 MiB = 1024 * 1024
@@ -144,6 +146,7 @@ class HubConfig(BaseModel):
             keepalive=self.keepalive,
             high_water=self.high_water,
             stall_timeout=self.stall_timeout,
+            gap_event=GAP,
         )
 
     def runs_config(self) -> RunsConfig:

@@ -1,7 +1,8 @@
 """Exceptions of the agent runtime. Every one derives from :class:`AgentRuntimeError`.
 
-Errors that reach HTTP clients carry an OpenAI-style ``type``, ``param`` and ``status``
-so the API layer can turn them into ``{"error": {...}}`` bodies without guessing.
+They say what went wrong (a message, the ``param`` at fault, a ``code``), never how to
+answer it: the HTTP status and OpenAI error ``type`` of each class are in one table,
+``agent_runtime.api.errors.ERROR_TABLE``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ from __future__ import annotations
 
 class AgentRuntimeError(Exception):
     """Base class of every error the runtime raises."""
-
-    status: int = 500
-    type: str = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -23,36 +21,25 @@ class AgentRuntimeError(Exception):
 class InvalidRequest(AgentRuntimeError):
     """The request is malformed or names something invalid (HTTP 400)."""
 
-    status = 400
-    type = "invalid_request_error"
-
 
 class NotFound(AgentRuntimeError):
     """An unknown thread, message, run or agent (HTTP 404)."""
-
-    status = 404
-    type = "not_found_error"
 
 
 class Conflict(AgentRuntimeError):
     """The request conflicts with the current state, e.g. a second live run (HTTP 409)."""
 
-    status = 409
-    type = "conflict_error"
-
 
 class PayloadTooLarge(AgentRuntimeError):
-    status = 413
-    type = "invalid_request_error"
+    """A request body or field over a configured size (HTTP 413)."""
 
 
 class LimitReached(AgentRuntimeError):
-    """A configured limit refused the request; the message says which and how to raise it.
+    """A limit of the runtime (the queued-runs bound, …) refused the request (HTTP 429);
+    the message says which and how to raise it. The broker's own limits (subscribers,
+    streams) raise ``broker.LimitExceeded`` instead: the broker knows nothing of the runtime.
 
     ``retry_after``: seconds after which retrying may succeed (sent as ``retry-after``)."""
-
-    status = 429
-    type = "rate_limit_error"
 
     def __init__(
         self,
@@ -68,9 +55,6 @@ class LimitReached(AgentRuntimeError):
 
 class ServiceUnavailable(AgentRuntimeError):
     """The hub is shutting down, or a backend it needs is unreachable (HTTP 503)."""
-
-    status = 503
-    type = "server_error"
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -108,38 +92,30 @@ class AgentLoadError(AgentRuntimeError):
     The message names the file and, for validation errors, the field.
     """
 
-    status = 400
-    type = "invalid_request_error"
-
 
 class ProviderError(AgentRuntimeError):
     """A model provider refused, failed, timed out or is not configured.
 
-    ``status`` is the provider's HTTP status when it answered one (else 502).
+    ``upstream_status`` is the provider's HTTP status when it answered one (the hub
+    answers with it; else 502).
     """
-
-    status = 502
-    type = "provider_error"
 
     def __init__(
         self,
         message: str,
         *,
-        status: int | None = None,
+        upstream_status: int | None = None,
         param: str | None = None,
         code: str | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code)
-        if status is not None:
-            self.status = status
+        self.upstream_status = upstream_status
 
 
 class UnsupportedOperation(AgentRuntimeError):
     """An Environment method that agentstream does not support; the message names it."""
 
-    status = 400
-    type = "invalid_request_error"
-
 
 class RunCancelled(AgentRuntimeError):
-    """Raised inside a synchronous agent at its next Environment call after a cancel."""
+    """Raised inside a synchronous agent at its next Environment call after a cancel
+    (HTTP 409 if it ever reaches a client: the run was cancelled)."""

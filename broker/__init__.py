@@ -13,9 +13,7 @@ Layers, from the inside out:
   (imported on its own: ``from broker.redis_streams import RedisRegistry``).
 """
 
-from .buffer import ByteBudget, Gap, ReplayBuffer
 from .config import BrokerConfig
-from .cursor import parse_cursor
 from .errors import (
     BackendUnavailable,
     BrokerError,
@@ -26,46 +24,41 @@ from .errors import (
     StreamExists,
     StreamNotFound,
 )
-from .events import DONE_FRAME, PING_FRAME, Event, Framing, encode_frame
-from .registry import Registry, RegistryStats
-from .sse import SSE_HEADERS, broker_error_response, make_stream_handler, serve_stream
-from .stream import GAP_EVENT, Stream, Subscription, SubState
-from .types import Projection, ProjectionFactory, Sink, SnapshotFn, SnapshotItem, StreamStats
+from .events import Event, Framing
+from .registry import Registry
+from .sse import (
+    SSE_HEADERS,
+    StreamQuery,
+    make_stream_handler,
+    parse_stream_query,
+    serve_stream,
+)
+from .stream import Stream
+from .types import Counters, SnapshotFn, SnapshotItem
 
+# What callers use: the registry and its streams, events and their framing, the SSE
+# handler, the errors the broker raises. Internals (buffers, frames, subscriptions, …)
+# are imported from their modules.
 __all__ = [
-    "DONE_FRAME",
-    "GAP_EVENT",
-    "PING_FRAME",
     "SSE_HEADERS",
     "BackendUnavailable",
     "BrokerConfig",
     "BrokerError",
-    "ByteBudget",
     "Counters",
     "Event",
     "Framing",
-    "Gap",
     "InvalidCursor",
     "InvalidEvent",
     "LimitExceeded",
-    "Projection",
-    "ProjectionFactory",
     "Registry",
-    "RegistryStats",
-    "ReplayBuffer",
-    "Sink",
     "SnapshotFn",
     "SnapshotItem",
     "Stream",
     "StreamClosed",
     "StreamExists",
     "StreamNotFound",
-    "StreamStats",
-    "SubState",
-    "Subscription",
-    "broker_error_response",
-    "encode_frame",
+    "StreamQuery",
     "make_stream_handler",
-    "parse_cursor",
+    "parse_stream_query",
     "serve_stream",
 ]

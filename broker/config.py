@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BrokerConfig"]
+from .errors import InvalidEvent
+from .events import check_name
+
+__all__ = ["DEFAULT_GAP_EVENT", "BrokerConfig"]
 
 KiB = 1024
 MiB = 1024 * KiB
+
+DEFAULT_GAP_EVENT = "stream.gap"
+"""The gap event's name unless the embedding application names its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +49,16 @@ class BrokerConfig:
     """A paused subscriber that does not drain within this many seconds is disconnected
     (it can resume with its cursor)."""
 
+    gap_event: str = DEFAULT_GAP_EVENT
+    """Name of the synthetic event that tells a subscriber it fell behind the replay
+    buffer (payload ``{"from": <its cursor>, "to": <first id it gets next>}``), followed
+    by the publisher's snapshot. The application names it in its own vocabulary."""
+
     def __post_init__(self) -> None:
+        try:
+            check_name(self.gap_event)
+        except InvalidEvent as exc:
+            raise ValueError(f"gap_event: {exc}") from None
         for name in ("max_events_per_stream", "max_bytes_per_stream", "high_water"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

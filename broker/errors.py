@@ -11,7 +11,7 @@ class InvalidCursor(BrokerError):
     """A cursor (``Last-Event-ID`` / ``last_event_id``) is not an event id of the stream.
 
     Either it is not a non-negative integer, or it is ahead of the stream's head.
-    HTTP layers answer it with ``400``.
+    ``param`` names the parameter at fault (also ``format`` for an unknown framing).
     """
 
     def __init__(self, message: str, *, param: str = "last_event_id") -> None:
@@ -36,7 +36,8 @@ class InvalidEvent(BrokerError):
 
 
 class LimitExceeded(BrokerError):
-    """A configured limit refused a subscription or a stream.
+    """A limit of the broker (a :class:`~broker.config.BrokerConfig` setting) refused a
+    subscription or a stream; applications keep their own limits' errors to themselves.
 
     ``limit`` names the setting that refused it, so the answer can say how to raise it.
     """
@@ -47,4 +48,4 @@ class LimitExceeded(BrokerError):
 
 
 class BackendUnavailable(BrokerError):
-    """The shared backend (Redis) cannot be reached. HTTP layers answer ``503``."""
+    """The shared backend (Redis) cannot be reached; retrying later may succeed."""

@@ -33,6 +33,7 @@ __all__ = [
     "RETRY_LINE",
     "Event",
     "Framing",
+    "check_name",
     "encode_frame",
 ]
 
@@ -69,7 +70,8 @@ class Framing(enum.Enum):
         raise InvalidEvent(f"unknown stream format {value!r}; expected 'default' or 'openai'")
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Raise :class:`InvalidEvent` unless ``name`` is safe in an SSE ``event:`` field."""
     if not _NAME_RE.match(name):
         raise InvalidEvent(
             f"event name {name!r} must be 1-200 characters of letters, digits and '_.:-'"
@@ -98,7 +100,7 @@ class Event:
     data: bytes
 
     def __init__(self, id: int | None, name: str, data: bytes) -> None:
-        _check_name(name)
+        check_name(name)
         if b"\n" in data or b"\r" in data:
             raise InvalidEvent("event data must be a single line of JSON")
         if id is not None and id < 1:

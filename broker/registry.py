@@ -17,7 +17,7 @@ from .buffer import ByteBudget
 from .config import BrokerConfig
 from .errors import LimitExceeded, StreamExists
 from .events import Event
-from .stream import Stream, Tally
+from .stream import Stream, SubscriberTotal
 from .types import Counters, SnapshotFn, StreamStats
 
 __all__ = ["Registry", "RegistryStats"]
@@ -42,7 +42,7 @@ class Registry:
         self.budget = ByteBudget(self.config.max_total_bytes)
         self._streams: dict[str, Stream] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._subscribers = Tally()
+        self._subscribers = SubscriberTotal()
         self._reserved = 0
         self.counters = Counters()
         """Totals over every stream this registry has held (published, delivered, …)."""
@@ -100,8 +100,9 @@ class Registry:
             budget=self.budget,
             on_over_budget=self._relieve_budget,
             on_close=self._retain,
-            subscriber_tally=self._subscribers,
+            subscriber_total=self._subscribers,
             tap=tap,
+            gap_event=self.config.gap_event,
         )
         self._streams[key] = stream
         if self._keepalive_task is None:

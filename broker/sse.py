@@ -11,9 +11,10 @@ one registry-wide task (:meth:`broker.Stream.keepalive`), as a single comment li
 
 Lifecycle of one subscription
 -----------------------------
-1. Cursor, ``format`` and ``snapshot`` are parsed and checked *before* any byte is sent,
-   so a bad cursor is a plain ``400`` (raised as :class:`~broker.errors.InvalidCursor`),
-   and a cursor at the end of a finished stream is ``204 No Content``.
+1. Cursor, ``format`` and ``snapshot`` are parsed once by the caller
+   (:func:`parse_stream_query`) and checked *before* any byte is sent, so a bad cursor is
+   a plain ``400`` (raised as :class:`~broker.errors.InvalidCursor`), and a cursor at the
+   end of a finished stream is ``204 No Content``.
 2. Headers are sent; the backlog is written in one write; live events follow.
 3. If the transport's buffer passes ``config.high_water`` the subscription is paused;
    this handler waits for the transport to drain, at most ``config.stall_timeout``
@@ -38,6 +39,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
@@ -51,9 +53,11 @@ from .types import Wire, plain_wire
 
 __all__ = [
     "SSE_HEADERS",
-    "broker_error_response",
+    "StreamQuery",
     "chunked_wire",
     "make_stream_handler",
+    "parse_stream_query",
+    "plain_error_response",
     "request_cursor",
     "request_framing",
     "serve_stream",
@@ -90,6 +94,32 @@ def request_framing(request: web.Request) -> Framing:
         return Framing.parse(request.query.get("format"))
     except BrokerError as exc:
         raise InvalidCursor(str(exc), param="format") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class StreamQuery:
+    """What a subscription request asks for, parsed once (see :func:`parse_stream_query`)."""
+
+    cursor: int | None
+    """Where to resume: the last event id the client has (``None``: from the start)."""
+    cursor_param: str
+    """The parameter the cursor came from, named in a cursor error."""
+    framing: Framing
+    snapshot: bool
+    """``snapshot=1``: start with the publisher's snapshot as of the cursor."""
+
+
+def parse_stream_query(request: web.Request, *, framing: Framing | None = None) -> StreamQuery:
+    """Parse a subscription request's cursor, ``format`` and ``snapshot``, in that order.
+
+    Raises :class:`~broker.errors.InvalidCursor` (naming the parameter) for a bad cursor
+    or format. ``framing`` overrides the ``format`` query parameter (not read then).
+    """
+    cursor, source = request_cursor(request)
+    if framing is None:
+        framing = request_framing(request)
+    snapshot = request.query.get("snapshot", "").lower() in _TRUE
+    return StreamQuery(cursor, source, framing, snapshot)
 
 
 def _set_user_timeout(request: web.Request, seconds: float) -> None:
@@ -177,25 +207,24 @@ class _LossWatch(asyncio.Protocol):
 async def serve_stream(
     request: web.Request,
     stream: Stream,
+    query: StreamQuery,
     *,
     config: BrokerConfig,
     registry: Registry | None = None,
-    framing: Framing | None = None,
 ) -> web.StreamResponse:
-    """Serve ``stream`` to the client of ``request`` until the stream ends or it leaves.
+    """Serve ``stream`` to the client of ``request`` from ``query`` (the request's cursor,
+    framing and snapshot wish, parsed by the caller with :func:`parse_stream_query`)
+    until the stream ends or the client leaves.
 
     Raises :class:`~broker.errors.BrokerError` subclasses before the response starts for
-    a bad cursor, format or a refused limit; callers turn them into error answers (see
-    :func:`broker_error_response`). ``framing`` overrides the ``format`` query parameter.
+    a cursor ahead of the stream or a refused limit; callers turn them into error answers
+    (see :func:`make_stream_handler`).
     """
-    cursor, source = request_cursor(request)
-    if framing is None:
-        framing = request_framing(request)
-    want_snapshot = request.query.get("snapshot", "").lower() in _TRUE
+    cursor, framing = query.cursor, query.framing
     try:
         stream.check_cursor(cursor)
     except InvalidCursor as exc:
-        raise InvalidCursor(str(exc), param=source) from None
+        raise InvalidCursor(str(exc), param=query.cursor_param) from None
     if stream.at_end(cursor):
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     # Hold a subscriber slot from the limit check until the subscription exists, so that
@@ -217,7 +246,7 @@ async def serve_stream(
         wire = chunked_wire if chunked else plain_wire
         sink = _TransportSink(transport, wire, config.high_water)
         preamble = b"" if config.retry_ms is None else RETRY_LINE % config.retry_ms
-        sub = stream.subscribe(sink, cursor, framing, snapshot=want_snapshot, preamble=preamble)
+        sub = stream.subscribe(sink, cursor, framing, snapshot=query.snapshot, preamble=preamble)
         watch = _LossWatch.install(transport)
     finally:
         if release is not None:
@@ -294,38 +323,46 @@ def _dropped_slow(
     )
 
 
-def broker_error_response(exc: BrokerError) -> web.Response:
-    """An OpenAI-style JSON error answer for a broker error raised before streaming."""
+def plain_error_response(exc: BrokerError) -> web.Response:
+    """A minimal answer to a broker error raised before streaming, for the broker used on
+    its own: a status and the message as plain text (``param: …`` on a second line when
+    the error names one). Applications answer in their own format (see
+    :func:`make_stream_handler`'s ``on_error``)."""
+    status = 400
+    param = exc.param if isinstance(exc, InvalidCursor) else None
     if isinstance(exc, StreamNotFound):
-        status, kind, param = 404, "not_found_error", None
+        status = 404
     elif isinstance(exc, LimitExceeded):
-        status, kind, param = 429, "rate_limit_error", exc.limit
+        status, param = 429, exc.limit
     elif isinstance(exc, BackendUnavailable):
-        status, kind, param = 503, "server_error", None
-    elif isinstance(exc, InvalidCursor):
-        status, kind, param = 400, "invalid_request_error", exc.param
-    else:
-        status, kind, param = 400, "invalid_request_error", None
-    body = {"error": {"message": str(exc), "type": kind, "param": param, "code": None}}
-    retry = "true" if status == 503 else "false"
-    return web.json_response(body, status=status, headers={"x-should-retry": retry})
+        status = 503
+    text = str(exc) if param is None else f"{exc}\nparam: {param}"
+    return web.Response(status=status, text=text + "\n")
 
 
 def make_stream_handler(
     registry: Registry,
     key_of: Callable[[web.Request], str] = lambda request: request.match_info["key"],
+    *,
+    on_error: Callable[[BrokerError], web.StreamResponse] = plain_error_response,
 ) -> Callable[[web.Request], object]:
-    """A ready aiohttp handler serving the registry's stream named by ``key_of(request)``."""
+    """A ready aiohttp handler serving the registry's stream named by ``key_of(request)``.
+
+    A broker error raised before streaming (a bad cursor or format, an unknown key, a
+    refused limit, an unreachable backend) is answered with ``on_error(exc)``.
+    """
 
     async def handler(request: web.Request) -> web.StreamResponse:
         key = key_of(request)
         try:
-            cursor, _source = request_cursor(request)
-            stream = await registry.open(key, cursor=cursor)
+            query = parse_stream_query(request)
+            stream = await registry.open(key, cursor=query.cursor)
             if stream is None:
                 raise StreamNotFound(f"no stream {key!r}")
-            return await serve_stream(request, stream, config=registry.config, registry=registry)
+            return await serve_stream(
+                request, stream, query, config=registry.config, registry=registry
+            )
         except BrokerError as exc:
-            return broker_error_response(exc)
+            return on_error(exc)
 
     return handler

@@ -19,7 +19,7 @@ After a write, a sink above its high-water mark is *paused*: the stream stops wr
 it and wakes its owner (see :meth:`Subscription.wait`), who waits for the transport to
 drain (or gives up after a stall timeout and drops the connection) and then calls
 :meth:`Stream.resume`. The subscriber then catches up from its cursor; if the buffer has
-moved past it, it receives a ``thread.stream.gap`` event and the publisher's snapshot.
+moved past it, it receives a gap event (named by ``gap_event``) and the publisher's snapshot.
 A stalled subscriber costs one cursor and its transport's buffer, never the agent's time
 or the other subscribers'.
 """
@@ -32,18 +32,17 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from .buffer import ByteBudget, Gap, ReplayBuffer
+from .config import DEFAULT_GAP_EVENT
 from .errors import StreamClosed
 from .events import DONE_FRAME, PING_FRAME, Event, Framing
 from .types import Counters, Sink, SnapshotFn, StreamStats
 
-__all__ = ["GAP_EVENT", "Stream", "SubState", "Subscription", "Tally"]
+__all__ = ["Stream", "SubState", "Subscription", "SubscriberTotal"]
 
 logger = logging.getLogger(__name__)
 
-GAP_EVENT = "thread.stream.gap"
 
-
-class Tally:
+class SubscriberTotal:
     """A count shared by several streams (the registry's total of subscribers), with a
     way to wait until it falls to zero."""
 
@@ -144,10 +143,11 @@ class Stream:
         budget: ByteBudget | None = None,
         on_over_budget: Callable[[Stream], None] | None = None,
         on_close: Callable[[Stream], None] | None = None,
-        subscriber_tally: Tally | None = None,
+        subscriber_total: SubscriberTotal | None = None,
         resume_snapshot: SnapshotFn | None = None,
         counters: Counters | None = None,
         tap: Callable[[Event], None] | None = None,
+        gap_event: str = DEFAULT_GAP_EVENT,
     ) -> None:
         kwargs = {}
         if max_events is not None:
@@ -163,7 +163,7 @@ class Stream:
         self.counters = counters or Counters()
         self._followers: list[asyncio.Future[None]] = []
         self._on_close = on_close
-        self._tally = subscriber_tally
+        self._total = subscriber_total
         self._subs: dict[Subscription, None] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._pending_events = 0
@@ -176,6 +176,7 @@ class Stream:
         self.reserved = 0
         """Subscriber slots held by requests still starting (see ``Registry.reserve``)."""
         self._tap = tap
+        self._gap_event = gap_event
 
     # -- publishing ------------------------------------------------------------------
 
@@ -289,8 +290,8 @@ class Stream:
         self.buffer.check_cursor(start)
         sub = Subscription(self, sink, framing, start)
         self._subs[sub] = None
-        if self._tally is not None:
-            self._tally.add()
+        if self._total is not None:
+            self._total.add()
         prefix = preamble
         if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
             events = self._snapshot_events(self._resume_snapshot, start, [])
@@ -315,8 +316,8 @@ class Stream:
     def _remove(self, sub: Subscription, state: SubState) -> None:
         if sub in self._subs:
             del self._subs[sub]
-            if self._tally is not None:
-                self._tally.remove()
+            if self._total is not None:
+                self._total.remove()
         sub._set_state(state)
 
     def _snapshot_events(self, fn: SnapshotFn | None, at: int, lead: list[Event]) -> list[Event]:
@@ -337,12 +338,12 @@ class Stream:
         then the snapshot at the head; or, with no snapshot, the gap and what is buffered."""
         head = self.buffer.head
         if self._snapshot is not None:
-            gap = Event.create(None, GAP_EVENT, {"from": cursor, "to": head + 1})
+            gap = Event.create(None, self._gap_event, {"from": cursor, "to": head + 1})
             return self._snapshot_events(self._snapshot, head, [gap]), head
         first = self.buffer.first_id
         tail = self.buffer.since(first - 1)
         assert not isinstance(tail, Gap)
-        return [Event.create(None, GAP_EVENT, {"from": cursor, "to": first}), *tail], head
+        return [Event.create(None, self._gap_event, {"from": cursor, "to": first}), *tail], head
 
     def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int, bool]:
         """SSE bytes that take a subscriber from ``cursor`` to the head, the new cursor,

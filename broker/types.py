@@ -77,7 +77,7 @@ class Counters:
     """Running totals of a registry's streams (plain integers: export them as you like).
 
     ``delivered`` counts events written to SSE subscribers (events a gap's snapshot stands
-    for included); ``gaps`` subscribers served a ``thread.stream.gap``; ``snapshots``
+    for included); ``gaps`` subscribers served a gap event; ``snapshots``
     snapshots served (after a gap, or asked for with ``snapshot=1``);
     ``stalled_disconnects`` subscribers cut off for making no progress.
     """

@@ -5,6 +5,7 @@ counts, at module level or inside a function, ``TYPE_CHECKING`` ones included.""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +111,22 @@ def test_the_broker_imports_nothing_of_the_runtime() -> None:
         if target.startswith("agent_runtime")
     }
     assert leaks == set()
+
+
+def test_the_broker_speaks_no_agent_vocabulary() -> None:
+    """No ``thread.*`` event name in the broker's code: names such as the gap event's are
+    the application's, given to the broker in its configuration."""
+    agentish = re.compile(r"\bthread\.[a-z]")
+    found = sorted(
+        f"{name}:{node.lineno}: {node.value!r}"
+        for name, path in modules().items()
+        if name.split(".")[0] == "broker"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and agentish.search(node.value)
+    )
+    assert found == []
 
 
 def test_no_product_module_is_over_600_lines() -> None:

@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import AgentRuntimeError, InvalidRequest
 from ..models.base import CompletionRequest
 from ..models.router import ModelRouter
+from .errors import error_payload
+from .validation import param_path
 
 __all__ = ["ChatCompletionBody", "routes"]
 
@@ -91,20 +93,9 @@ class ChatCompletionBody(BaseModel):
     n: int | None = Field(default=None, ge=1, le=1)
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    """``("messages", 0, "role")`` → ``"messages[0].role"``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
 def _invalid(exc: ValidationError) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
-    param = _param(tuple(error["loc"]))
+    param = param_path(error["loc"])
     if error["type"] == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -143,12 +134,7 @@ def _frame(chunk: ChatCompletionChunk) -> bytes:
 
 
 def _error_frame(exc: BaseException) -> bytes:
-    if isinstance(exc, AgentRuntimeError):
-        error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-    else:
-        error = {"message": "internal server error", "type": "server_error", "param": None,
-                 "code": None}  # fmt: skip
-    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    return b"data: " + orjson.dumps({"error": error_payload(exc)}) + b"\n\n"
 
 
 async def _aclose(chunks: AsyncIterator[ChatCompletionChunk]) -> None:

@@ -12,12 +12,19 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker import Event, Framing, InvalidCursor, serve_stream
-from broker.sse import SSE_HEADERS, request_cursor, request_framing
+from broker import (
+    SSE_HEADERS,
+    Event,
+    Framing,
+    InvalidCursor,
+    StreamQuery,
+    parse_stream_query,
+    serve_stream,
+)
 
 from ..errors import InvalidRequest
 from ..objects import Message, Run, RunStep
-from ..protocol import delta_payload
+from ..protocol import GAP, delta_payload
 from ..run_log import replay_compacted
 from ..runs import RunContext
 from .keys import HUB
@@ -97,12 +104,8 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
         metadata=body.metadata,
     )
     if body.stream:
-        return await serve_stream(
-            request,
-            ctx.stream,
-            config=hub.registry.config,
-            framing=Framing.OPENAI,
-        )
+        query = parse_stream_query(request, framing=Framing.OPENAI)
+        return await serve_stream(request, ctx.stream, query, config=hub.registry.config)
     return json_response(ctx.run.to_dict())
 
 
@@ -186,15 +189,17 @@ async def stream_run(request: web.Request) -> web.StreamResponse:
     thread_id = request.match_info["thread_id"]
     run_id = request.match_info["run_id"]
     run = await hub.store.get_run(thread_id, run_id)  # 404 for a run of another thread
-    cursor, _source = request_cursor(request)
+    query = parse_stream_query(request)
     # On several nodes the stream may be published elsewhere: ``open`` mirrors it here.
-    stream = await hub.registry.open(run_id, expected=not run.terminal, cursor=cursor)
+    stream = await hub.registry.open(run_id, expected=not run.terminal, cursor=query.cursor)
     if stream is None:
-        return await _rebuilt(request, run)
-    return await serve_stream(request, stream, config=hub.registry.config, registry=hub.registry)
+        return await _rebuilt(request, run, query)
+    return await serve_stream(
+        request, stream, query, config=hub.registry.config, registry=hub.registry
+    )
 
 
-async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
+async def _rebuilt(request: web.Request, run: Run, query: StreamQuery) -> web.StreamResponse:
     """A finished run whose stream is no longer retained, served from the store.
 
     From the run's stored event log when it has one (see
@@ -203,12 +208,10 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     snapshot of the run from its messages and steps, the last event carrying the id of the run's
     real last event."""
     hub = request.app[HUB]
-    cursor, source = request_cursor(request)
-    framing = request_framing(request)
+    cursor, source, framing = query.cursor, query.cursor_param, query.framing
     stored = await hub.store.get_run_log(run.thread_id, run.id)
     if stored is not None and stored.get("items"):
-        resume = request.query.get("snapshot", "").lower() in ("1", "true", "yes", "on")
-        return _replayed(run, stored, cursor, source, framing, resume)
+        return _replayed(run, stored, cursor, source, framing, query.snapshot)
     # A run interrupted by a crash has no recorded last event id: any cursor is behind.
     known = run.last_event_id is not None
     last = run.last_event_id or 0
@@ -221,9 +224,7 @@ async def _rebuilt(request: web.Request, run: Run) -> web.StreamResponse:
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
     steps = await hub.runs.run_steps(run.thread_id, run.id)
     run_dict = run.to_dict()
-    items: list[tuple[str, Any]] = [
-        ("thread.stream.gap", {"from": cursor or 0, "to": last + 1 if known else None})
-    ]
+    items: list[tuple[str, Any]] = [(GAP, {"from": cursor or 0, "to": last + 1 if known else None})]
     live = {"status": "in_progress", "last_error": None, "failed_at": None}
     live |= {"cancelled_at": None, "completed_at": None, "incomplete_details": None}
     items.append(("thread.run.in_progress", run_dict | live))

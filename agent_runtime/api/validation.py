@@ -5,7 +5,7 @@ every event of a run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, TypeVar
 
 import orjson
@@ -23,6 +23,7 @@ __all__ = [
     "Instructions",
     "Metadata",
     "json_response",
+    "param_path",
     "parse_query",
     "read_json",
 ]
@@ -70,9 +71,21 @@ Instructions = Annotated[str, Field(max_length=MAX_INSTRUCTIONS_CHARS)]
 M = TypeVar("M", bound=BaseModel)
 
 
+def param_path(loc: Sequence[int | str]) -> str:
+    """A parameter's path as OpenAI spells it: ``("messages", 0, "role")`` →
+    ``"messages[0].role"``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
 def _describe(exc: ValidationError) -> InvalidRequest:
     first = exc.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or None
+    loc = param_path(first["loc"]) or None
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = f"Unknown parameter: '{loc}'."

@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from .hubproc import CpuMeter, MachineMeter
-from .sse_client import Endpoint, RunState, Subscriber, Tally, describe
+from .sse_client import BenchCounters, Endpoint, RunState, Subscriber, describe
 from .stats import Histogram, summary_ms
 
 __all__ = ["LATENCY_DEFINITION", "Bench", "BenchOptions"]
@@ -107,7 +107,7 @@ class Bench:
         self.endpoint = _endpoint(options.url)
         self.base = options.url.rstrip("/")
         self.rng = random.Random(options.seed)
-        self.tally = Tally()
+        self.tally = BenchCounters()
         self.totals = _Totals()
         self.latency = Histogram()
         self.spread = Histogram()

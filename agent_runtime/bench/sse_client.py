@@ -32,7 +32,15 @@ import orjson
 from ..protocol import TERMINAL_RUN_EVENTS
 from .stats import Histogram
 
-__all__ = ["Endpoint", "FrameInfo", "RunState", "Subscriber", "Tally", "parse_event", "split_frame"]
+__all__ = [
+    "Endpoint",
+    "FrameInfo",
+    "RunState",
+    "Subscriber",
+    "BenchCounters",
+    "parse_event",
+    "split_frame",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +130,7 @@ class Endpoint:
         )
 
 
-class Tally:
+class BenchCounters:
     """Counters shared by every subscriber of the bench (read by the progress display)."""
 
     __slots__ = ("delivered", "bytes", "window", "connected", "errors", "error_examples")
@@ -168,7 +176,7 @@ class Subscriber:
     """One logical subscriber of a run (see the module docstring)."""
 
     def __init__(
-        self, run: RunState, endpoint: Endpoint, tally: Tally, *, late: bool, drops: bool
+        self, run: RunState, endpoint: Endpoint, tally: BenchCounters, *, late: bool, drops: bool
     ) -> None:
         self.run = run
         self.endpoint = endpoint

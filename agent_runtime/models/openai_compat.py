@@ -189,7 +189,7 @@ class OpenAICompatProvider:
         if isinstance(exc, openai.APITimeoutError):
             return ProviderError(
                 f"{who} timed out (no answer within {self.timeout:g}s)",
-                status=504,
+                upstream_status=504,
                 code="provider_timeout",
             )
         if isinstance(exc, openai.APIConnectionError):
@@ -199,11 +199,11 @@ class OpenAICompatProvider:
                 message = f"{who} broke off the stream ({detail})"
             else:
                 message = f"{who} could not be reached at {self.base_url} ({detail})"
-            return ProviderError(message, status=502, code="provider_unreachable")
+            return ProviderError(message, upstream_status=502, code="provider_unreachable")
         if isinstance(exc, openai.APIStatusError):
             return ProviderError(
                 f"{who} answered {exc.status_code}: {_error_detail(exc)}",
-                status=exc.status_code,
+                upstream_status=exc.status_code,
                 param=exc.param,
                 code=exc.code,
             )

@@ -238,7 +238,7 @@ class ScriptedModel:
         raise ProviderError(
             f"ScriptedModel {self.name!r} has no script for call #{number}: pass a script, "
             "or queue one with add_script(...)",
-            status=500,
+            upstream_status=500,
         )
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
@@ -292,7 +292,7 @@ class ScriptedModel:
             elif isinstance(step, Fail):
                 await asyncio.sleep(step.delay)
                 logger.debug("%s: failing as scripted: %s", self.name, step.message)
-                raise ProviderError(step.message, status=step.status)
+                raise ProviderError(step.message, upstream_status=step.status)
             elif isinstance(step, Stall):
                 if step.seconds is None:
                     await asyncio.get_running_loop().create_future()  # until cancelled

@@ -24,6 +24,7 @@ from agent_runtime.agents import (
     discover_agents,
     load_agent,
 )
+from agent_runtime.api.errors import error_kind
 from agent_runtime.errors import AgentLoadError, NotFound
 
 SYNC_AGENT = """\
@@ -533,7 +534,7 @@ def test_catalog_unknown(tmp_path: Path) -> None:
             catalog.get(unknown)
         assert info.value.message.startswith(f"No agent named '{unknown}'")
         assert info.value.param == "assistant_id"
-        assert info.value.status == 404
+        assert error_kind(info.value).status == 404
 
 
 def test_catalog_rejects_duplicates(tmp_path: Path) -> None:

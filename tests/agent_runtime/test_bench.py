@@ -184,7 +184,7 @@ def test_sse_frames_are_split_whatever_their_layout() -> None:
 
 
 async def test_a_subscriber_parses_a_chunked_stream_split_anywhere() -> None:
-    from agent_runtime.bench.sse_client import Endpoint, RunState, Subscriber, Tally, _Conn
+    from agent_runtime.bench.sse_client import BenchCounters, Endpoint, RunState, Subscriber, _Conn
     from agent_runtime.protocol import delta_payload
     from broker import Event, Framing
     from broker.sse import chunked_wire
@@ -209,7 +209,7 @@ async def test_a_subscriber_parses_a_chunked_stream_split_anywhere() -> None:
     )
     for step in (1, 7, 64, len(response)):
         run = RunState("run_1", "thread_1", 0.0)
-        sub = Subscriber(run, Endpoint("127.0.0.1", 1), Tally(), late=False, drops=False)
+        sub = Subscriber(run, Endpoint("127.0.0.1", 1), BenchCounters(), late=False, drops=False)
         conn = _Conn(sub, b"")
         for i in range(0, len(response), step):
             conn.feed(response[i : i + step])

@@ -203,7 +203,9 @@ async def test_sdk_bad_request_carries_our_message(server: Server) -> None:
 
 async def test_sdk_provider_error_before_streaming(server: Server) -> None:
     server.router.stubs["stub:429"] = StubProvider(
-        fail_before=ProviderError("model provider 'stub' answered 429: slow down", status=429)
+        fail_before=ProviderError(
+            "model provider 'stub' answered 429: slow down", upstream_status=429
+        )
     )
     with pytest.raises(openai.RateLimitError, match="slow down"):
         await server.sdk.chat.completions.create(model="stub:429", messages=MESSAGES, stream=True)

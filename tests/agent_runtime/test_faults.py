@@ -710,7 +710,7 @@ async def test_bad_input_is_refused_and_changes_nothing(start_hub: StartHub) -> 
         # wrong types
         ("POST", "/v1/threads", {"messages": "hello"}, 400, "messages"),
         ("POST", "/v1/threads", {"metadata": {"k": 1}}, 400, "metadata.k"),
-        ("POST", "/v1/threads", {"messages": [{"role": "user"}]}, 400, "messages.0.content"),
+        ("POST", "/v1/threads", {"messages": [{"role": "user"}]}, 400, "messages[0].content"),
         ("POST", f"{done_path}/messages", {"role": "user", "content": 5}, 400, None),
         ("POST", f"{done_path}/messages", {"role": "system", "content": "x"}, 400, "role"),
         (
@@ -729,7 +729,7 @@ async def test_bad_input_is_refused_and_changes_nothing(start_hub: StartHub) -> 
             f"{done_path}/runs",
             {**fast, "additional_messages": [{"role": "user", "content": "x", "x": 1}]},
             400,
-            "additional_messages.0.x",
+            "additional_messages[0].x",
         ),
         # unknown fields
         ("POST", "/v1/threads", {"mesages": []}, 400, "mesages"),

@@ -52,13 +52,13 @@ async def test_metadata_is_capped_everywhere(
     run = {"assistant_id": "streaming-example"}
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("/v1/threads", {"metadata": metadata}, "metadata"),
-        ("/v1/threads", {"messages": [message]}, "messages.0.metadata"),
+        ("/v1/threads", {"messages": [message]}, "messages[0].metadata"),
         (f"/v1/threads/{thread_id}/messages", message, "metadata"),
         (f"/v1/threads/{thread_id}/runs", run | {"metadata": metadata}, "metadata"),
         (
             f"/v1/threads/{thread_id}/runs",
             run | {"additional_messages": [message]},
-            "additional_messages.0.metadata",
+            "additional_messages[0].metadata",
         ),
         ("/v1/threads/runs", run | {"metadata": metadata}, "metadata"),
         ("/v1/threads/runs", run | {"thread": {"metadata": metadata}}, "thread.metadata"),

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from openai.types.chat import ChatCompletionChunk
 
+from agent_runtime.api.errors import error_kind
 from agent_runtime.errors import InvalidRequest, ProviderError
 from agent_runtime.models.base import CompletionRequest, ModelProvider
 from agent_runtime.models.openai_compat import PROVIDERS, OpenAICompatProvider
@@ -293,13 +294,13 @@ async def test_error_answers_keep_status_and_message(
     provider = await make_provider("fireworks")
     with pytest.raises(ProviderError) as info:
         await collect(provider, req(model))
-    assert info.value.status == status
+    assert info.value.upstream_status == status
     assert words in info.value.message
     assert "'fireworks'" in info.value.message
     assert info.value.code == f"fake_{status}"
     with pytest.raises(ProviderError) as info:
         await provider.complete(req(model))
-    assert info.value.status == status
+    assert info.value.upstream_status == status
 
 
 async def test_retries_are_few(fake: FakeProvider, make_provider: MakeProvider) -> None:
@@ -316,7 +317,7 @@ async def test_stream_cut_midway(make_provider: MakeProvider) -> None:
         async for chunk in provider.stream(req("x/cut")):
             received.append(chunk)
     assert len(received) == 3  # what arrived before the cut was passed on
-    assert info.value.status == 502
+    assert error_kind(info.value).status == 502
     assert "broke off the stream" in info.value.message
 
 
@@ -329,7 +330,7 @@ async def test_error_event_midstream(make_provider: MakeProvider) -> None:
     assert len(received) == 3
     assert "model overloaded" in info.value.message
     assert info.value.code == "overloaded"
-    assert info.value.status == 502
+    assert error_kind(info.value).status == 502
 
 
 async def test_stream_ending_without_finish(make_provider: MakeProvider) -> None:
@@ -347,7 +348,7 @@ async def test_unreachable_provider() -> None:
     try:
         with pytest.raises(ProviderError) as info:
             await collect(provider, req("m"))
-        assert info.value.status == 502
+        assert error_kind(info.value).status == 502
         assert "could not be reached" in info.value.message
         assert str(port) in info.value.message
     finally:
@@ -358,7 +359,7 @@ async def test_timeout(make_provider: MakeProvider) -> None:
     provider = await make_provider("fireworks", timeout=UNIT)
     with pytest.raises(ProviderError) as info:
         await provider.complete(req("x/hang-before"))
-    assert info.value.status == 504
+    assert error_kind(info.value).status == 504
     assert "timed out" in info.value.message
 
 

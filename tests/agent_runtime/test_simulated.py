@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
+from agent_runtime.api.errors import error_kind
 from agent_runtime.errors import InvalidRequest
 from agent_runtime.models.base import CompletionRequest, ModelProvider
 from agent_runtime.models.simulated import (
@@ -83,7 +84,7 @@ def test_bad_spec_names_the_key(spec: str, words: list[str]) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_spec(spec)
     assert info.value.param == "model"
-    assert info.value.status == 400
+    assert error_kind(info.value).status == 400
     for word in words:
         assert word in info.value.message
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agent_runtime.api.errors import error_kind
 from agent_runtime.errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
 from agent_runtime.objects import Message, Run, RunStep, Thread, new_id, now
 from agent_runtime.store import MemoryStore, RedisStore, SQLiteStore, Store
@@ -1301,7 +1302,7 @@ async def test_sqlite_failures_are_storage_unavailable_naming_the_cause(tmp_path
     try:
         with pytest.raises(StorageUnavailable) as error:
             await store.get_thread("thread_x")
-        assert error.value.status == 503 and error.value.code == "storage_unavailable"
+        assert error_kind(error.value).status == 503 and error.value.code == "storage_unavailable"
         assert f"cannot use data directory {blocker / 'data'}" in error.value.message
     finally:
         await store.close()

@@ -105,7 +105,7 @@ async def test_scripted_failure_before_any_text_is_a_refusal_with_its_status() -
     stream = model.stream(request())
     with pytest.raises(ProviderError) as caught:
         await anext(stream)  # no chunk at all: like a provider answering an error status
-    assert caught.value.status == 418 and caught.value.message == "nope"
+    assert caught.value.upstream_status == 418 and caught.value.message == "nope"
 
 
 async def test_a_model_without_script_says_how_to_give_one() -> None:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 import broker
+from agent_runtime.api.errors import error_answer
 
 from .helpers import UNIT, RawHTTP, Server
 
@@ -24,7 +25,8 @@ OpenRaw = Callable[..., Awaitable[RawHTTP]]
 @pytest.fixture
 async def serve(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Serve]:
     """``await serve(registry, setup=None)``: a real aiohttp server on 127.0.0.1 (port 0)
-    serving ``GET /s/{key}`` with ``broker.make_stream_handler(registry)``.
+    serving ``GET /s/{key}`` with ``broker.make_stream_handler(registry)``, its errors
+    answered as the hub answers them (``agent_runtime.api.errors.error_answer``).
 
     On teardown the registry is shut down first (every handler ends), then the runner; the
     test fails if the server logged an error (an exception escaping a handler).
@@ -34,7 +36,7 @@ async def serve(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Serve]:
 
     async def start(registry: broker.Registry, setup: AppSetup | None = None) -> Server:
         app = web.Application()
-        app.router.add_get("/s/{key}", broker.make_stream_handler(registry))
+        app.router.add_get("/s/{key}", broker.make_stream_handler(registry, on_error=error_answer))
         if setup is not None:
             setup(app)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2 * UNIT)

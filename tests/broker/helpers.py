@@ -22,7 +22,8 @@ from .sse_parse import Frame, SSEParser, parse_frames
 UNIT = float(os.environ.get("AGENTSTREAM_TEST_UNIT", "1.0"))
 """Seconds; every timeout of the suite is a small multiple of it."""
 
-GAP = broker.GAP_EVENT
+GAP = broker.BrokerConfig().gap_event
+"""The gap event's name under the default configuration."""
 
 
 def within(units: float = 5) -> asyncio.Timeout:

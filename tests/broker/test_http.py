@@ -18,10 +18,12 @@ from aiohttp import web
 from broker.config import BrokerConfig
 from broker.events import DONE_FRAME, Framing
 from broker.registry import Registry
-from broker.stream import GAP_EVENT, Stream
+from broker.sse import StreamQuery, make_stream_handler, serve_stream
+from broker.stream import Stream
 
 from .conftest import OpenRaw, Serve
 from .helpers import (
+    GAP,
     UNIT,
     IncompleteBody,
     Rec,
@@ -227,6 +229,27 @@ async def test_header_beats_query(serve: Serve, session: aiohttp.ClientSession) 
         assert await resp.read() == body_of(stream, 3, 8)  # an empty header is absent
 
 
+async def test_serve_stream_serves_the_query_it_is_given(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    """The caller parses the request once; ``serve_stream`` does not read it again."""
+    registry = Registry()
+    stream = registry.create("k")
+    publish_n(stream, 8)
+    stream.close()
+    query = StreamQuery(
+        cursor=5, cursor_param="last_event_id", framing=Framing.OPENAI, snapshot=False
+    )
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_stream(request, stream, query, config=registry.config)
+
+    server = await serve(registry, lambda app: app.router.add_get("/given", handler))
+    async with within(), session.get(server.url("/given?last_event_id=1&format=xml")) as resp:
+        assert resp.status == 200
+        assert await resp.read() == RETRY + frames_of(stream, 6, 8, Framing.OPENAI) + DONE_FRAME
+
+
 @pytest.mark.parametrize(
     ("query", "headers", "param"),
     [
@@ -291,6 +314,23 @@ async def test_unknown_key_is_a_404_json_error(
         body = await resp.json()
     assert body["error"]["type"] == "not_found_error"
     assert body["error"]["param"] is None
+
+
+async def test_the_broker_alone_answers_errors_in_plain_text(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    """Without ``on_error``, the broker's own handler answers a status and the message."""
+    registry = Registry()
+    stream = registry.create("k")
+    publish_n(stream, 3)
+    handler = make_stream_handler(registry)
+    server = await serve(registry, lambda app: app.router.add_get("/plain/{key}", handler))
+    async with within(), session.get(server.url("/plain/nope")) as resp:
+        assert resp.status == 404 and resp.content_type == "text/plain"
+        assert "nope" in await resp.text()
+    async with within(), session.get(server.url("/plain/k?last_event_id=9")) as resp:
+        assert resp.status == 400
+        assert (await resp.text()).endswith("\nparam: last_event_id\n")
 
 
 async def test_subscriber_limit_is_a_429(serve: Serve, open_raw: OpenRaw) -> None:
@@ -539,7 +579,7 @@ async def test_fresh_join_after_eviction_gets_gap_snapshot_then_tail(
         stream.close()
         await client.read_to_end()
     recs = records_of(client.body)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 0, "to": 21})
+    assert recs[0] == Rec(None, GAP, {"from": 0, "to": 21})
     assert [(r.id, r.name) for r in recs[1:4]] == [
         (None, "thread.run"),
         (None, "thread.message.created"),
@@ -589,7 +629,7 @@ async def test_resume_before_the_buffer_gets_gap_and_snapshot(
     async with within(), session.get(url) as resp:
         body = await resp.read()
     recs = records_of(body, Framing.OPENAI)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 3, "to": 21})
+    assert recs[0] == Rec(None, GAP, {"from": 3, "to": 21})
     result = check_sequence(recs, published=published, start=3, snapshot=snap)
     assert result.done_frame and result.cursor == 20
 

@@ -16,9 +16,8 @@ from broker import BackendUnavailable, Event, InvalidCursor, StreamExists
 from broker.config import BrokerConfig
 from broker.redis_io import Link, pack
 from broker.redis_streams import RedisRegistry, RedisSettings
-from broker.stream import GAP_EVENT
 
-from .helpers import UNIT, CollectingSink, records_of, within
+from .helpers import GAP, UNIT, CollectingSink, records_of, within
 
 MakeNode = Callable[..., Awaitable[RedisRegistry]]
 
@@ -203,7 +202,7 @@ async def test_trimmed_stream_starts_at_the_checkpoint_with_gap_and_snapshot(
     stream.close()
     async with within():
         events = await collect(mirror, 0)
-    assert events[0].name == GAP_EVENT
+    assert events[0].name == GAP
     assert events[1].name == "state" and events[1].payload() == {"last": {"i": 250}}
     assert events[1].id == 250
 

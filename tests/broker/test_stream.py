@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 from broker.buffer import ByteBudget
+from broker.config import BrokerConfig
 from broker.errors import InvalidCursor, InvalidEvent, StreamClosed
 from broker.events import DONE_FRAME, Event, Framing
-from broker.stream import GAP_EVENT, Stream, SubState, Tally
+from broker.registry import Registry
+from broker.stream import Stream, SubscriberTotal, SubState
 from broker.types import StreamStats
 
-from .helpers import CollectingSink, Rec, check_sequence, records_of, within
+from .helpers import GAP, CollectingSink, Rec, check_sequence, records_of, within
 
 DEFAULT = Framing.DEFAULT
 OPENAI = Framing.OPENAI
@@ -151,12 +153,12 @@ async def test_subscribing_while_a_flush_is_pending_gives_no_duplicates() -> Non
 
 async def test_close_delivers_the_rest_then_finishes_every_subscriber() -> None:
     closed: list[Stream] = []
-    tally = Tally()
-    stream = Stream("k", on_close=closed.append, subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", on_close=closed.append, subscriber_total=total)
     default, openai = CollectingSink(), CollectingSink()
     sub_d = stream.subscribe(default)
     sub_o = stream.subscribe(openai, None, OPENAI)
-    assert tally.n == 2
+    assert total.n == 2
     published = publish_n(stream, 3)
     stream.close()
     stream.close()  # idempotent
@@ -165,7 +167,7 @@ async def test_close_delivers_the_rest_then_finishes_every_subscriber() -> None:
     async with within():
         assert await sub_d.wait() is SubState.DONE
         assert await sub_o.wait() is SubState.DONE
-    assert stream.subscriber_count == 0 and tally.n == 0
+    assert stream.subscriber_count == 0 and total.n == 0
     recs = records_of(default.data)
     assert check_sequence(recs, published=published, start=0).cursor == 3
     assert not any(r.done for r in recs)
@@ -190,13 +192,13 @@ async def test_close_of_an_idle_stream_finishes_caught_up_subscribers() -> None:
 
 
 async def test_subscribing_to_a_closed_stream_is_done_at_once() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     published = publish_n(stream, 3)
     stream.close()
     sink = CollectingSink()
     sub = stream.subscribe(sink, 1, OPENAI)
-    assert sub.state is SubState.DONE and stream.subscriber_count == 0 and tally.n == 0
+    assert sub.state is SubState.DONE and stream.subscriber_count == 0 and total.n == 0
     assert len(sink.writes) == 1
     result = check_sequence(records_of(sink.data, OPENAI), published=published, start=1)
     assert result.done_frame and result.cursor == 3
@@ -245,13 +247,13 @@ async def test_at_end_and_check_cursor() -> None:
 
 
 async def test_a_cursor_ahead_of_the_stream_is_refused_and_adds_nothing() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     publish_n(stream, 2)
     for bad in (3, -1, 10**17):
         with pytest.raises(InvalidCursor):
             stream.subscribe(CollectingSink(), bad)
-    assert stream.subscriber_count == 0 and tally.n == 0
+    assert stream.subscriber_count == 0 and total.n == 0
 
 
 # -- backpressure -----------------------------------------------------------------------------
@@ -321,7 +323,7 @@ async def test_resume_after_falling_behind_gets_gap_then_snapshot() -> None:
     sink.unblock()
     stream.resume(sub)
     recs = records_of(sink.data)
-    assert recs[1] == Rec(None, GAP_EVENT, {"from": 1, "to": 11})
+    assert recs[1] == Rec(None, GAP, {"from": 1, "to": 11})
     assert recs[2:] == [
         Rec(None, "thread.run", {"at": 10}),
         Rec(10, "thread.message.created", {"at": 10, "text": "so\nfar"}),
@@ -367,9 +369,24 @@ async def test_gap_without_snapshot_says_what_is_missing_and_goes_on() -> None:
     sink = CollectingSink()
     stream.subscribe(sink, 2)
     recs = records_of(sink.data)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 2, "to": 8})
+    assert recs[0] == Rec(None, GAP, {"from": 2, "to": 8})
     assert [r.id for r in recs[1:]] == [8, 9, 10]
     assert check_sequence(recs, published=published, start=2).gaps == [(2, 8)]
+
+
+async def test_the_gap_event_is_named_by_the_configuration() -> None:
+    registry = Registry(BrokerConfig(max_events_per_stream=3, gap_event="feed.behind"))
+    stream = registry.create("k")
+    publish_n(stream, 10)
+    sink = CollectingSink()
+    stream.subscribe(sink, 2)
+    assert records_of(sink.data)[0] == Rec(None, "feed.behind", {"from": 2, "to": 8})
+    registry.shutdown()
+
+
+def test_a_gap_event_name_that_cannot_be_framed_is_refused() -> None:
+    with pytest.raises(ValueError, match="gap_event"):
+        BrokerConfig(gap_event="two\nlines")
 
 
 async def test_fresh_join_after_eviction_gets_gap_and_snapshot_at_head() -> None:
@@ -378,7 +395,7 @@ async def test_fresh_join_after_eviction_gets_gap_and_snapshot_at_head() -> None
     sink = CollectingSink()
     stream.subscribe(sink)
     recs = records_of(sink.data)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 0, "to": 21})
+    assert recs[0] == Rec(None, GAP, {"from": 0, "to": 21})
     assert [r.id for r in recs] == [None, None, 20]
     assert check_sequence(recs, published=published, start=0, snapshot=snap).cursor == 20
 
@@ -449,7 +466,7 @@ async def test_a_failing_snapshot_sends_the_gap_alone_stamped(
     sink = CollectingSink()
     with caplog.at_level(logging.ERROR, logger="broker.stream"):
         sub = stream.subscribe(sink)
-    assert records_of(sink.data) == [Rec(6, GAP_EVENT, {"from": 0, "to": 7})]
+    assert records_of(sink.data) == [Rec(6, GAP, {"from": 0, "to": 7})]
     assert any("snapshot" in r.message for r in caplog.records)
     assert sub.cursor == 6 and sub.state is SubState.LIVE
 
@@ -459,7 +476,7 @@ async def test_an_empty_snapshot_leaves_the_gap_stamped() -> None:
     publish_n(stream, 6)
     sink = CollectingSink()
     stream.subscribe(sink)
-    assert records_of(sink.data) == [Rec(6, GAP_EVENT, {"from": 0, "to": 7})]
+    assert records_of(sink.data) == [Rec(6, GAP, {"from": 0, "to": 7})]
 
 
 async def test_an_unserialisable_snapshot_is_treated_as_failed(
@@ -470,15 +487,15 @@ async def test_an_unserialisable_snapshot_is_treated_as_failed(
     sink = CollectingSink()
     with caplog.at_level(logging.ERROR, logger="broker.stream"):
         stream.subscribe(sink)
-    assert records_of(sink.data) == [Rec(6, GAP_EVENT, {"from": 0, "to": 7})]
+    assert records_of(sink.data) == [Rec(6, GAP, {"from": 0, "to": 7})]
 
 
 # -- leaving ----------------------------------------------------------------------------------
 
 
 async def test_a_closing_sink_is_dropped_at_the_next_delivery() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     sink = CollectingSink()
     sub = stream.subscribe(sink)
     sink.closing = True
@@ -487,7 +504,7 @@ async def test_a_closing_sink_is_dropped_at_the_next_delivery() -> None:
     async with within():
         assert await sub.wait() is SubState.DROPPED
     assert sink.writes == [] and sink.violations == []
-    assert stream.subscriber_count == 0 and tally.n == 0
+    assert stream.subscriber_count == 0 and total.n == 0
 
 
 async def test_a_sink_closing_at_subscribe_is_dropped_at_once() -> None:
@@ -501,13 +518,13 @@ async def test_a_sink_closing_at_subscribe_is_dropped_at_once() -> None:
 
 
 async def test_unsubscribe_is_idempotent() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     sink = CollectingSink()
     sub = stream.subscribe(sink)
     stream.unsubscribe(sub)
     stream.unsubscribe(sub)
-    assert sub.state is SubState.DROPPED and tally.n == 0
+    assert sub.state is SubState.DROPPED and total.n == 0
     assert stream.subscriptions() == []
     stream.publish("e", {})
     await turn()
@@ -516,15 +533,15 @@ async def test_unsubscribe_is_idempotent() -> None:
 
 async def test_discard_drops_subscribers_and_releases_the_buffer() -> None:
     budget = ByteBudget()
-    tally = Tally()
-    stream = Stream("k", budget=budget, subscriber_tally=tally)
+    total = SubscriberTotal()
+    stream = Stream("k", budget=budget, subscriber_total=total)
     sinks = [CollectingSink(), CollectingSink()]
     subs = [stream.subscribe(s) for s in sinks]
     publish_n(stream, 3)  # a flush is pending
     assert budget.used > 0
     stream.discard()
     assert all(s.state is SubState.DROPPED for s in subs)
-    assert budget.used == 0 and tally.n == 0 and stream.closed
+    assert budget.used == 0 and total.n == 0 and stream.closed
     await turn()
     assert all(s.writes == [] for s in sinks)  # the pending flush was cancelled
     with pytest.raises(StreamClosed):
@@ -628,7 +645,7 @@ async def test_resume_snapshot_serves_requested_snapshots_and_snapshot_serves_ga
     behind = CollectingSink()
     stream.subscribe(behind, 2, snapshot=True)  # behind the buffer: the gap snapshot
     recs = records_of(behind.data)
-    assert recs == [Rec(None, GAP_EVENT, {"from": 2, "to": 11}), Rec(10, "gap.state", {"at": 10})]
+    assert recs == [Rec(None, GAP, {"from": 2, "to": 11}), Rec(10, "gap.state", {"at": 10})]
 
 
 async def test_resume_snapshot_alone_has_no_say_in_gaps() -> None:
@@ -640,7 +657,7 @@ async def test_resume_snapshot_alone_has_no_say_in_gaps() -> None:
     behind = CollectingSink()
     stream.subscribe(behind)
     recs = records_of(behind.data)
-    assert recs[0] == Rec(None, GAP_EVENT, {"from": 0, "to": 8})
+    assert recs[0] == Rec(None, GAP, {"from": 0, "to": 8})
     assert check_sequence(recs, published=published, start=0).cursor == 10
 
 
@@ -724,13 +741,13 @@ async def test_a_follower_of_a_discarded_stream_is_told() -> None:
     assert [e.id for e in got] == [1]
 
 
-async def test_tally_wait_zero() -> None:
-    tally = Tally()
-    stream = Stream("k", subscriber_tally=tally)
+async def test_subscriber_total_wait_zero() -> None:
+    total = SubscriberTotal()
+    stream = Stream("k", subscriber_total=total)
     async with within():
-        await tally.wait_zero()  # already zero
+        await total.wait_zero()  # already zero
     subs = [stream.subscribe(CollectingSink()) for _ in range(2)]
-    waiter = asyncio.create_task(tally.wait_zero())
+    waiter = asyncio.create_task(total.wait_zero())
     await turn()
     stream.unsubscribe(subs[0])
     await turn()
@@ -738,4 +755,4 @@ async def test_tally_wait_zero() -> None:
     stream.unsubscribe(subs[1])
     async with within():
         await waiter
-    assert tally.n == 0
+    assert total.n == 0
