@@ -1,7 +1,7 @@
 """agentstream's agent runtime.
 
 The test harness is re-exported here lazily (importing ``agent_runtime`` stays cheap):
-``EmbeddedHub`` (``agent_runtime.testing.Hub``), ``ScriptedModel`` and its steps ``Say``,
+``EmbeddedHub`` (``agent_runtime.testing.EmbeddedHub``), ``ScriptedModel`` and its steps ``Say``,
 ``Fail``, ``Stall``, ``Gate``, ``Finish``, and ``RunResult``.
 """
 

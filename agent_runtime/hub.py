@@ -124,7 +124,7 @@ class Hub:
             )
             await self._check_ownerless_threads()
         except BaseException:
-            await self.store.close()
+            await self.store.aclose()
             raise
         await end_interrupted(self.store, interrupted)
 
@@ -154,7 +154,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         # 1. Let live runs finish within the grace period, then end the rest: each
         #    publishes its terminal event and closes its stream.
-        await self.runs.shutdown(
+        await self.runs.aclose(
             grace=self.config.shutdown_grace, timeout=self.config.shutdown_timeout
         )
         deadline = loop.time() + self.config.shutdown_timeout
@@ -169,4 +169,4 @@ class Hub:
             await self.cluster.aclose()
         await self.registry.aclose(max(0.0, deadline - loop.time()))
         await self.models.aclose()
-        await self.store.close()
+        await self.store.aclose()

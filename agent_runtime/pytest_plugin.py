@@ -9,7 +9,7 @@ fails with a message saying so. Disable the plugin with ``-p no:agentstream``.
 Fixtures (function-scoped; each hub is stopped at the end of its test):
 
 ``agentstream_hub``
-    A running :class:`agent_runtime.testing.Hub` with the bundled example agents on the
+    A running :class:`agent_runtime.testing.EmbeddedHub` with the bundled example agents on the
     simulated model (``simulated:tokens=20,rate=0``).
 ``scripted_model``
     A fresh :class:`~agent_runtime.models.scripted.ScriptedModel` with no script: queue
@@ -17,7 +17,7 @@ Fixtures (function-scoped; each hub is stopped at the end of its test):
     ``scripted_model.script = [...]``, and pass it as a hub's ``model``.
 ``agentstream_hub_factory``
     ``await agentstream_hub_factory(agents=..., model=..., **settings)`` starts a hub with
-    those arguments (those of :class:`agent_runtime.testing.Hub`) and returns it.
+    those arguments (those of :class:`agent_runtime.testing.EmbeddedHub`) and returns it.
 
 The hubs run on the test's event loop: use them from the test (or other fixtures of the
 same loop scope).
@@ -32,11 +32,11 @@ import pytest
 
 if TYPE_CHECKING:
     from .models.scripted import ScriptedModel
-    from .testing import Hub
+    from .testing import EmbeddedHub
 
 __all__ = ["HubFactory", "agentstream_hub", "agentstream_hub_factory", "scripted_model"]
 
-HubFactory = Callable[..., Awaitable["Hub"]]
+HubFactory = Callable[..., Awaitable["EmbeddedHub"]]
 
 _asyncio_fixture: Callable[..., Any] | None
 try:
@@ -63,13 +63,13 @@ def _async_fixture(fn: Callable[..., Any]) -> Any:
 @_async_fixture
 async def agentstream_hub_factory() -> AsyncIterator[HubFactory]:
     """``await agentstream_hub_factory(agents=None, model=..., models=None, **settings)``: a
-    started :class:`agent_runtime.testing.Hub`; every hub it started stops at teardown."""
-    from .testing import Hub
+    started :class:`agent_runtime.testing.EmbeddedHub`; every hub it started stops at teardown."""
+    from .testing import EmbeddedHub
 
-    started: list[Hub] = []
+    started: list[EmbeddedHub] = []
 
-    async def start(*args: Any, **kwargs: Any) -> Hub:
-        hub = Hub(*args, **kwargs)
+    async def start(*args: Any, **kwargs: Any) -> EmbeddedHub:
+        hub = EmbeddedHub(*args, **kwargs)
         await hub.start()
         started.append(hub)
         return hub
@@ -82,7 +82,7 @@ async def agentstream_hub_factory() -> AsyncIterator[HubFactory]:
 
 
 @_async_fixture
-async def agentstream_hub(agentstream_hub_factory: HubFactory) -> Hub:
+async def agentstream_hub(agentstream_hub_factory: HubFactory) -> EmbeddedHub:
     """A running hub with the bundled example agents on the fast simulated model."""
     return await agentstream_hub_factory()
 

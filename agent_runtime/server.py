@@ -105,7 +105,7 @@ class Server:
             config.idle_timeout,
         )
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         """Stop listening, end live runs (subscribers receive their terminal events),
         then close the remaining connections; bounded by ``config.shutdown_timeout``."""
         if self._listener is not None:
@@ -120,7 +120,7 @@ class Server:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await self.aclose()
 
 
 async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
@@ -141,7 +141,7 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
         await server.start()
     except BaseException:
         if store is not None:
-            await store.close()
+            await store.aclose()
         raise
     logger.info("agentstream listening on %s", server.url)
     stop = asyncio.Event()
@@ -163,5 +163,5 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        await server.aclose()
         logger.info("stopped")

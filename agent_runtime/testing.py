@@ -2,18 +2,18 @@
 
 ::
 
-    from agent_runtime.testing import Hub, ScriptedModel, Say, Fail
+    from agent_runtime.testing import EmbeddedHub, ScriptedModel, Say, Fail
 
     async def test_reply() -> None:
-        async with Hub(model=ScriptedModel([Say("Hello"), Say(" world")])) as hub:
+        async with EmbeddedHub(model=ScriptedModel([Say("Hello"), Say(" world")])) as hub:
             result = await hub.run("streaming-example", "hi")
             assert result.status == "completed"
             assert result.texts == ["Hello world", "Hello world"]
 
-:class:`Hub` starts a real hub (the same :class:`~agent_runtime.server.Server` as
+:class:`EmbeddedHub` starts a real hub (the same :class:`~agent_runtime.server.Server` as
 ``agentstream serve``) on ``127.0.0.1`` and a free port: ``hub.url`` serves the whole HTTP
-API, ``hub.client()`` is an ``openai.AsyncOpenAI`` pointed at it, and :meth:`Hub.run` /
-:meth:`Hub.start_run` / :meth:`Hub.events` drive runs in-process, exactly as an SSE
+API, ``hub.client()`` is an ``openai.AsyncOpenAI`` pointed at it, and :meth:`EmbeddedHub.run` /
+:meth:`EmbeddedHub.start_run` / :meth:`EmbeddedHub.events` drive runs in-process, exactly as an SSE
 subscriber sees them.
 
 Agents: folders (``str`` or ``Path``), :class:`InlineAgent` objects, or ``str`` holding
@@ -28,7 +28,7 @@ a :class:`~agent_runtime.models.scripted.ScriptedModel`; ``model=None`` forces n
 Concurrency: a hub belongs to the event loop that started it; use it from that loop only
 (pytest-asyncio gives each test its loop, and the fixtures start hubs on it). Leaving the
 ``async with`` ends live runs (they finish ``failed``: the hub shut down), disconnects
-subscribers and closes the clients made by :meth:`Hub.client`. Cancelling an ``await
+subscribers and closes the clients made by :meth:`EmbeddedHub.client`. Cancelling an ``await
 hub.run(...)`` stops waiting; the run goes on until it ends or the hub stops.
 """
 
@@ -154,11 +154,11 @@ def _run_id(run: str | RunHandle | RunResult) -> str:
     return run if isinstance(run, str) else run.run_id
 
 
-class Hub:
+class EmbeddedHub:
     """A hub on a real socket inside this process (see the module docstring).
 
-    ``async with Hub(agents, model=..., models=..., **settings) as hub``; ``settings`` are
-    further :class:`~agent_runtime.config.HubConfig` fields (``run_expires_after``,
+    ``async with EmbeddedHub(agents, model=..., models=..., **settings) as hub``;
+    ``settings`` are further :class:`~agent_runtime.config.HubConfig` fields (``run_expires_after``,
     ``max_events_per_stream``…).
     """
 
@@ -185,7 +185,7 @@ class Hub:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> Hub:
+    async def start(self) -> EmbeddedHub:
         """Load the agents and start serving (on the running loop)."""
         if self._server is not None:
             raise RuntimeError("this hub is already started")
@@ -209,11 +209,11 @@ class Hub:
         server, self._server = self._server, None
         try:
             if server is not None:
-                await server.stop()
+                await server.aclose()
         finally:
             self._cleanup_files()
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> EmbeddedHub:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -255,7 +255,7 @@ class Hub:
     @property
     def server(self) -> Server:
         if self._server is None:
-            raise RuntimeError("the hub is not started: use 'async with Hub(...) as hub'")
+            raise RuntimeError("the hub is not started: use 'async with EmbeddedHub(...) as hub'")
         return self._server
 
     @property
@@ -390,6 +390,7 @@ class Hub:
         )
 
 
-EmbeddedHub = Hub
-"""``agent_runtime.testing.Hub`` under a name that does not clash with
-:class:`agent_runtime.hub.Hub` (re-exported as ``agent_runtime.EmbeddedHub``)."""
+Hub = EmbeddedHub
+"""The name this harness had first (``from agent_runtime.testing import Hub``), kept so
+existing tests go on working; new code says :class:`EmbeddedHub`, which does not clash
+with :class:`agent_runtime.hub.Hub`."""

@@ -190,7 +190,7 @@ async def one_repeat(args: argparse.Namespace, redis: tuple[str, str] | None) ->
             bench_latency, hub.url, args.bench_runs, args.bench_subscribers, args.duration
         )
     finally:
-        await hub.stop()
+        await hub.aclose()
     latency = summary["latency_ms"]
     first = summary["time_to_first_delta_ms"]
     errors = summary["errors"]

@@ -171,7 +171,7 @@ async def _bench(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
         if hub is not None:
-            await hub.stop()
+            await hub.aclose()
     summary["hub"] = hub_text
     slo_met = True
     if args.slo_p99_ms is not None:

@@ -160,7 +160,7 @@ class HubProcess:
             async with asyncio.timeout(_START_TIMEOUT):
                 self.url = await self._wait_listening()
         except BaseException as exc:
-            await self.stop()
+            await self.aclose()
             if isinstance(exc, TimeoutError):
                 raise HubStartError(self._failure("did not start listening in time")) from None
             raise
@@ -190,7 +190,7 @@ class HubProcess:
         tail = "\n".join(f"  {line}" for line in self.log) or "  (no output)"
         return f"the hub process {what}; its last output:\n{tail}"
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         """SIGTERM, wait up to 15 s, then SIGKILL. Idempotent."""
         proc = self.proc
         if proc is None:

@@ -316,7 +316,7 @@ class RunManager:
         ctx.publish(protocol.RUN_CANCELLING, ctx.run.to_dict())
         ctx.end("cancelled")
 
-    async def shutdown(self, *, grace: float = 0.0, timeout: float = 5.0) -> None:
+    async def aclose(self, *, grace: float = 0.0, timeout: float = 5.0) -> None:
         """Stop taking runs; give live runs ``grace`` seconds to finish on their own; then
         end the rest (``failed``, saying the hub shut down, terminal event published) and
         wait for them, at most ``timeout`` more seconds."""

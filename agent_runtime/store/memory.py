@@ -208,5 +208,5 @@ class MemoryStore:
                 adopted += 1
         return adopted
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         return None

@@ -140,7 +140,7 @@ class RedisStore:
         try:
             await store._client.ping()
         except (RedisError, OSError) as exc:
-            await store.close()
+            await store.aclose()
             raise ServiceUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
         return store
 
@@ -406,7 +406,7 @@ class RedisStore:
         (:class:`agent_runtime.cluster.Cluster`)."""
         return []
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Write what is queued, then disconnect. Idempotent."""
         if not self._closed:
             self._closed = True

@@ -88,7 +88,7 @@ class SQLiteStore:
 
     Prefer ``await SQLiteStore.open(path)``, which opens the database at once (so a bad
     path fails there); a store made with ``SQLiteStore(path)`` opens it at its first
-    operation. Always ``await store.close()``.
+    operation. Always ``await store.aclose()``.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -109,7 +109,7 @@ class SQLiteStore:
         try:
             await store._run(lambda _conn: None)
         except BaseException:
-            await store.close()
+            await store.aclose()
             raise
         return store
 
@@ -204,7 +204,7 @@ class SQLiteStore:
             self._conn = None
         self._lock.release()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Wait for every queued operation, then close the database and the worker thread.
         Idempotent; later operations raise ``AgentRuntimeError``."""
         if self._closing is None:

@@ -492,9 +492,9 @@ async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
     yield start
     for client in reversed(started):
         await client.session.close()
-        await client.server.stop()
+        await client.server.aclose()
         if client.watcher is not None:
-            await client.watcher.stop()
+            await client.watcher.aclose()
 
 
 # -- the contract's event sequence -------------------------------------------------------------

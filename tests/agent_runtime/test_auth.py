@@ -211,7 +211,7 @@ async def test_ownerless_threads_are_counted_at_start_and_adopted_on_request(
             made = await call(session, "POST", f"{open_hub.url}/v1/threads", {})
             await call(session, "POST", f"{open_hub.url}/v1/threads", {})
         finally:
-            await open_hub.stop()
+            await open_hub.aclose()
         path = f"/v1/threads/{made['id']}"
 
         caplog.set_level(logging.INFO, logger="agent_runtime.hub")
@@ -224,7 +224,7 @@ async def test_ownerless_threads_are_counted_at_start_and_adopted_on_request(
                 async with session.get(keyed.url + path, headers=bearer(key)) as reply:
                     assert reply.status == 404
         finally:
-            await keyed.stop()
+            await keyed.aclose()
 
         caplog.clear()
         adopting = await _serve(tmp_path, api_keys=(KEY_A, KEY_B), adopt_unowned_threads=KEY_B)
@@ -237,7 +237,7 @@ async def test_ownerless_threads_are_counted_at_start_and_adopted_on_request(
             async with session.get(adopting.url + path, headers=bearer(KEY_A)) as reply:
                 assert reply.status == 404
         finally:
-            await adopting.stop()
+            await adopting.aclose()
 
 
 def test_only_a_configured_key_can_adopt() -> None:
@@ -251,7 +251,7 @@ async def test_serve_adopts_ownerless_threads_with_the_flag(
     store = await SQLiteStore.open(tmp_path / "agentstream.db")
     thread = Thread(id=new_id("thread"), created_at=now())
     await store.create_thread(thread)
-    await store.close()
+    await store.aclose()
     args = ("--store", "sqlite", "--data-dir", str(tmp_path), "--api-key", KEY_A)
     serve = ServeProcess(*args, "--adopt-unowned-threads", KEY_A)
     try:

@@ -255,7 +255,7 @@ async def test_hub_shutdown_ends_live_runs_for_their_subscribers(start_hub: Star
     async with hub.reader(thread_id, run_id) as reader:
         async with within(2):
             await reader.until(lambda e: e.name == "thread.message.delta")
-            await asyncio.gather(hub.server.stop(), reader.rest())
+            await asyncio.gather(hub.server.aclose(), reader.rest())
 
     trace = check_run(reader.events, "thread.run.failed")
     assert "shut down" in trace.terminal.data["last_error"]["message"]

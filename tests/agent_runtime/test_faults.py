@@ -115,7 +115,7 @@ async def stub() -> AsyncIterator[ProviderStub]:
     try:
         yield server
     finally:
-        await server.stop()
+        await server.aclose()
 
 
 async def local_hub(

@@ -74,7 +74,7 @@ class ThreadedHub:
             self._ready.set()
             await self._stop.wait()
         finally:
-            await server.stop()
+            await server.aclose()
 
     def __enter__(self) -> ThreadedHub:
         self._thread.start()

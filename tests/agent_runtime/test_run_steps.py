@@ -237,7 +237,7 @@ async def scripted_hub(
         yield HubClient(server, session), gate
     finally:
         await session.close()
-        await server.stop()
+        await server.aclose()
 
 
 async def listed_statuses(hub: HubClient, thread_id: str, run_id: str) -> list[str]:

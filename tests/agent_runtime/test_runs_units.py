@@ -37,7 +37,7 @@ async def manager() -> AsyncIterator[RunManager]:
         config=RunsConfig(checkpoint_interval=0),
     )
     yield runs
-    await runs.shutdown(timeout=1)
+    await runs.aclose(timeout=1)
 
 
 async def a_thread(manager: RunManager) -> str:

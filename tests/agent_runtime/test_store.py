@@ -45,14 +45,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix")
         )
     yield made
-    await made.close()
+    await made.aclose()
 
 
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     made = await SQLiteStore.open(tmp_path / "store.db")
     yield made
-    await made.close()
+    await made.aclose()
 
 
 def a_thread(**fields_: Any) -> Thread:
@@ -866,7 +866,7 @@ async def test_open_creates_the_directory_and_the_schema(tmp_path: Path) -> None
 
         assert await store._run(pragmas) == ("wal", 1, 1, SCHEMA_VERSION)  # 1: NORMAL
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_reopening_keeps_everything(tmp_path: Path) -> None:
@@ -877,7 +877,7 @@ async def test_reopening_keeps_everything(tmp_path: Path) -> None:
     await store.create_thread(gone)
     await store.add_message(a_message(gone.id))
     await store.delete_thread(gone.id)
-    await store.close()
+    await store.aclose()
 
     store = await SQLiteStore.open(path)
     try:
@@ -892,7 +892,7 @@ async def test_reopening_keeps_everything(tmp_path: Path) -> None:
         await store.add_message(later)
         assert (await store.list_messages(thread.id, limit=1)).data == [later]
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_reopening_keeps_the_steps(tmp_path: Path) -> None:
@@ -902,7 +902,7 @@ async def test_reopening_keeps_the_steps(tmp_path: Path) -> None:
     steps = [ended(a_step(runs[0])), a_step(runs[0], "child_run"), a_step(runs[1])]
     for step in steps:
         await store.put_step(step)
-    await store.close()
+    await store.aclose()
 
     store = await SQLiteStore.open(path)
     try:
@@ -912,7 +912,7 @@ async def test_reopening_keeps_the_steps(tmp_path: Path) -> None:
         await store.put_step(later)
         assert (await store.list_steps(thread.id, runs[0].id, limit=1)).data == [later]
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_version_2_database_gains_steps_and_keeps_everything(tmp_path: Path) -> None:
@@ -944,7 +944,7 @@ async def test_a_version_2_database_gains_steps_and_keeps_everything(tmp_path: P
 
         assert await store._run(version) == SCHEMA_VERSION
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_store_made_directly_opens_at_first_use(tmp_path: Path) -> None:
@@ -954,7 +954,7 @@ async def test_a_store_made_directly_opens_at_first_use(tmp_path: Path) -> None:
         await store.create_thread(thread)
         assert await store.get_thread(thread.id) == thread
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -986,7 +986,7 @@ async def test_mark_interrupted_runs(tmp_path: Path) -> None:
     runs = [a_run(thread.id, status=status) for status in statuses]
     for run in runs:
         await store.create_run(run)
-    await store.close()  # as if the process had died with three runs live
+    await store.aclose()  # as if the process had died with three runs live
 
     store = await SQLiteStore.open(path)
     try:
@@ -1007,7 +1007,7 @@ async def test_mark_interrupted_runs(tmp_path: Path) -> None:
                 assert await store.get_run(thread.id, run.id) == run
         assert await store.mark_interrupted_runs("again") == []
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_mark_interrupted_runs_fails_their_open_steps(tmp_path: Path) -> None:
@@ -1022,7 +1022,7 @@ async def test_mark_interrupted_runs_fails_their_open_steps(tmp_path: Path) -> N
     left_open = a_step(finished)  # a finished run's step is left as it is
     for step in (open_step, done_step, left_open):
         await store.put_step(step)
-    await store.close()
+    await store.aclose()
 
     store = await SQLiteStore.open(path)
     try:
@@ -1038,7 +1038,7 @@ async def test_mark_interrupted_runs_fails_their_open_steps(tmp_path: Path) -> N
         assert await store.get_step(thread.id, live.id, done_step.id) == done_step
         assert await store.get_step(thread.id, finished.id, left_open.id) == left_open
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_writes_apply_in_call_order(sqlite_store: SQLiteStore) -> None:
@@ -1141,7 +1141,7 @@ async def test_close_waits_for_queued_operations(tmp_path: Path) -> None:
     async with worker_held(store):
         writes = [asyncio.create_task(store.add_message(m)) for m in messages]
         await asyncio.sleep(0)  # every write queued
-        closing = asyncio.create_task(store.close())
+        closing = asyncio.create_task(store.aclose())
         await asyncio.sleep(0)
         assert not closing.done()
     async with asyncio.timeout(5 * UNIT):
@@ -1149,7 +1149,7 @@ async def test_close_waits_for_queued_operations(tmp_path: Path) -> None:
         await closing
     assert store_threads() == []
 
-    await store.close()  # idempotent
+    await store.aclose()  # idempotent
     with pytest.raises(AgentRuntimeError, match="closed"):
         await store.get_thread(thread.id)
     with pytest.raises(AgentRuntimeError, match="closed"):
@@ -1160,7 +1160,7 @@ async def test_close_waits_for_queued_operations(tmp_path: Path) -> None:
         page = await store.list_messages(thread.id, order="asc", limit=100)
         assert page.data == messages
     finally:
-        await store.close()
+        await store.aclose()
 
 
 CHILD = """
@@ -1227,13 +1227,13 @@ async def test_committed_writes_survive_sigkill(tmp_path: Path) -> None:
         marked = await store.mark_interrupted_runs("the hub died")
         assert [r.id for r in marked] == ["run_1"]
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_closing_a_store_never_used(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "store.db")
-    await store.close()
-    await store.close()
+    await store.aclose()
+    await store.aclose()
     assert store_threads() == []
     assert not (tmp_path / "store.db").exists()
 
@@ -1262,8 +1262,8 @@ async def test_two_redis_stores_on_one_prefix_share_everything(
         assert await one._client.keys(f"{redis_prefix}*") == []
     finally:
         for store in (one, two, other):
-            await store.close()
-            await store.close()  # idempotent
+            await store.aclose()
+            await store.aclose()  # idempotent
 
 
 async def test_a_redis_store_leaves_live_runs_alone_at_start(
@@ -1286,7 +1286,7 @@ async def test_a_redis_store_leaves_live_runs_alone_at_start(
         assert await store.mark_interrupted_runs("stopped") == []
         assert (await store.get_run(thread.id, run.id)).status == "in_progress"
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_an_unreachable_redis_store_is_a_clear_error() -> None:
@@ -1305,4 +1305,4 @@ async def test_sqlite_failures_are_storage_unavailable_naming_the_cause(tmp_path
         assert error_kind(error.value).status == 503 and error.value.code == "storage_unavailable"
         assert f"cannot use data directory {blocker / 'data'}" in error.value.message
     finally:
-        await store.close()
+        await store.aclose()

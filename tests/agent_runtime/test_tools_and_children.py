@@ -145,7 +145,7 @@ async def start_scripted() -> AsyncIterator[StartScripted]:
     yield start
     for client in reversed(started):
         await client.session.close()
-        await client.server.stop()
+        await client.server.aclose()
 
 
 async def wait_run(hub: HubClient, thread_id: str, run_id: str) -> list[Ev]:

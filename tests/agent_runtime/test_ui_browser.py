@@ -93,7 +93,7 @@ async def start_ui_hub(agents_root: Path) -> AsyncIterator[StartHub]:
 
     yield start
     for server in reversed(servers):
-        await server.stop()
+        await server.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
