@@ -111,13 +111,24 @@ class _Connection(asyncio.Protocol):
     """One client connection: forwards everything to aiohttp's handler, tells the guard
     when it opens and closes, and closes itself if its first head is late."""
 
-    __slots__ = ("_guard", "_head_timer", "busy", "closed", "inner", "served", "transport")
+    __slots__ = (
+        "_guard",
+        "_head_tail",
+        "_head_timer",
+        "busy",
+        "closed",
+        "inner",
+        "served",
+        "transport",
+    )
 
     def __init__(self, guard: ConnectionGuard, inner: RequestHandler) -> None:
         self._guard = guard
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_tail = b""
+        """The last bytes received while the first head is awaited (its end may be split)."""
         self.busy = False
         """A request of it is in progress."""
         self.served = False
@@ -133,6 +144,14 @@ class _Connection(asyncio.Protocol):
             self._head_timer = loop.call_later(self._guard.header_timeout, self._head_late)
 
     def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            # The head is complete once its blank line arrived: from then on its timer
+            # has nothing to guard, however long a busy loop takes to start the handler.
+            seen = self._head_tail + data
+            if b"\r\n\r\n" in seen:
+                self._cancel_head_timer()
+            else:
+                self._head_tail = seen[-3:]
         self.inner.data_received(data)
 
     def eof_received(self) -> None:

@@ -127,6 +127,22 @@ async def test_a_silent_or_half_sent_head_is_closed_after_the_header_timeout(
     assert (await read_response(prompt[0]))[0] == 200
 
 
+async def test_a_complete_head_is_served_however_late_a_busy_loop_starts_it(
+    start_hub: StartHub, sockets: Sockets
+) -> None:
+    """The head timer guards the bytes, not the loop: a head that arrived whole is served
+    even if the loop, busy elsewhere, starts its handler after the timer's deadline."""
+    timeout = 0.2 * UNIT
+    client = await start_hub(header_timeout=timeout)
+    reader, writer = await sockets.connect(client.server.port)
+    writer.write(HEALTH)
+    await writer.drain()  # in the server's socket buffer now; the server has not read it
+    time.sleep(2 * timeout)  # noqa: ASYNC251 - the point: the whole loop is busy meanwhile
+    async with within(5):
+        status, _, body = await read_response(reader)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
 async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
     start_hub: StartHub, sockets: Sockets
 ) -> None:
