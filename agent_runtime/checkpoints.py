@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from .errors import NotFound
 from .objects import Message, Run, now
 from .run_log import RunLog
-from .store import Store
+from .store import Store, every_page
 
 __all__ = ["Checkpointer", "end_interrupted"]
 
@@ -155,8 +155,10 @@ async def _end_one(store: Store, run: Run) -> None:
     stamp = now()
     # Steps stored after the last checkpoint: shown as created then failed, after it.
     known = {item[3].get("id") for item in items if item[2] == "thread.run.step.created"}
-    stored_steps = await store.list_steps(run.thread_id, run.id, order="asc", limit=100)
-    for stored_step in stored_steps.data:
+    stored_steps = await every_page(
+        lambda after: store.list_steps(run.thread_id, run.id, order="asc", limit=1000, after=after)
+    )
+    for stored_step in stored_steps:
         if stored_step.id in known:
             continue
         body = stored_step.to_dict()

@@ -36,7 +36,7 @@ from ..errors import Conflict, InvalidRequest, LimitReached, ServiceUnavailable
 from ..objects import Message, Run, RunStep, new_id, now
 from ..repairs import Repairs
 from ..run_log import RunLog
-from ..store import Store
+from ..store import Store, every_page
 from . import lifecycle
 from .context import RunContext
 from .lifecycle import NoSlot
@@ -113,27 +113,18 @@ class RunManager:
         return pending if pending is not None and pending.thread_id == thread_id else run
 
     async def thread_messages(self, thread_id: str) -> list[Message]:
-        out: list[Message] = []
-        after: str | None = None
-        while True:
-            page = await self.store.list_messages(thread_id, order="asc", limit=1000, after=after)
-            out.extend(page.data)
-            if not page.has_more or not page.data:
-                return out
-            after = page.data[-1].id
+        """Every message of the thread, oldest first."""
+        return await every_page(
+            lambda after: self.store.list_messages(thread_id, order="asc", limit=1000, after=after)
+        )
 
     async def run_steps(self, thread_id: str, run_id: str) -> list[RunStep]:
         """Every stored step of the run, oldest first."""
-        out: list[RunStep] = []
-        after: str | None = None
-        while True:
-            page = await self.store.list_steps(
+        return await every_page(
+            lambda after: self.store.list_steps(
                 thread_id, run_id, order="asc", limit=1000, after=after
             )
-            out.extend(page.data)
-            if not page.has_more or not page.data:
-                return out
-            after = page.data[-1].id
+        )
 
     async def create(
         self,

@@ -7,12 +7,13 @@ or a message by passing the updated object to ``update_*``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ..objects import Message, Run, RunStep, Thread
 
-__all__ = ["Page", "Store"]
+__all__ = ["Page", "Store", "every_page"]
 
 Order = Literal["asc", "desc"]
 
@@ -25,6 +26,27 @@ class Page(Generic[T]):
 
     data: list[T]
     has_more: bool
+
+
+HasId = TypeVar("HasId", bound="_Identified")
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+async def every_page(fetch: Callable[[str | None], Awaitable[Page[HasId]]]) -> list[HasId]:
+    """Every item of a list, oldest first: ``fetch(after)`` gives the page after the item
+    ``after`` (``None``: the first page), in ascending order."""
+    out: list[HasId] = []
+    after: str | None = None
+    while True:
+        page = await fetch(after)
+        out.extend(page.data)
+        if not page.has_more or not page.data:
+            return out
+        after = page.data[-1].id
 
 
 class Store(Protocol):
