@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from . import protocol
 from .errors import NotFound
 from .objects import Message, Run, now
 from .run_log import RunLog
@@ -142,19 +143,19 @@ async def end_interrupted(store: Store, runs: Sequence[Run]) -> None:
 
 
 async def _end_one(store: Store, run: Run) -> None:
-    stored = await store.get_run_log(run.thread_id, run.id)
-    items = list(stored.get("items") or []) if isinstance(stored, dict) else []
-    head = int(stored.get("head") or FIRST_EVENTS) if isinstance(stored, dict) else FIRST_EVENTS
-    reserve = int(stored.get("reserve") or 0) if isinstance(stored, dict) else 0
+    stored = await store.get_run_log(run.thread_id, run.id) or {}
+    items = list(stored.get("items") or [])
+    head = int(stored.get("head") or FIRST_EVENTS)
+    reserve = int(stored.get("reserve") or 0)
     log = RunLog.from_compacted(items)
     next_id = max(head + MIN_RESERVE, reserve) + 1
     if not items and run.started_at is not None:
         # No checkpoint: the run had published created, queued and in_progress (id 3).
         live = run.to_dict() | {"status": "in_progress", "failed_at": None, "last_error": None}
-        log.record(FIRST_EVENTS + 1, "thread.run.in_progress", live)
+        log.record(FIRST_EVENTS + 1, protocol.run_event("in_progress"), live)
     stamp = now()
     # Steps stored after the last checkpoint: shown as created then failed, after it.
-    known = {item[3].get("id") for item in items if item[2] == "thread.run.step.created"}
+    known = {item[3].get("id") for item in items if item[2] == protocol.STEP_CREATED}
     stored_steps = await every_page(
         lambda after: store.list_steps(run.thread_id, run.id, order="asc", limit=1000, after=after)
     )
@@ -163,7 +164,7 @@ async def _end_one(store: Store, run: Run) -> None:
             continue
         body = stored_step.to_dict()
         created = body | {"status": "in_progress", "failed_at": None, "last_error": None}
-        log.record(next_id, "thread.run.step.created", created)
+        log.record(next_id, protocol.STEP_CREATED, created)
         next_id += 1
     open_messages, open_steps = log.open_items()
     for created in open_messages:
@@ -183,16 +184,16 @@ async def _end_one(store: Store, run: Run) -> None:
         )
         if text:
             await store.add_message(message)
-        log.record(next_id, "thread.message.incomplete", message.to_dict())
+        log.record(next_id, protocol.MESSAGE_INCOMPLETE, message.to_dict())
         next_id += 1
     error = (run.last_error or {}).get("message") or "the run was interrupted"
     for open_step in open_steps:
         final = open_step | {"status": "failed", "failed_at": stamp}
         final["last_error"] = {"code": "server_error", "message": error}
-        log.record(next_id, "thread.run.step.failed", final)
+        log.record(next_id, protocol.step_event("failed"), final)
         next_id += 1
     run.last_event_id = next_id
-    log.record(next_id, "thread.run.failed", run.to_dict())
+    log.record(next_id, protocol.run_event("failed"), run.to_dict())
     await store.update_run(run)
     await store.save_run_log(
         run.thread_id,

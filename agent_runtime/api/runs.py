@@ -22,6 +22,7 @@ from broker import (
     serve_stream,
 )
 
+from .. import protocol
 from ..errors import InvalidRequest
 from ..objects import Message, Run, RunStep
 from ..protocol import GAP, delta_payload
@@ -227,7 +228,7 @@ async def _rebuilt(request: web.Request, run: Run, query: StreamQuery) -> web.St
     items: list[tuple[str, Any]] = [(GAP, {"from": cursor or 0, "to": last + 1 if known else None})]
     live = {"status": "in_progress", "last_error": None, "failed_at": None}
     live |= {"cancelled_at": None, "completed_at": None, "incomplete_details": None}
-    items.append(("thread.run.in_progress", run_dict | live))
+    items.append((protocol.run_event("in_progress"), run_dict | live))
     # Steps and messages in the order they were created (a step first within a second).
     timeline: list[RunStep | Message] = sorted([*steps, *messages], key=_created)
     for message in timeline:
@@ -236,16 +237,16 @@ async def _rebuilt(request: web.Request, run: Run, query: StreamQuery) -> web.St
             continue
         created = message.to_dict() | {"content": [], "status": "in_progress"}
         created |= {"completed_at": None, "incomplete_at": None, "incomplete_details": None}
-        items.append(("thread.message.created", created))
+        items.append((protocol.MESSAGE_CREATED, created))
         if message.content:
-            items.append(("thread.message.delta", delta_payload(message.id, message.content)))
+            items.append((protocol.MESSAGE_DELTA, delta_payload(message.id, message.content)))
         final = (
-            "thread.message.completed"
+            protocol.MESSAGE_COMPLETED
             if message.status == "completed"
-            else ("thread.message.incomplete")
+            else protocol.MESSAGE_INCOMPLETE
         )
         items.append((final, message.to_dict()))
-    items.append((f"thread.run.{run.status}", run_dict))
+    items.append((protocol.run_event(run.status), run_dict))
     events = [Event.create(None, name, payload) for name, payload in items]
     if known:
         events[-1] = events[-1].with_id(last)
@@ -314,7 +315,7 @@ def _step_events(step: RunStep, run: Run) -> list[tuple[str, Any]]:
         final |= {"status": status, f"{status}_at": ended}
         if status == "failed":
             final["last_error"] = dict(run.last_error or {}) or None
-    return [("thread.run.step.created", created), (f"thread.run.step.{final['status']}", final)]
+    return [(protocol.STEP_CREATED, created), (protocol.step_event(final["status"]), final)]
 
 
 def routes() -> list[tuple[str, str, Any]]:
