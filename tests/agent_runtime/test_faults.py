@@ -115,7 +115,7 @@ async def stub() -> AsyncIterator[ProviderStub]:
     try:
         yield server
     finally:
-        await server.aclose()
+        await server.stop()
 
 
 async def local_hub(
