@@ -211,7 +211,10 @@ async def _rebuilt(request: web.Request, run: Run, query: StreamQuery) -> web.St
     hub = request.app[HUB]
     cursor, source, framing = query.cursor, query.cursor_param, query.framing
     stored = await hub.store.get_run_log(run.thread_id, run.id)
-    if stored is not None and stored.get("items"):
+    kept = (stored or {}).get("items") or []
+    # Only a log that holds the run's end: a run ended elsewhere (a node that died, failed
+    # by another) may have left only a checkpoint; it is rebuilt from its messages.
+    if stored is not None and kept and kept[-1][2] in protocol.TERMINAL_RUN_EVENTS:
         return _replayed(run, stored, cursor, source, framing, query.snapshot)
     # A run interrupted by a crash has no recorded last event id: any cursor is behind.
     known = run.last_event_id is not None

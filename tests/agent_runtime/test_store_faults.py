@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from agent_runtime.errors import StorageUnavailable
+from agent_runtime.objects import Run, new_id, now
 from agent_runtime.store import Store
 
 from .conftest import PACED_MODEL, TERMINAL_EVENTS, UNIT, StartHub, within
@@ -255,3 +256,31 @@ async def test_a_full_disk_ends_the_run_answers_503_and_recovers(
             assert events[-1].name == "thread.run.completed"
         finally:
             await serve.aclose()
+
+
+async def test_a_run_ended_elsewhere_with_only_a_checkpoint_is_rebuilt_with_its_end(
+    start_hub: StartHub,
+) -> None:
+    """A run failed by another node (its own died) may have only a checkpoint stored: its
+    stream is rebuilt from its messages and ends with its terminal event all the same."""
+    hub = await start_hub()
+    store = hub.hub.store
+    thread_id = await hub.create_thread("What is virtue?")
+    run = Run(
+        id=new_id("run"),
+        thread_id=thread_id,
+        assistant_id="streaming-example",
+        created_at=now(),
+        expires_at=None,
+        model="simulated",
+        status="failed",
+        last_error={"code": "server_error", "message": "node a died"},
+    )
+    await store.create_run(run)
+    checkpoint = {"head": 3, "items": [[3, 3, "thread.run.in_progress", run.to_dict()]]}
+    await store.save_run_log(thread_id, run.id, checkpoint)
+    async with within(5):
+        events = await hub.events(thread_id, run.id)
+    assert events[0].name == "thread.stream.gap"
+    assert events[-1].name == "thread.run.failed"
+    assert events[-1].data["last_error"]["message"] == "node a died"
