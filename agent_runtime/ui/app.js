@@ -3,7 +3,7 @@
  * Plain browser JavaScript, no build step, no external resources. The run's events are read
  * with an EventSource on /api/v1/threads/{thread_id}/stream/{run_id}, the way the product
  * description's snippet does (every event arrives as a 'message' whose data is
- * {"event": name, "data": object}). See shared/spec/protocol.md for the contract:
+ * {"event": name, "data": object}). See docs/protocol.md for the protocol:
  *
  * - Every event carries an id; the browser resends the last one (Last-Event-ID) when it
  *   reconnects by itself after a dropped connection, and the stream continues exactly
