@@ -17,6 +17,21 @@ from typing import Any
 from .conftest import ClientState, RunTrace, check_run
 from .sse import Ev
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+            },
+        },
+    }
+]
+"""The tool the step tests' agents offer (built into their source with ``repr``)."""
+
 STEP_FINAL = frozenset(
     {
         "thread.run.step.completed",

@@ -26,21 +26,7 @@ from agent_runtime.server import Server
 from .clients_helpers import ASSISTANTS_DEPRECATED, async_sdk
 from .conftest import GAP, UNIT, HubClient, StartHub, with_examples, within, write_agent
 from .sse import Ev
-from .steps_helpers import STEP_FINAL, StepsClientState, check_steps_run
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-                "required": ["city", "days"],
-            },
-        },
-    }
-]
+from .steps_helpers import STEP_FINAL, TOOLS, StepsClientState, check_steps_run
 
 AGENTS: dict[str, str] = {
     # One streamed completion that must call the tool, then a text reply.

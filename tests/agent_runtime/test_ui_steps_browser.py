@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from playwright.async_api import expect
 
+from .steps_helpers import TOOLS
 from .test_ui_browser import (  # noqa: F401  (fixtures)
     MODEL,
     OpenTab,
@@ -28,20 +29,6 @@ from .test_ui_browser import (  # noqa: F401  (fixtures)
     stored_assistant_texts,
 )
 from .ui_fixtures import write_ui_agents
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-                "required": ["city", "days"],
-            },
-        },
-    }
-]
 
 STEP_AGENTS = {
     "ui-steps": f"""
