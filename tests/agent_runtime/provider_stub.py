@@ -43,6 +43,7 @@ __all__ = [
     "ServeProcess",
     "call",
     "closed_port_url",
+    "spawn_serve",
 ]
 
 STUB_PIECES = ("Know", " thyself", ", said", " the", " oracle", " at", " Delphi.")
@@ -192,6 +193,24 @@ _LISTENING = re.compile(r"agentstream listening on (http://\S+)")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def spawn_serve(
+    *args: str, command: tuple[str, ...] = ("-m", "agent_runtime.cli")
+) -> asyncio.subprocess.Process:
+    """``python COMMAND serve --port 0 ARGS…`` in a child process, its stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *command,
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
 class ServeProcess:
     """``python -m agent_runtime.cli serve --port 0 ARGS…`` in a child process (``nofile``:
     with that open-files limit).
@@ -227,18 +246,7 @@ class ServeProcess:
         command: tuple[str, ...] = ("-m", "agent_runtime.cli")
         if self.nofile is not None:
             command = ("-c", _LIMITED.format(nofile=self.nofile))
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *command,
-            "serve",
-            "--port",
-            "0",
-            *self.args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-        )
+        self.proc = await spawn_serve(*self.args, command=command)
         assert self.proc.stderr is not None
         try:
             async with asyncio.timeout(self.timeout):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -24,26 +23,14 @@ from agent_runtime.errors import DataDirError, DataDirInUse
 from agent_runtime.hub import Hub
 
 from .conftest import UNIT
-from .provider_stub import ROOT, ServeProcess, call
+from .provider_stub import ServeProcess, call, spawn_serve
 from .test_restart import SHUTDOWN_TIMEOUT, SLOW, new_run, new_thread, serve_args
 
 
 async def serve_fails(*args: str) -> tuple[int, list[str]]:
     """Run ``agentstream serve --port 0 ARGS…`` expecting it to exit at once: its exit
     status and its stderr lines."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent_runtime.cli",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
+    proc = await spawn_serve(*args)
     try:
         async with asyncio.timeout(30 * UNIT):
             _, err = await proc.communicate()
