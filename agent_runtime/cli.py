@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from .hub import Hub
 from .logs import LOG_FORMAT, RunContextFilter
 from .objects import Message, Thread, new_id, now
 from .protocol import delta_text
+from .serve_flags import add_serve_flags, config_from_flags
 from .server import serve
 
 __all__ = ["main"]
@@ -49,12 +49,6 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _api_keys(flags: Sequence[str]) -> tuple[str, ...]:
-    from_env = os.environ.get("AGENTSTREAM_API_KEYS", "")
-    keys = [*flags, *from_env.split(",")]
-    return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentstream",
@@ -68,141 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_p = commands.add_parser("serve", help="run the hub's HTTP API")
-    serve_p.add_argument("--host", default="127.0.0.1")
-    serve_p.add_argument("--port", type=int, default=8080)
-    serve_p.add_argument(
-        "--agents",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="an agent folder or a folder of agent folders (repeatable; "
-        "default: the bundled examples)",
-    )
-    serve_p.add_argument("--model", help="force every completion onto MODEL, e.g. 'simulated'")
-    serve_p.add_argument(
-        "--store",
-        choices=("sqlite", "memory"),
-        default="sqlite",
-        help="sqlite (default): threads survive restarts; memory: ephemeral",
-    )
-    serve_p.add_argument(
-        "--redis",
-        metavar="URL",
-        default=None,
-        help="run as one node of several sharing this Redis (redis://host:port/db): "
-        "streams, threads and runs live there, any node serves any run; replaces --store",
-    )
-    serve_p.add_argument(
-        "--redis-prefix",
-        default="agentstream:",
-        help="prefix of every Redis key (default 'agentstream:')",
-    )
-    serve_p.add_argument(
-        "--redis-linger",
-        type=float,
-        default=0.001,
-        metavar="SECONDS",
-        help="time between two writes to (reads from) Redis under load: more is less CPU, "
-        "for up to twice that much more latency on other nodes (default 0.001)",
-    )
-    serve_p.add_argument("--node-id", default=None, help="this node's name (default: host-pid-…)")
-    serve_p.add_argument(
-        "--node-lease",
-        type=float,
-        default=10.0,
-        help="seconds after a node stops that the others fail its live runs (default 10)",
-    )
-    serve_p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("agentstream-data"),
-        help="folder of the SQLite database (default ./agentstream-data)",
-    )
-    serve_p.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="require 'Authorization: Bearer KEY' (repeatable; also AGENTSTREAM_API_KEYS, "
-        "comma-separated)",
-    )
-    serve_p.add_argument(
-        "--adopt-unowned-threads",
-        metavar="KEY",
-        default=None,
-        help="at start-up, give threads created while API keys were off (which no key can "
-        "reach) to KEY, one of the API keys",
-    )
-    serve_p.add_argument(
-        "--cors-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="allow browser calls from ORIGIN ('*' for any; repeatable; default none)",
-    )
-    serve_p.add_argument(
-        "--provider-timeout", type=float, default=120.0, help="seconds per provider request"
-    )
-    serve_p.add_argument("--max-concurrent-runs", type=int, default=None)
-    serve_p.add_argument(
-        "--max-queued-runs",
-        type=int,
-        default=1000,
-        help="with --max-concurrent-runs: runs waiting for a slot at once; further runs are "
-        "refused with 429 (default 1000)",
-    )
-    serve_p.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=10.0,
-        help="seconds live runs get to finish at shutdown before they are ended (default 10)",
-    )
-    serve_p.add_argument(
-        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit"
-    )
-    serve_p.add_argument(
-        "--max-message-bytes", type=int, default=1024 * 1024, help="message content limit"
-    )
-    serve_p.add_argument("--max-subscribers", type=int, default=None)
-    serve_p.add_argument("--max-subscribers-per-stream", type=int, default=None)
-    serve_p.add_argument(
-        "--max-streams", type=int, default=None, help="streams open or retained at once"
-    )
-    serve_p.add_argument(
-        "--max-connections",
-        type=int,
-        default=None,
-        help="client connections open at once (default: the open-files limit minus a "
-        "quarter, at least 32, kept for the hub's own files); beyond it, 503",
-    )
-    serve_p.add_argument(
-        "--header-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="time a new connection has to send its request head (default 10)",
-    )
-    serve_p.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=75.0,
-        metavar="SECONDS",
-        help="time an idle keep-alive connection is kept open (default 75)",
-    )
-    serve_p.add_argument("--retention", type=float, default=300.0, help="seconds (default 300)")
-    serve_p.add_argument("--keepalive", type=float, default=15.0, help="seconds (default 15)")
-    serve_p.add_argument(
-        "--run-expires-after", type=float, default=600.0, help="seconds (default 600)"
-    )
-    serve_p.add_argument(
-        "--checkpoint-interval",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="how often a live run's text so far is written to the store, so a crash loses "
-        "at most this much (default 1; 0 turns checkpoints off)",
-    )
+    add_serve_flags(serve_p)
 
     agent_p = commands.add_parser("agent", help="run one agent in this terminal")
     agent_cmds = agent_p.add_subparsers(dest="agent_command", required=True)
@@ -348,7 +208,7 @@ async def _follow(hub: Hub, thread_id: str, text: str, stream: bool, out: TextIO
 
 async def _agent_command(args: argparse.Namespace) -> int:
     agent = load_agent(args.agent_dir)
-    config = HubConfig(agents=(args.agent_dir,), model=args.model)
+    config = HubConfig(agents=(args.agent_dir,), force_model=args.model)
     hub = Hub(config)
     try:
         await hub.start()
@@ -387,48 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return run_bench(args)
         if args.command == "serve":
-            api_keys = _api_keys(args.api_key)
-            if args.adopt_unowned_threads is not None and args.adopt_unowned_threads not in (
-                api_keys
-            ):
-                print(
-                    "agentstream: --adopt-unowned-threads needs one of the API keys "
-                    "(--api-key or AGENTSTREAM_API_KEYS)",
-                    file=sys.stderr,
-                )
-                return 2
-            config = HubConfig(
-                redis_url=args.redis,
-                redis_prefix=args.redis_prefix,
-                redis_linger=args.redis_linger,
-                node_id=args.node_id,
-                node_lease=args.node_lease,
-                host=args.host,
-                port=args.port,
-                agents=tuple(args.agents),
-                model=args.model,
-                store=args.store,
-                api_keys=api_keys,
-                adopt_unowned_threads=args.adopt_unowned_threads,
-                cors_origins=tuple(args.cors_origin),
-                data_dir=args.data_dir,
-                max_concurrent_runs=args.max_concurrent_runs,
-                max_queued_runs=args.max_queued_runs,
-                provider_timeout=args.provider_timeout,
-                shutdown_grace=args.shutdown_grace,
-                max_body_bytes=args.max_body_bytes,
-                max_message_bytes=args.max_message_bytes,
-                max_subscribers=args.max_subscribers,
-                max_subscribers_per_stream=args.max_subscribers_per_stream,
-                max_streams=args.max_streams,
-                max_connections=args.max_connections,
-                header_timeout=args.header_timeout,
-                idle_timeout=args.idle_timeout,
-                retention=args.retention,
-                keepalive=args.keepalive,
-                run_expires_after=args.run_expires_after,
-                checkpoint_interval=args.checkpoint_interval,
-            )
+            config = config_from_flags(args)
             asyncio.run(serve(config))
             return 0
         return asyncio.run(_agent_command(args))

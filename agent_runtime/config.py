@@ -1,39 +1,92 @@
-"""Hub settings: one pydantic model, filled by the CLI or by code that embeds the hub."""
+"""Hub settings: one pydantic model, filled by the CLI or by code that embeds the hub.
+
+Every setting has one home and one default. :class:`HubConfig` holds the hub's own
+settings and three sections that belong to its parts: ``broker``
+(:class:`~broker.BrokerConfig`: replay buffers, retention, subscribers, keepalives),
+``runs`` (:class:`RunsConfig`) and ``redis`` (:class:`RedisConfig`, ``None`` for one
+node). A section is given as its object or as a mapping of its fields::
+
+    HubConfig(broker={"retention": 60}, runs={"max_concurrent_runs": 8})
+
+``agentstream serve`` starts from :data:`SERVE_DEFAULTS` where a server's needs differ
+from an embedded hub's; its flags (see :mod:`agent_runtime.cli`) set only what is given.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker import BrokerConfig
+from broker.config import DEFAULT_GAP_EVENT, RedisSettings
 
 from .protocol import GAP
 
-__all__ = ["HubConfig", "RunsConfig"]
+__all__ = ["SERVE_DEFAULTS", "HubConfig", "RedisConfig", "RunsConfig"]
 
 MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class RunsConfig:
-    """What the :class:`~agent_runtime.runs.RunManager` needs (from :class:`HubConfig`)."""
+    """How runs are executed and bounded (the :class:`~agent_runtime.runs.RunManager`'s)."""
 
     expires_after: float = 600.0
     """Seconds from creation after which a live run ends ``expired``."""
     max_concurrent_runs: int | None = None
     """Runs executing at once; further runs wait ``queued`` for a slot."""
+    max_queued_runs: int | None = 1000
+    """With ``max_concurrent_runs``: runs waiting for a slot at once; further runs are
+    refused (429 with ``retry-after``). ``None``: unbounded."""
     checkpoint_interval: float = 1.0
     """Seconds between two checkpoints of a live run's state (its compacted event log,
-    with the text streamed so far) in the store; ``0`` turns checkpoints off."""
+    with the text streamed so far) in the store, so that a crash loses at most this much;
+    ``0`` turns checkpoints off."""
     final_write_timeout: float = 10.0
     """Seconds a run's final store write may take before the run ends without it (its
     terminal event is published either way; the write is retried in the background)."""
-    max_queued_runs: int | None = None
-    """Runs waiting for a slot at once (with ``max_concurrent_runs``); further ones are
-    refused (429). ``None``: no bound."""
+
+    def __post_init__(self) -> None:
+        for name in ("expires_after", "final_write_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.checkpoint_interval < 0:
+            raise ValueError("checkpoint_interval must not be negative")
+        if self.max_concurrent_runs is not None and self.max_concurrent_runs < 1:
+            raise ValueError("max_concurrent_runs must be at least 1")
+        if self.max_queued_runs is not None and self.max_queued_runs < 0:
+            raise ValueError("max_queued_runs must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig(RedisSettings):
+    """One node of several sharing a Redis server: the broker's
+    :class:`~broker.config.RedisSettings` (``url``, ``prefix``, ``linger``, …) and the
+    node's place in the cluster. Streams, threads, messages and runs live in Redis; any
+    node serves any run."""
+
+    node_id: str | None = None
+    """This node's name in the cluster (default: host, pid and a random suffix)."""
+    node_lease: float = 10.0
+    """Seconds after a node stops renewing its lease that the others fail its live runs."""
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError("url is required")
+        if self.node_lease <= 0:
+            raise ValueError("node_lease must be positive")
+        if not 0 <= self.linger <= 1:
+            raise ValueError("linger must be between 0 and 1 second")
+
+
+SERVE_DEFAULTS: Mapping[str, Any] = {"store": "sqlite", "shutdown_grace": 10.0}
+"""Where ``agentstream serve`` differs from an embedded hub: threads are kept on disk,
+and live runs get ten seconds to finish at shutdown."""
 
 
 class HubConfig(BaseModel):
@@ -45,8 +98,9 @@ class HubConfig(BaseModel):
     port: int = Field(8080, ge=0, le=65535)
     agents: tuple[Path, ...] = ()
     """Agent folders, or folders of agent folders. Empty: the bundled examples."""
-    model: str | None = None
-    """Force every completion onto this model (the CLI's ``--model``)."""
+    force_model: str | None = None
+    """Force every completion onto this model (the CLI's ``--model``; see
+    :meth:`~agent_runtime.models.router.ModelRouter.model_for_run`)."""
     default_model: str = "simulated"
     """Model of agents whose metadata names none."""
     default_provider: str = "fireworks"
@@ -57,45 +111,19 @@ class HubConfig(BaseModel):
     store: Literal["memory", "sqlite"] = "memory"
     """Where threads, messages and runs live: in memory (lost at exit) or in SQLite under
     ``data_dir`` (what ``agentstream serve`` uses by default)."""
-    redis_url: str | None = None
-    """Run as one node of several sharing this Redis (``redis://host:port/db``): streams,
-    threads, messages and runs live there, any node serves any run. Replaces ``store``."""
-    redis_prefix: str = "agentstream:"
-    """Prefix of every Redis key: deployments sharing one Redis need different ones."""
-    node_id: str | None = None
-    """This node's name in the cluster (default: host, pid and a random suffix)."""
-    node_lease: float = Field(10.0, gt=0)
-    """Seconds after a node stops renewing its lease that the others fail its live runs."""
-    redis_linger: float = Field(0.001, ge=0, le=1)
-    """Seconds a node waits between two writes to Redis, and between two reads of its
-    mirrored streams once a read returned events: more is less CPU under load, for up to
-    twice that much more latency on the other nodes (its own subscribers never wait)."""
     data_dir: Path = Path("agentstream-data")
     """Folder of the SQLite database (``agentstream.db``) when ``store`` is ``sqlite``."""
     max_body_bytes: int = Field(4 * MiB, ge=1024)
     """Largest request body (413 beyond)."""
     max_message_bytes: int = Field(1 * MiB, ge=1)
     """Largest message content accepted through the API (413 beyond)."""
-    run_expires_after: float = Field(600.0, gt=0)
-    checkpoint_interval: float = Field(1.0, ge=0)
-    """Seconds between checkpoints of a live run's state (its text so far) in the store,
-    so that a crash loses at most this much; ``0`` turns them off."""
-    max_concurrent_runs: int | None = Field(None, ge=1)
-    max_queued_runs: int | None = Field(1000, ge=0)
-    """With ``max_concurrent_runs``: runs waiting for a slot at once; further runs are
-    refused (429 with ``retry-after``). ``None``: unbounded."""
-    retention: float = Field(300.0, gt=0)
-    keepalive: float = Field(15.0, gt=0)
-    stall_timeout: float = Field(30.0, gt=0)
-    high_water: int = Field(256 * 1024, ge=1024)
-    max_events_per_stream: int = Field(10_000, ge=1)
-    max_bytes_per_stream: int = Field(8 * MiB, ge=1024)
-    max_total_bytes: int | None = Field(512 * MiB, ge=1024)
-    max_subscribers_per_stream: int | None = Field(None, ge=1)
-    max_subscribers: int | None = Field(None, ge=1)
-    max_streams: int | None = Field(None, ge=1)
-    """Run streams open or retained at once; retained ones are dropped first to make room,
-    then new runs are refused (429 naming the limit)."""
+    broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig(gap_event=GAP))
+    """The broker's limits and timings: replay buffers, retention, subscribers,
+    keepalives, slow subscribers (its gap event is named :data:`~agent_runtime.protocol.GAP`)."""
+    runs: RunsConfig = Field(default_factory=RunsConfig)
+    """How runs are executed and bounded."""
+    redis: RedisConfig | None = None
+    """Run as one node of several sharing this Redis (replaces ``store``)."""
     max_connections: int | None = Field(None, ge=1)
     """Client connections open at once (``None``: the open-files limit minus a reserve for
     the hub's own descriptors). Beyond it a new connection replaces the one waiting
@@ -122,37 +150,21 @@ class HubConfig(BaseModel):
     """Seconds graceful shutdown then waits for ended runs to publish their terminal
     events and for subscribers to read to the end."""
 
+    @field_validator("broker", mode="after")
+    @classmethod
+    def _gap_in_our_vocabulary(cls, broker: BrokerConfig) -> BrokerConfig:
+        if broker.gap_event == DEFAULT_GAP_EVENT:
+            return dataclasses.replace(broker, gap_event=GAP)
+        return broker
+
     @model_validator(mode="after")
     def _adopter_is_a_key(self) -> HubConfig:
         if self.adopt_unowned_threads is not None and (
             self.adopt_unowned_threads not in self.api_keys
         ):
-            raise ValueError("adopt_unowned_threads must be one of api_keys")
+            raise ValueError("adopt_unowned_threads needs one of the API keys (api_keys)")
         return self
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "agentstream.db"
-
-    def broker_config(self) -> BrokerConfig:
-        return BrokerConfig(
-            max_events_per_stream=self.max_events_per_stream,
-            max_bytes_per_stream=self.max_bytes_per_stream,
-            max_total_bytes=self.max_total_bytes,
-            retention=self.retention,
-            max_subscribers_per_stream=self.max_subscribers_per_stream,
-            max_subscribers=self.max_subscribers,
-            max_streams=self.max_streams,
-            keepalive=self.keepalive,
-            high_water=self.high_water,
-            stall_timeout=self.stall_timeout,
-            gap_event=GAP,
-        )
-
-    def runs_config(self) -> RunsConfig:
-        return RunsConfig(
-            expires_after=self.run_expires_after,
-            max_concurrent_runs=self.max_concurrent_runs,
-            checkpoint_interval=self.checkpoint_interval,
-            max_queued_runs=self.max_queued_runs,
-        )

@@ -18,6 +18,10 @@ class AgentRuntimeError(Exception):
         self.code = code
 
 
+class ConfigError(AgentRuntimeError):
+    """A setting the hub cannot start with (the CLI prints it in one line, status 2)."""
+
+
 class InvalidRequest(AgentRuntimeError):
     """The request is malformed or names something invalid (HTTP 400)."""
 

@@ -7,7 +7,7 @@ loop that will run it. :meth:`Hub.aclose` ends live runs (bounded by
 
 ``providers`` maps extra model names to providers of the embedding code's own (a
 :class:`~agent_runtime.models.scripted.ScriptedModel` in tests): a run or a chat completion
-naming one, or ``config.model`` forcing one, is served by it. The hub does not close them.
+naming one, or ``config.force_model`` forcing one, is served by it. The hub does not close them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 
 from broker import BackendUnavailable, Registry
-from broker.redis_streams import RedisRegistry, RedisSettings
+from broker.redis_streams import RedisRegistry
 
 from .agents import AgentCatalog, bundled_examples_dir, discover_agents
 from .checkpoints import end_interrupted
@@ -49,7 +49,7 @@ class Hub:
         self.catalog = AgentCatalog(discover_agents(paths))
         self.models = ModelRouter(
             default_model=config.default_model,
-            force_model=config.model,
+            force_model=config.force_model,
             default_provider=config.default_provider,
             timeout=config.provider_timeout,
             max_retries=config.provider_max_retries,
@@ -58,28 +58,23 @@ class Hub:
             self.models.register(name, provider)
         self.cluster: Cluster | None = None
         redis_registry: RedisRegistry | None = None
-        if config.redis_url is not None:
-            redis_registry = RedisRegistry(
-                config.broker_config(),
-                RedisSettings(
-                    config.redis_url, prefix=config.redis_prefix, linger=config.redis_linger
-                ),
-                projection=lambda _key: RunLog(),
-            )
+        redis = config.redis
+        if redis is not None:
+            redis_registry = RedisRegistry(config.broker, redis, projection=lambda _key: RunLog())
             self.registry: Registry = redis_registry
             if store is None:
-                store = RedisStore(config.redis_url, prefix=config.redis_prefix)
+                store = RedisStore(redis.url, prefix=redis.prefix)
         else:
-            self.registry = Registry(config.broker_config())
+            self.registry = Registry(config.broker)
         if store is None:
             store = SQLiteStore(config.database_path) if config.store == "sqlite" else MemoryStore()
         self.store: Store = store
-        if redis_registry is not None:
+        if redis_registry is not None and redis is not None:
             self.cluster = Cluster(
                 redis_registry.client,
-                prefix=config.redis_prefix,
-                node_id=config.node_id or new_node_id(),
-                lease=config.node_lease,
+                prefix=redis.prefix,
+                node_id=redis.node_id or new_node_id(),
+                lease=redis.node_lease,
                 registry=redis_registry,
                 store=self.store,
             )
@@ -88,7 +83,7 @@ class Hub:
             registry=self.registry,
             catalog=self.catalog,
             models=self.models,
-            config=config.runs_config(),
+            config=config.runs,
             cluster=self.cluster,
         )
         self._closed = False

@@ -61,12 +61,7 @@ class Server:
         connection cap) and a :class:`Listener` (accept errors paced and counted); see
         :mod:`agent_runtime.connections`."""
         config = self.config
-        hub = (
-            Hub(config, providers=self.providers, store=self.store)
-            if self.providers or self.store is not None
-            else None
-        )
-        self.app = create_app(config, hub=hub)
+        self.app = create_app(Hub(config, providers=self.providers, store=self.store))
         limit = open_files_limit()
         max_connections = config.max_connections
         if max_connections is None:
@@ -134,7 +129,7 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     :class:`~agent_runtime.errors.DataDirError` at once (``agentstream serve`` prints it
     as one line and exits 2)."""
     store: Store | None = None
-    if config.store == "sqlite" and config.redis_url is None:
+    if config.store == "sqlite" and config.redis is None:
         store = await SQLiteStore.open(config.database_path)
     server = Server(config, store=store)
     try:

@@ -158,8 +158,8 @@ class EmbeddedHub:
     """A hub on a real socket inside this process (see the module docstring).
 
     ``async with EmbeddedHub(agents, model=..., models=..., **settings) as hub``;
-    ``settings`` are further :class:`~agent_runtime.config.HubConfig` fields (``run_expires_after``,
-    ``max_events_per_stream``…).
+    ``settings`` are further :class:`~agent_runtime.config.HubConfig` fields, sections as
+    mappings: ``runs={"expires_after": 5}``, ``broker={"max_events_per_stream": 100}``…
     """
 
     def __init__(
@@ -192,7 +192,7 @@ class EmbeddedHub:
         settings: dict[str, Any] = {"port": 0, "shutdown_timeout": 5.0, **self._settings}
         try:
             paths = self._agent_paths()
-            self.config = HubConfig(agents=tuple(paths), model=self.model_name, **settings)
+            self.config = HubConfig(agents=tuple(paths), force_model=self.model_name, **settings)
             server = Server(self.config, providers=self._providers)
             await server.start()
         except BaseException:

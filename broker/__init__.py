@@ -14,6 +14,7 @@ Layers, from the inside out:
 """
 
 from .config import BrokerConfig
+from .cursor import check_cursor
 from .errors import (
     BackendUnavailable,
     BrokerError,
@@ -29,8 +30,10 @@ from .registry import Registry
 from .sse import (
     SSE_HEADERS,
     StreamQuery,
+    at_end_response,
     make_stream_handler,
     parse_stream_query,
+    replay_response,
     serve_stream,
 )
 from .stream import Stream
@@ -58,7 +61,10 @@ __all__ = [
     "StreamExists",
     "StreamNotFound",
     "StreamQuery",
+    "at_end_response",
+    "check_cursor",
     "make_stream_handler",
     "parse_stream_query",
+    "replay_response",
     "serve_stream",
 ]

@@ -13,13 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidCursor
+from .cursor import check_cursor
 from .events import Event
 
 __all__ = ["ByteBudget", "Gap", "ReplayBuffer"]
-
-DEFAULT_MAX_EVENTS = 10_000
-DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +58,8 @@ class ReplayBuffer:
 
     def __init__(
         self,
-        max_events: int = DEFAULT_MAX_EVENTS,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_events: int,
+        max_bytes: int,
         budget: ByteBudget | None = None,
     ) -> None:
         if max_events < 1 or max_bytes < 1:
@@ -155,10 +152,7 @@ class ReplayBuffer:
 
     def check_cursor(self, cursor: int) -> None:
         """Raise :class:`InvalidCursor` if ``cursor`` is not an id of this stream so far."""
-        if cursor < 0 or cursor > self.head:
-            raise InvalidCursor(
-                f"cursor {cursor} is ahead of the stream (last event id is {self.head})"
-            )
+        check_cursor(cursor, self.head)
 
     def since(self, cursor: int) -> Sequence[Event] | Gap:
         """Events with ids greater than ``cursor``, oldest first; or a :class:`Gap`.

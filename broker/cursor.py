@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .errors import InvalidCursor
 
-__all__ = ["MAX_CURSOR_DIGITS", "parse_cursor"]
+__all__ = ["MAX_CURSOR_DIGITS", "check_cursor", "parse_cursor"]
 
 MAX_CURSOR_DIGITS = 18
 
@@ -27,6 +27,15 @@ def _parse_one(value: str, param: str) -> int | None:
             param=param,
         )
     return int(value)
+
+
+def check_cursor(cursor: int, head: int, *, param: str = "last_event_id") -> None:
+    """Raise :class:`InvalidCursor` (naming ``param``) unless ``cursor`` is an id of a
+    stream whose last event id is ``head``."""
+    if cursor < 0 or cursor > head:
+        raise InvalidCursor(
+            f"cursor {cursor} is ahead of the stream (last event id is {head})", param=param
+        )
 
 
 def parse_cursor(header: str | None, query: str | None) -> int | None:

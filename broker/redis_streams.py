@@ -49,14 +49,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .config import BrokerConfig
+from .config import BrokerConfig, RedisSettings
 from .errors import BackendUnavailable
 from .events import Event
 from .redis_io import _END, Outbox
@@ -87,40 +86,6 @@ redis.call('XADD', KEYS[1], '0-' .. (n + 1), 'end', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return n
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RedisSettings:
-    """Where and how a :class:`RedisRegistry` uses Redis."""
-
-    url: str
-    prefix: str = "agentstream:"
-    block: float = 5.0
-    """Seconds one blocking read (a mirror's ``XREAD``, a node's inbox) waits before its
-    reader checks on itself. Must be below ``socket_timeout``."""
-    socket_timeout: float = 30.0
-    """Seconds the client waits for any reply before it counts the connection as dead
-    (redis-py's own default, 5 s, would cut every idle 5 s blocking read)."""
-    connect_timeout: float = 5.0
-    """Seconds to connect to Redis."""
-    max_connections: int = 100
-    """Connections of the node's shared client at most (its own readers and outbox have
-    theirs); a command finding none free waits for one."""
-    linger: float = 0.001
-    """The publisher writes to Redis at most once per ``linger`` seconds (everything
-    published meanwhile in one write), and a mirror reader waits as long after a read that
-    returned events: a bound on the cost under load, for at most twice this much more
-    latency on other nodes. The publisher's own subscribers are served at once."""
-    streams_per_reader: int = 256
-    """Streams one mirror reader covers with each blocking read (a node starts as many
-    readers as it needs)."""
-    open_ttl: float = 24 * 3600.0
-    """Expiry of an open stream's key (refreshed by nothing: a stream should end first)."""
-    mirror_idle: float = 30.0
-    """A mirror without subscribers for this long stops reading and is dropped."""
-    catch_up: float = 2.0
-    """Seconds a subscriber whose cursor is ahead of a mirror waits for it (the publisher
-    serves its own subscribers before its outbox reaches Redis) before a 400."""
 
 
 def _entry_id(raw: bytes) -> int:

@@ -92,17 +92,15 @@ class Registry:
         """Make and register a stream (limits already checked)."""
         stream = Stream(
             key,
+            self.config,
             snapshot=snapshot,
             resume_snapshot=resume_snapshot,
             counters=self.counters,
-            max_events=self.config.max_events_per_stream,
-            max_bytes=self.config.max_bytes_per_stream,
             budget=self.budget,
             on_over_budget=self._relieve_budget,
             on_close=self._retain,
             subscriber_total=self._subscribers,
             tap=tap,
-            gap_event=self.config.gap_event,
         )
         self._streams[key] = stream
         if self._keepalive_task is None:

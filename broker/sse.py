@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -46,7 +46,7 @@ from aiohttp import hdrs, web
 from .config import BrokerConfig
 from .cursor import parse_cursor
 from .errors import BackendUnavailable, BrokerError, InvalidCursor, LimitExceeded, StreamNotFound
-from .events import RETRY_LINE, Framing
+from .events import DONE_FRAME, RETRY_LINE, Event, Framing
 from .registry import Registry
 from .stream import Stream, Subscription, SubState
 from .types import Wire, plain_wire
@@ -204,6 +204,21 @@ class _LossWatch(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
 
+def at_end_response() -> web.Response:
+    """The answer to a cursor at the end of a finished stream: ``204 No Content``."""
+    return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+
+
+def replay_response(events: Iterable[Event], framing: Framing) -> web.Response:
+    """A finished stream's ``events`` answered in one plain body, ended as a live stream
+    ends (``event: done`` in the OpenAI framing): for a stream served from storage rather
+    than from the registry. No ``retry:`` and no keepalives: the body is complete."""
+    body = b"".join(e.frame(framing) for e in events)
+    if framing is Framing.OPENAI:
+        body += DONE_FRAME
+    return web.Response(body=body, headers=SSE_HEADERS)
+
+
 async def serve_stream(
     request: web.Request,
     stream: Stream,
@@ -226,7 +241,7 @@ async def serve_stream(
     except InvalidCursor as exc:
         raise InvalidCursor(str(exc), param=query.cursor_param) from None
     if stream.at_end(cursor):
-        return web.Response(status=204, headers={"Cache-Control": "no-cache"})
+        return at_end_response()
     # Hold a subscriber slot from the limit check until the subscription exists, so that
     # concurrent requests cannot all pass the check while this one sends its headers.
     release = registry.reserve(stream) if registry is not None else None

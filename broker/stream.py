@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from .buffer import ByteBudget, Gap, ReplayBuffer
-from .config import DEFAULT_GAP_EVENT
+from .config import BrokerConfig
 from .errors import StreamClosed
 from .events import DONE_FRAME, PING_FRAME, Event, Framing
 from .types import Counters, Sink, SnapshotFn, StreamStats
@@ -130,16 +130,16 @@ class Stream:
     """An append-only sequence of events with ids ``1, 2, 3, …`` and its subscribers.
 
     Must be created and used on the event loop thread. See the module docstring for the
-    concurrency and backpressure contract.
+    concurrency and backpressure contract. ``config`` gives its replay buffer's caps and
+    its gap event's name (a :class:`~broker.registry.Registry` passes its own).
     """
 
     def __init__(
         self,
         key: str,
+        config: BrokerConfig | None = None,
         *,
         snapshot: SnapshotFn | None = None,
-        max_events: int | None = None,
-        max_bytes: int | None = None,
         budget: ByteBudget | None = None,
         on_over_budget: Callable[[Stream], None] | None = None,
         on_close: Callable[[Stream], None] | None = None,
@@ -147,15 +147,12 @@ class Stream:
         resume_snapshot: SnapshotFn | None = None,
         counters: Counters | None = None,
         tap: Callable[[Event], None] | None = None,
-        gap_event: str = DEFAULT_GAP_EVENT,
     ) -> None:
-        kwargs = {}
-        if max_events is not None:
-            kwargs["max_events"] = max_events
-        if max_bytes is not None:
-            kwargs["max_bytes"] = max_bytes
+        config = config or BrokerConfig()
         self.key = key
-        self.buffer = ReplayBuffer(budget=budget, **kwargs)
+        self.buffer = ReplayBuffer(
+            config.max_events_per_stream, config.max_bytes_per_stream, budget=budget
+        )
         self._budget = budget
         self._on_over_budget = on_over_budget
         self._snapshot = snapshot
@@ -176,7 +173,7 @@ class Stream:
         self.reserved = 0
         """Subscriber slots held by requests still starting (see ``Registry.reserve``)."""
         self._tap = tap
-        self._gap_event = gap_event
+        self._gap_event = config.gap_event
 
     # -- publishing ------------------------------------------------------------------
 

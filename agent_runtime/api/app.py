@@ -1,4 +1,4 @@
-"""The aiohttp application: ``create_app(config)`` wires the hub's HTTP API.
+"""The aiohttp application: ``create_app(hub)`` wires a hub's HTTP API.
 
 Every resource module contributes ``routes()`` relative to ``/v1``; each is mounted under
 ``/v1`` and mirrored under ``/api/v1`` (what browser clients such as the chat page call).
@@ -13,7 +13,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import HubConfig
 from ..hub import Hub
 from . import chat as chat_api
 from . import meta, metrics, runs, threads
@@ -28,11 +27,11 @@ UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 """The chat page's static files (``agent_runtime/ui``), served at ``/`` and ``/ui/``."""
 
 
-def create_app(config: HubConfig | None = None, *, hub: Hub | None = None) -> web.Application:
-    """Build the application. Must be called with the event loop running (or from an
-    ``async`` function): the hub's runs and streams belong to that loop."""
-    config = config or (hub.config if hub is not None else HubConfig())
-    hub = hub or Hub(config)
+def create_app(hub: Hub) -> web.Application:
+    """Build the application serving ``hub`` (which it starts and closes with itself).
+    The hub is made by :class:`~agent_runtime.server.Server`, the one place that builds
+    one for serving."""
+    config = hub.config
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[error_middleware, cors_middleware, auth_middleware],

@@ -13,12 +13,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker import (
-    SSE_HEADERS,
     Event,
     Framing,
-    InvalidCursor,
     StreamQuery,
+    at_end_response,
+    check_cursor,
     parse_stream_query,
+    replay_response,
     serve_stream,
 )
 
@@ -219,12 +220,10 @@ async def _rebuilt(request: web.Request, run: Run, query: StreamQuery) -> web.St
     # A run interrupted by a crash has no recorded last event id: any cursor is behind.
     known = run.last_event_id is not None
     last = run.last_event_id or 0
-    if known and cursor is not None and cursor > last:
-        raise InvalidCursor(
-            f"cursor {cursor} is ahead of the stream (last event id is {last})", param=source
-        )
-    if known and cursor is not None and cursor >= last:
-        return _at_end()
+    if known and cursor is not None:
+        check_cursor(cursor, last, param=source)
+        if cursor == last:
+            return at_end_response()
     messages = [m for m in await hub.runs.thread_messages(run.thread_id) if m.run_id == run.id]
     steps = await hub.runs.run_steps(run.thread_id, run.id)
     run_dict = run.to_dict()
@@ -253,7 +252,7 @@ async def _rebuilt(request: web.Request, run: Run, query: StreamQuery) -> web.St
     events = [Event.create(None, name, payload) for name, payload in items]
     if known:
         events[-1] = events[-1].with_id(last)
-    return _sse(events, framing)
+    return replay_response(events, framing)
 
 
 def _replayed(
@@ -271,25 +270,13 @@ def _replayed(
     recovered end on is at the end (204)."""
     items = stored["items"]
     last = int(items[-1][1])
-    if cursor is not None and cursor > last and not stored.get("recovered"):
-        raise InvalidCursor(
-            f"cursor {cursor} is ahead of the stream (last event id is {last})", param=source
-        )
+    if cursor is not None and not stored.get("recovered"):
+        check_cursor(cursor, last, param=source)
     replay = replay_compacted(items, cursor, resume=resume)
     if replay.at_end:
-        return _at_end()
-    return _sse([Event.create(i, name, payload) for i, name, payload in replay.items], framing)
-
-
-def _at_end() -> web.Response:
-    return web.Response(status=204, headers={"Cache-Control": "no-cache"})
-
-
-def _sse(events: list[Event], framing: Framing) -> web.Response:
-    body = b"".join(e.frame(framing) for e in events)
-    if framing is Framing.OPENAI:
-        body += b"event: done\ndata: [DONE]\n\n"
-    return web.Response(body=body, headers=SSE_HEADERS)
+        return at_end_response()
+    events = [Event.create(i, name, payload) for i, name, payload in replay.items]
+    return replay_response(events, framing)
 
 
 def _created(item: RunStep | Message) -> tuple[int, int]:

@@ -219,14 +219,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ..server import serve
 
     args = list(sys.argv[1:] if argv is None else argv)
-    redis: dict[str, str] = {}
+    redis: dict[str, str] | None = None
     if args[:1] == ["--redis"]:
-        redis = {"redis_url": args[1], "redis_prefix": args[2]}
+        redis = {"url": args[1], "prefix": args[2]}
         del args[:3]
     folders = tuple(Path(arg) for arg in args)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_nofile()
-    config = HubConfig(host="127.0.0.1", port=0, agents=folders, retention=60.0, **redis)
+    config = HubConfig(
+        host="127.0.0.1", port=0, agents=folders, broker={"retention": 60.0}, redis=redis
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))
 

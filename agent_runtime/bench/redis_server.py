@@ -5,7 +5,7 @@ own work directory, optionally pinned to one core (so a benchmark can keep it of
 hub's core)::
 
     with RedisServer(cpu=1) as redis:
-        config = HubConfig(redis_url=redis.url, redis_prefix="bench:")
+        config = HubConfig(redis={"url": redis.url, "prefix": "bench:"})
 
 Construction starts the server and returns once it answers ``PING`` (it raises
 :class:`RedisServerError` with the log's tail if it does not); :meth:`stop` terminates it

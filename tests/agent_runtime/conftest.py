@@ -447,19 +447,20 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """HubConfig settings of the backend: ``{}`` in memory; on ``redis``, the test's own
-    Redis prefix (then ``start_hub`` starts two nodes, see there)."""
+    """The hub's ``redis`` settings: ``{}`` in memory; on ``redis``, the test's Redis and
+    its own prefix (then ``start_hub`` starts two nodes, see there)."""
     if getattr(request, "param", "memory") != "redis":
         return {}
     return {
-        "redis_url": request.getfixturevalue("redis_url"),
-        "redis_prefix": request.getfixturevalue("redis_prefix"),
+        "url": request.getfixturevalue("redis_url"),
+        "prefix": request.getfixturevalue("redis_prefix"),
     }
 
 
 @pytest.fixture
 async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
-    """``await start_hub(**HubConfig settings)`` → a :class:`HubClient` on a fresh hub.
+    """``await start_hub(model=..., **HubConfig settings)`` → a :class:`HubClient` on a
+    fresh hub; ``model`` is forced on every completion (``None``: each run's own).
 
     Defaults: port 0, :data:`FAST_MODEL`, the bundled example agents. At teardown every
     session is closed and every hub shut down (live runs end, subscribers are released).
@@ -472,14 +473,14 @@ async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
 
     async def start(**settings: Any) -> HubClient:
         settings.setdefault("port", 0)
-        settings.setdefault("model", FAST_MODEL)
+        settings["force_model"] = settings.pop("model", FAST_MODEL)
         settings.setdefault("shutdown_timeout", 2 * UNIT)
-        settings = {**backend, **settings}
-        server = Server(HubConfig(**settings, node_id="a") if backend else HubConfig(**settings))
+        node = {"redis": {**backend, "node_id": "a"}} if backend else {}
+        server = Server(HubConfig(**settings, **node))
         await server.start()
         watcher = None
         if backend:
-            watcher = Server(HubConfig(**settings, node_id="b"))
+            watcher = Server(HubConfig(**settings, redis={**backend, "node_id": "b"}))
             await watcher.start()
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),

@@ -167,7 +167,7 @@ async def test_agent_events_resume_exactly_and_are_left_out_of_snapshots(
         ]
     # A gap: the snapshot rebuilds messages, and agent events before the cut are gone.
     small = await start_hub(
-        agents=with_examples(event_agents), model=PACED, max_events_per_stream=4
+        agents=with_examples(event_agents), model=PACED, broker={"max_events_per_stream": 4}
     )
     thread_id, run_id = await small.start("narrator", "What is justice?")
     await asyncio.sleep(0)

@@ -155,12 +155,12 @@ async def test_cors_is_off_by_default_and_configurable(start_hub: StartHub) -> N
 async def test_keys_on_the_command_line_and_in_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agent_runtime.cli import _api_keys
+    from agent_runtime.serve_flags import api_keys_from
 
     monkeypatch.setenv("AGENTSTREAM_API_KEYS", " k2, k3 ,,k1")
-    assert _api_keys(["k1"]) == ("k1", "k2", "k3")
+    assert api_keys_from(["k1"]) == ("k1", "k2", "k3")
     monkeypatch.delenv("AGENTSTREAM_API_KEYS")
-    assert _api_keys([]) == ()
+    assert api_keys_from([]) == ()
 
 
 async def test_no_key_leaks_into_storage(start_hub: StartHub) -> None:
@@ -194,7 +194,9 @@ async def test_an_ownerless_thread_is_no_keys_once_keys_are_on(start_hub: StartH
 
 async def _serve(data_dir: Path, **settings: Any) -> Server:
     """A hub on a real socket, on the SQLite store in ``data_dir``."""
-    config = HubConfig(port=0, model=FAST_MODEL, store="sqlite", data_dir=data_dir, **settings)
+    config = HubConfig(
+        port=0, force_model=FAST_MODEL, store="sqlite", data_dir=data_dir, **settings
+    )
     server = Server(config)
     await server.start()
     return server
@@ -241,7 +243,7 @@ async def test_ownerless_threads_are_counted_at_start_and_adopted_on_request(
 
 
 def test_only_a_configured_key_can_adopt() -> None:
-    with pytest.raises(ValueError, match="adopt_unowned_threads must be one of api_keys"):
+    with pytest.raises(ValueError, match="adopt_unowned_threads needs one of the API keys"):
         HubConfig(api_keys=(KEY_A,), adopt_unowned_threads=KEY_B)
 
 

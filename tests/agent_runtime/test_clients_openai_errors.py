@@ -171,7 +171,7 @@ async def test_rate_limited_and_failing_answers_are_not_retried(
     """The SDK retries 429 and 5xx unless told not to: a stream refused for its subscriber
     limit (429) and a provider missing its key (400) each cost one request."""
     monkeypatch.delenv("FIREWORKS_API_KEY", raising=False)
-    hub = await start_hub(model=None, max_subscribers_per_stream=1)
+    hub = await start_hub(model=None, broker={"max_subscribers_per_stream": 1})
     thread_id = await hub.create_thread(QUESTION)
     reply = await hub.request(
         "POST",

@@ -275,7 +275,7 @@ async def test_sdk_late_joiner_of_a_trimmed_stream(start_hub: StartHub) -> None:
     """A replay buffer too small for the run: the SDK gets ``thread.stream.gap`` (an event
     it does not know; its handler ignores it) and a snapshot, and ends with the exact
     texts."""
-    hub = await start_hub(max_events_per_stream=5)
+    hub = await start_hub(broker={"max_events_per_stream": 5})
     thread_id, run_id = await hub.start(EXAMPLE)
     await wait_end(hub, run_id)
 
@@ -388,7 +388,7 @@ async def test_sdk_reads_through_keepalives_while_the_run_is_quiet(start_hub: St
     """A model that is quiet for longer than the keepalive interval (a slow first token, a
     non-streamed completion, a tool): keepalives go out between events."""
     quiet = f"simulated:tokens=5,rate=0,delay={0.3 * UNIT:g}"
-    hub = await start_hub(model=quiet, keepalive=0.05 * UNIT)
+    hub = await start_hub(model=quiet, broker={"keepalive": 0.05 * UNIT})
     async with async_sdk(hub) as (client, _requests), within(5):
         thread = await client.beta.threads.create(messages=[USER])
         async with client.beta.threads.runs.stream(

@@ -298,7 +298,7 @@ async def test_a_claim_this_node_no_longer_knows_is_released(
 ) -> None:
     """A run that ended while Redis was unreachable stays recorded live; the node's own
     reaper pass releases it, so its thread can take runs again."""
-    hub = Hub(HubConfig(redis_url=redis_url, redis_prefix=redis_prefix, node_id="solo"))
+    hub = Hub(HubConfig(redis={"url": redis_url, "prefix": redis_prefix, "node_id": "solo"}))
     await hub.start()
     try:
         assert hub.cluster is not None

@@ -159,7 +159,10 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
 async def test_a_stream_with_keepalives_outlives_both_timeouts(start_hub: StartHub) -> None:
     timeout = 0.2 * UNIT
     client = await start_hub(
-        header_timeout=timeout, idle_timeout=timeout, keepalive=0.1 * UNIT, model=QUIET_MODEL
+        header_timeout=timeout,
+        idle_timeout=timeout,
+        broker={"keepalive": 0.1 * UNIT},
+        model=QUIET_MODEL,
     )
     thread_id, run_id = await client.start()
     started = time.monotonic()

@@ -114,7 +114,7 @@ async def test_cancel_twice_is_harmless(start_hub: StartHub) -> None:
 
 
 async def test_cancel_a_queued_run(start_hub: StartHub) -> None:
-    hub = await start_hub(model=SLOW_MODEL, max_concurrent_runs=1)
+    hub = await start_hub(model=SLOW_MODEL, runs={"max_concurrent_runs": 1})
     busy_thread, busy_run = await hub.start("async-example")
     thread_id, run_id = await hub.start("async-example")
     assert (await hub.run(thread_id, run_id))["status"] == "queued"

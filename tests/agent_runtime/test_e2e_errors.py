@@ -239,7 +239,7 @@ class SuspendingStore(MemoryStore):
 async def test_concurrent_runs_on_one_thread_with_a_durable_store() -> None:
     """Runtime bug: RunManager.create checks for a live run on the thread, then awaits the
     store, and only then registers the run; two requests interleaving there both start."""
-    hub = Hub(HubConfig(model=SLOW_MODEL, shutdown_timeout=2 * UNIT), store=SuspendingStore())
+    hub = Hub(HubConfig(force_model=SLOW_MODEL, shutdown_timeout=2 * UNIT), store=SuspendingStore())
     try:
         thread = Thread(id=new_id("thread"), created_at=now())
         await hub.store.create_thread(thread)

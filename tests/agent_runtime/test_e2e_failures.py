@@ -85,7 +85,9 @@ async def test_request_user_input_ends_the_run_requiring_action(
 async def test_run_past_expires_at_ends_expired(
     start_hub: StartHub, agents_dir: Path, agent: str
 ) -> None:
-    hub = await start_hub(agents=with_examples(agents_dir), model=SLOW_MODEL, run_expires_after=1.0)
+    hub = await start_hub(
+        agents=with_examples(agents_dir), model=SLOW_MODEL, runs={"expires_after": 1.0}
+    )
     thread_id, run_id = await hub.start(agent)
 
     events = await hub.events(thread_id, run_id, units=1 + 2)
@@ -106,7 +108,7 @@ async def test_run_past_expires_at_ends_expired(
 async def test_run_does_not_expire_before_its_time(start_hub: StartHub) -> None:
     """``run_expires_after`` is in seconds (a float): a run is given all of it."""
     expires_after = 0.5 * UNIT
-    hub = await start_hub(model=SLOW_MODEL, run_expires_after=expires_after)
+    hub = await start_hub(model=SLOW_MODEL, runs={"expires_after": expires_after})
     thread_id = await hub.create_thread("What is patience?")
     started = time.monotonic()
     async with within(2 + expires_after / UNIT):

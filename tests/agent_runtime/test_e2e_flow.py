@@ -200,7 +200,9 @@ async def test_create_thread_and_run(start_hub: StartHub) -> None:
 
 
 async def test_idle_stream_sends_comment_keepalives(start_hub: StartHub) -> None:
-    hub = await start_hub(model="simulated:tokens=2,rate=0,delay=0.3", keepalive=0.05 * UNIT)
+    hub = await start_hub(
+        model="simulated:tokens=2,rate=0,delay=0.3", broker={"keepalive": 0.05 * UNIT}
+    )
     thread_id, run_id = await hub.start("async-example")
 
     reply = await hub.stream(thread_id, run_id, units=5)
@@ -235,7 +237,7 @@ async def test_a_subscriber_leaving_does_not_stop_the_run(start_hub: StartHub) -
 
 
 async def test_queued_runs_wait_for_a_slot(start_hub: StartHub) -> None:
-    hub = await start_hub(model=PACED_MODEL, max_concurrent_runs=1)
+    hub = await start_hub(model=PACED_MODEL, runs={"max_concurrent_runs": 1})
     first = await hub.start("async-example")
     second = await hub.start("async-example")
 

@@ -178,7 +178,7 @@ async def test_cursor_at_the_end_is_204(start_hub: StartHub) -> None:
 async def test_late_joiner_of_a_trimmed_stream_gets_gap_then_snapshot(
     start_hub: StartHub,
 ) -> None:
-    hub = await start_hub(max_events_per_stream=5)
+    hub = await start_hub(broker={"max_events_per_stream": 5})
     thread_id, run_id = await hub.start()
     await wait_run_end(hub, run_id)
     stream = hub.hub.registry.get(run_id)
@@ -208,7 +208,7 @@ async def test_late_joiner_of_a_trimmed_stream_gets_gap_then_snapshot(
 
 
 async def test_cursor_behind_the_buffer_gets_gap_then_snapshot(start_hub: StartHub) -> None:
-    hub = await start_hub(max_events_per_stream=5)
+    hub = await start_hub(broker={"max_events_per_stream": 5})
     thread_id, run_id = await hub.start()
     await wait_run_end(hub, run_id)
     last = hub.hub.registry.get(run_id).head  # type: ignore[union-attr]
@@ -226,7 +226,7 @@ async def test_cursor_behind_the_buffer_gets_gap_then_snapshot(start_hub: StartH
 async def test_live_late_joiner_of_a_trimmed_stream_ends_with_the_right_text(
     start_hub: StartHub,
 ) -> None:
-    hub = await start_hub(model=PACED_MODEL, max_events_per_stream=5)
+    hub = await start_hub(model=PACED_MODEL, broker={"max_events_per_stream": 5})
     thread_id, run_id = await hub.start()
     async with hub.reader(thread_id, run_id, on_owner=True) as early:
         async with within(2):
@@ -257,7 +257,7 @@ async def test_live_late_joiner_of_a_trimmed_stream_ends_with_the_right_text(
 
 
 async def test_after_retention_the_stream_is_rebuilt_from_the_store(start_hub: StartHub) -> None:
-    hub = await start_hub(retention=0.05)
+    hub = await start_hub(broker={"retention": 0.05})
     thread_id = await hub.create_thread("What is courage?")
     async with within(5):
         reply = await hub.request(
@@ -319,7 +319,7 @@ async def test_after_retention_the_stream_is_rebuilt_from_the_store(start_hub: S
 async def test_a_cancelled_run_is_rebuilt_with_its_incomplete_message(
     start_hub: StartHub,
 ) -> None:
-    hub = await start_hub(retention=0.05, model="simulated:tokens=5000,rate=200")
+    hub = await start_hub(broker={"retention": 0.05}, model="simulated:tokens=5000,rate=200")
     thread_id, run_id = await hub.start("async-example")
     async with hub.reader(thread_id, run_id) as reader:
         async with within(2):

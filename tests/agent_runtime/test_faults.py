@@ -539,7 +539,7 @@ async def test_sync_agent_looping_past_expires_at_ends_expired(
 ) -> None:
     expires_after = 0.5 * UNIT
     hub = await start_hub(
-        agents=with_examples(fault_agents), model=SLOW_MODEL, run_expires_after=expires_after
+        agents=with_examples(fault_agents), model=SLOW_MODEL, runs={"expires_after": expires_after}
     )
     thread_id, run_id = await start_run(hub, "sync-looper")
 

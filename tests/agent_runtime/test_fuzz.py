@@ -471,12 +471,12 @@ def requests_(draw: st.DrawFn) -> Request:
 def fuzzed_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadedHub]:
     config = HubConfig(
         port=0,
-        model=FAST,
+        force_model=FAST,
         store=request.param,
         data_dir=tmp_path / "data",
         max_body_bytes=BODY_LIMIT,
         shutdown_timeout=2 * UNIT,
-        retention=30.0,
+        broker={"retention": 30.0},
     )
     with ThreadedHub(config) as hub:
         yield hub

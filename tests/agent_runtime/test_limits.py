@@ -116,7 +116,7 @@ async def test_metadata_and_instructions_at_the_limits_are_taken(start_hub: Star
 
 
 async def test_runs_waiting_for_a_slot_are_bounded(start_hub: StartHub) -> None:
-    hub = await start_hub(model=SLOW_MODEL, max_concurrent_runs=1, max_queued_runs=2)
+    hub = await start_hub(model=SLOW_MODEL, runs={"max_concurrent_runs": 1, "max_queued_runs": 2})
     _running, first, _second = [await hub.start() for _ in range(3)]
     assert (await hub.run(*first))["status"] == "queued"  # behind the running one
     thread_id = await hub.create_thread("one too many")
@@ -143,7 +143,7 @@ async def test_runs_waiting_for_a_slot_are_bounded(start_hub: StartHub) -> None:
 async def test_without_a_slot_limit_nothing_waits_and_nothing_is_refused(
     start_hub: StartHub,
 ) -> None:
-    hub = await start_hub(model=SLOW_MODEL, max_queued_runs=0)
+    hub = await start_hub(model=SLOW_MODEL, runs={"max_queued_runs": 0})
     for _ in range(3):
         thread_id, run_id = await hub.start()
         assert (await hub.run(thread_id, run_id))["status"] in ("queued", "in_progress")

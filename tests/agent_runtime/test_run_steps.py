@@ -209,7 +209,7 @@ async def scripted_hub(
     gate = Gate()
     model = ScriptedModel([ScriptedToolCall("a", {"x": 1}, chunks=2, id="call_a"), gate, Say("!")])
     config = HubConfig(
-        model=model.name,
+        force_model=model.name,
         port=0,
         agents=agents,
         store="sqlite",
@@ -263,7 +263,7 @@ async def test_a_live_runs_step_is_listed_in_progress_then_cancelled(
 async def test_a_run_rebuilt_after_its_retention_shows_its_steps(
     start_hub: StartHub, agents: tuple[Path, ...]
 ) -> None:
-    hub = await start_hub(agents=agents, model=TOOL_MODEL, retention=0.05)
+    hub = await start_hub(agents=agents, model=TOOL_MODEL, broker={"retention": 0.05})
     thread_id, run_id = await hub.start("many-steps", "weather in Thebes")
     original = await hub.events(thread_id, run_id)
     check_steps_run(original)

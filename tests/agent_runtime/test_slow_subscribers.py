@@ -36,7 +36,9 @@ async def test_a_dropped_slow_subscriber_is_counted_and_logged(
 ) -> None:
     caplog.set_level(logging.INFO, logger="broker.sse")
     write_agent(tmp_path, "firehose", FIREHOSE)
-    hub = await start_hub(agents=(tmp_path,), stall_timeout=0.3 * UNIT, high_water=4096)
+    hub = await start_hub(
+        agents=(tmp_path,), broker={"stall_timeout": 0.3 * UNIT, "high_water": 4096}
+    )
     registry = hub.hub.registry
     thread_id, run_id = await hub.start("firehose")
 

@@ -204,7 +204,7 @@ async def test_a_stalled_stream_stays_live_until_cancelled() -> None:
 
 
 async def test_a_stalled_stream_expires() -> None:
-    async with Hub(model=ScriptedModel([Stall()]), run_expires_after=0.2 * UNIT) as hub:
+    async with Hub(model=ScriptedModel([Stall()]), runs={"expires_after": 0.2 * UNIT}) as hub:
         result = await hub.run("streaming-example", timeout=10 * UNIT)
     assert result.status == "expired"
     assert result.messages == []  # nothing was said: nothing is kept

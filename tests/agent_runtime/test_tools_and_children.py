@@ -135,7 +135,9 @@ async def start_scripted() -> AsyncIterator[StartScripted]:
     async def start(model: ScriptedModel, **settings: Any) -> HubClient:
         settings.setdefault("port", 0)
         settings.setdefault("shutdown_timeout", 2 * UNIT)
-        server = Server(HubConfig(model=model.name, **settings), providers={model.name: model})
+        server = Server(
+            HubConfig(force_model=model.name, **settings), providers={model.name: model}
+        )
         await server.start()
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30 * UNIT))
         client = HubClient(server, session)
@@ -284,7 +286,9 @@ async def test_late_joiners_and_resumes_rebuild_the_tool_calls(
             assert state.tool_calls() == want_calls, cursor
     # A fresh join before and after the end on a hub whose buffer holds 5 events.
     small = await start_hub(
-        agents=with_examples(tool_agents), model=PACED_TOOL_MODEL, max_events_per_stream=5
+        agents=with_examples(tool_agents),
+        model=PACED_TOOL_MODEL,
+        broker={"max_events_per_stream": 5},
     )
     thread_id, run_id = await small.start("tool-user", "weather in Rome")
     async with small.reader(thread_id, run_id) as reader:
@@ -540,7 +544,9 @@ async def test_a_late_joiner_sees_the_child_step_in_the_snapshot(
     start_hub: StartHub, child_agents: Path
 ) -> None:
     hub = await start_hub(
-        agents=with_examples(child_agents), model=PACED_TOOL_MODEL, max_events_per_stream=4
+        agents=with_examples(child_agents),
+        model=PACED_TOOL_MODEL,
+        broker={"max_events_per_stream": 4},
     )
     thread_id, run_id = await hub.start("delegator-relay", "go")
     late = await wait_run(hub, thread_id, run_id)
@@ -606,7 +612,7 @@ async def test_the_cli_prints_progress_tool_calls_and_child_runs(tmp_path: Path)
     root = tmp_path / "cli-agents"
     for name, source in CLI_AGENTS.items():
         write_agent(root, name, source)
-    hub = Hub(HubConfig(agents=(root,), model="simulated:tokens=8,rate=0"))
+    hub = Hub(HubConfig(agents=(root,), force_model="simulated:tokens=8,rate=0"))
     await hub.start()
     try:
         thread = Thread(id=new_id("thread"), created_at=now())

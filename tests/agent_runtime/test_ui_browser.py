@@ -84,7 +84,7 @@ async def start_ui_hub(agents_root: Path) -> AsyncIterator[StartHub]:
     async def start(**settings: Any) -> Server:
         settings.setdefault("port", 0)
         settings.setdefault("agents", (agents_root,))
-        settings.setdefault("model", MODEL)
+        settings.setdefault("force_model", MODEL)
         settings.setdefault("shutdown_timeout", 2 * UNIT)
         server = Server(HubConfig(**settings))
         await server.start()

@@ -6,9 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import BrokerConfig
 from broker.buffer import ByteBudget, Gap, ReplayBuffer
 from broker.errors import InvalidCursor
 from broker.events import Event
+
+EVENTS = BrokerConfig().max_events_per_stream
+BYTES = BrokerConfig().max_bytes_per_stream
 
 
 def ev(i: int, pad: int = 0) -> Event:
@@ -23,7 +27,7 @@ def fill(buf: ReplayBuffer, n: int, pad: int = 0) -> list[Event]:
 
 
 def test_empty_buffer() -> None:
-    buf = ReplayBuffer()
+    buf = ReplayBuffer(EVENTS, BYTES)
     assert (buf.head, buf.first_id, len(buf), buf.nbytes) == (0, 1, 0, 0)
     assert list(buf.since(0)) == []
     assert buf.get(0) is None and buf.get(1) is None
@@ -36,7 +40,7 @@ def test_caps_must_be_positive(max_events: int, max_bytes: int) -> None:
 
 
 def test_ids_must_be_consecutive() -> None:
-    buf = ReplayBuffer()
+    buf = ReplayBuffer(EVENTS, BYTES)
     with pytest.raises(ValueError):
         buf.append(ev(2))
     buf.append(ev(1))
@@ -52,7 +56,7 @@ def test_ids_must_be_consecutive() -> None:
 
 
 def test_since_returns_exact_tails() -> None:
-    buf = ReplayBuffer()
+    buf = ReplayBuffer(EVENTS, BYTES)
     events = fill(buf, 10)
     for c in range(11):
         assert list(buf.since(c)) == events[c:]
@@ -60,7 +64,7 @@ def test_since_returns_exact_tails() -> None:
 
 
 def test_event_cap_keeps_the_newest() -> None:
-    buf = ReplayBuffer(max_events=3)
+    buf = ReplayBuffer(max_events=3, max_bytes=BYTES)
     events = fill(buf, 10)
     assert len(buf) == 3 and buf.head == 10 and buf.first_id == 8
     assert list(buf.since(7)) == events[7:]
@@ -92,7 +96,7 @@ def test_always_keeps_the_newest_event_whatever_the_byte_cap() -> None:
 
 
 def test_get() -> None:
-    buf = ReplayBuffer(max_events=4)
+    buf = ReplayBuffer(max_events=4, max_bytes=BYTES)
     events = fill(buf, 9)
     assert [buf.get(i) for i in range(6, 10)] == events[5:]
     for i in (-1, 0, 1, 5, 10, 11):
@@ -100,7 +104,7 @@ def test_get() -> None:
 
 
 def test_check_cursor() -> None:
-    buf = ReplayBuffer(max_events=2)
+    buf = ReplayBuffer(max_events=2, max_bytes=BYTES)
     fill(buf, 5)
     for c in range(6):
         buf.check_cursor(c)  # evicted cursors are still ids of the stream
@@ -110,7 +114,7 @@ def test_check_cursor() -> None:
 
 
 def test_evict_returns_bytes_freed_and_keeps_the_newest() -> None:
-    buf = ReplayBuffer()
+    buf = ReplayBuffer(EVENTS, BYTES)
     events = fill(buf, 5, pad=3)
     size = events[0].size
     assert buf.evict(0) == 0 and buf.evict(-3) == 0
@@ -123,8 +127,8 @@ def test_evict_returns_bytes_freed_and_keeps_the_newest() -> None:
 
 def test_byte_budget_is_shared_and_returns_to_zero() -> None:
     budget = ByteBudget(limit=None)
-    a = ReplayBuffer(max_events=3, budget=budget)
-    b = ReplayBuffer(max_events=100, budget=budget)
+    a = ReplayBuffer(max_events=3, max_bytes=BYTES, budget=budget)
+    b = ReplayBuffer(max_events=100, max_bytes=BYTES, budget=budget)
     fill(a, 10, pad=7)
     fill(b, 10, pad=50)
     assert budget.used == a.nbytes + b.nbytes > 0
@@ -141,7 +145,7 @@ def test_byte_budget_is_shared_and_returns_to_zero() -> None:
 
 def test_byte_budget_over() -> None:
     budget = ByteBudget(limit=1000)
-    buf = ReplayBuffer(budget=budget)
+    buf = ReplayBuffer(EVENTS, BYTES, budget=budget)
     while budget.used <= 1000:
         assert not budget.over
         fill(buf, 1)
@@ -158,7 +162,7 @@ def test_byte_budget_must_be_positive(limit: int) -> None:
 
 def test_release_keeps_the_numbering() -> None:
     budget = ByteBudget()
-    buf = ReplayBuffer(budget=budget)
+    buf = ReplayBuffer(EVENTS, BYTES, budget=budget)
     fill(buf, 4)
     buf.release()
     assert (buf.head, buf.first_id, len(buf), buf.nbytes, budget.used) == (4, 5, 0, 0, 0)
@@ -171,7 +175,7 @@ def test_release_keeps_the_numbering() -> None:
 
 def test_compaction_keeps_correctness_after_many_evictions() -> None:
     budget = ByteBudget()
-    buf = ReplayBuffer(max_events=10, budget=budget)
+    buf = ReplayBuffer(max_events=10, max_bytes=BYTES, budget=budget)
     events = fill(buf, 5000)
     assert len(buf) == 10 and buf.head == 5000 and buf.first_id == 4991
     for c in range(4990, 5001):
@@ -184,7 +188,7 @@ def test_compaction_keeps_correctness_after_many_evictions() -> None:
 
 
 def test_compaction_with_large_explicit_evictions() -> None:
-    buf = ReplayBuffer(max_events=100_000)
+    buf = ReplayBuffer(max_events=100_000, max_bytes=BYTES)
     events = fill(buf, 3000)
     for _ in range(5):
         buf.evict(400)

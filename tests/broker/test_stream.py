@@ -312,7 +312,7 @@ async def test_resume_after_falling_behind_gets_gap_then_snapshot() -> None:
         calls.append((at, stream.head))
         return snap(at)
 
-    stream = Stream("k", snapshot=snapshot, max_events=3)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=3), snapshot=snapshot)
     sink = CollectingSink()
     sink.stalled = True
     published = publish_n(stream, 1)
@@ -340,7 +340,7 @@ async def test_a_burst_larger_than_the_buffer_in_one_turn_reaches_live_subscribe
     buffer, within one loop turn: subscribers that keep up get every event, no gap (the
     stream flushes before it would evict what they have not been written yet). Only a
     paused subscriber falls out of the buffer."""
-    stream = Stream("k", snapshot=snap, max_events=5)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=5), snapshot=snap)
     live, stalled = CollectingSink(), CollectingSink()
     stalled.stalled = True
     live_sub = stream.subscribe(live)
@@ -364,7 +364,7 @@ async def test_a_burst_larger_than_the_buffer_in_one_turn_reaches_live_subscribe
 
 
 async def test_gap_without_snapshot_says_what_is_missing_and_goes_on() -> None:
-    stream = Stream("k", max_events=3)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=3))
     published = publish_n(stream, 10)
     sink = CollectingSink()
     stream.subscribe(sink, 2)
@@ -390,7 +390,7 @@ def test_a_gap_event_name_that_cannot_be_framed_is_refused() -> None:
 
 
 async def test_fresh_join_after_eviction_gets_gap_and_snapshot_at_head() -> None:
-    stream = Stream("k", snapshot=snap, max_events=5)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=5), snapshot=snap)
     published = publish_n(stream, 20)
     sink = CollectingSink()
     stream.subscribe(sink)
@@ -407,7 +407,7 @@ async def test_snapshot_on_request_then_exact_tail() -> None:
         calls.append(at)
         return snap(at)
 
-    stream = Stream("k", snapshot=snapshot, max_events=5)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=5), snapshot=snapshot)
     published = publish_n(stream, 20)
     sink = CollectingSink()
     stream.subscribe(sink, 17, snapshot=True)
@@ -461,7 +461,7 @@ async def test_a_failing_snapshot_sends_the_gap_alone_stamped(
     def broken(at: int) -> list[tuple[str, Any]]:
         raise RuntimeError("boom")
 
-    stream = Stream("k", snapshot=broken, max_events=2)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=2), snapshot=broken)
     publish_n(stream, 6)
     sink = CollectingSink()
     with caplog.at_level(logging.ERROR, logger="broker.stream"):
@@ -594,7 +594,7 @@ async def test_over_budget_calls_back_after_the_append() -> None:
 
 
 async def test_stats() -> None:
-    stream = Stream("k", max_events=4)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=4))
     assert stream.stats() == StreamStats(
         key="k",
         subscribers=0,
@@ -714,7 +714,7 @@ async def test_follow_refuses_a_cursor_ahead() -> None:
 
 
 async def test_a_slow_follower_gets_gap_and_snapshot() -> None:
-    stream = Stream("k", snapshot=snap, max_events=3)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=3), snapshot=snap)
     published = publish_n(stream, 2)
     got: list[Event] = []
     async with contextlib.aclosing(stream.follow()) as events:

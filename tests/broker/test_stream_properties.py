@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
+from broker.config import BrokerConfig
 from broker.errors import StreamClosed
 from broker.events import Event, Framing
 from broker.stream import Stream, Subscription, SubState
@@ -104,10 +105,9 @@ async def scenario(
 
     stream = Stream(
         "k",
+        BrokerConfig(max_events_per_stream=max_events, max_bytes_per_stream=max_bytes),
         snapshot=None if base is None else snapshot,
         resume_snapshot=None if resume_base is None else resume_snapshot,
-        max_events=max_events,
-        max_bytes=max_bytes,
     )
     published: list[tuple[str, Any]] = []
     subs: list[Sub] = []
@@ -275,7 +275,7 @@ async def follow_scenario(
     snapshot_kind: str,
 ) -> None:
     base = SNAPSHOTS[snapshot_kind]
-    stream = Stream("k", snapshot=base, max_events=max_events)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=max_events), snapshot=base)
     published: list[tuple[str, Any]] = []
 
     def publish(n: int) -> None:
