@@ -84,7 +84,7 @@ async def start_ui_hub(agents_root: Path) -> AsyncIterator[StartHub]:
     async def start(**settings: Any) -> Server:
         settings.setdefault("port", 0)
         settings.setdefault("agents", (agents_root,))
-        settings.setdefault("force_model", MODEL)
+        settings["force_model"] = settings.pop("model", MODEL)
         settings.setdefault("shutdown_timeout", 2 * UNIT)
         server = Server(HubConfig(**settings))
         await server.start()
@@ -375,7 +375,9 @@ async def test_hidden_streaming_text_still_counts_the_deltas(
     ("how", "settings"),
     [
         pytest.param("reconnect", {}, id="browser-reconnects-with-last-event-id"),
-        pytest.param("gap", {"max_events_per_stream": 8}, id="resume-behind-buffer-gap-snapshot"),
+        pytest.param(
+            "gap", {"broker": {"max_events_per_stream": 8}}, id="resume-behind-buffer-gap-snapshot"
+        ),
         pytest.param("reopen", {}, id="browser-gives-up-page-reopens-with-cursor"),
     ],
 )
@@ -434,7 +436,7 @@ async def test_resumes_after_the_server_drops_the_connection(
     "settings",
     [
         pytest.param({}, id="whole-run-from-event-1"),
-        pytest.param({"max_events_per_stream": 8}, id="gap-and-snapshot"),
+        pytest.param({"broker": {"max_events_per_stream": 8}}, id="gap-and-snapshot"),
     ],
 )
 async def test_a_second_tab_joins_the_run_mid_way(

@@ -446,7 +446,9 @@ async def test_snapshot_on_request_at_the_head() -> None:
 
 async def test_snapshot_on_request_inside_a_gap_sends_one_snapshot() -> None:
     calls: list[int] = []
-    stream = Stream("k", snapshot=lambda at: calls.append(at) or snap(at), max_events=2)
+    stream = Stream(
+        "k", BrokerConfig(max_events_per_stream=2), snapshot=lambda at: calls.append(at) or snap(at)
+    )
     published = publish_n(stream, 10)
     sink = CollectingSink()
     stream.subscribe(sink, 3, snapshot=True)
@@ -472,7 +474,7 @@ async def test_a_failing_snapshot_sends_the_gap_alone_stamped(
 
 
 async def test_an_empty_snapshot_leaves_the_gap_stamped() -> None:
-    stream = Stream("k", snapshot=lambda at: [], max_events=2)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=2), snapshot=lambda at: [])
     publish_n(stream, 6)
     sink = CollectingSink()
     stream.subscribe(sink)
@@ -482,7 +484,11 @@ async def test_an_empty_snapshot_leaves_the_gap_stamped() -> None:
 async def test_an_unserialisable_snapshot_is_treated_as_failed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    stream = Stream("k", snapshot=lambda at: [("ok", 1), ("bad", object())], max_events=2)
+    stream = Stream(
+        "k",
+        BrokerConfig(max_events_per_stream=2),
+        snapshot=lambda at: [("ok", 1), ("bad", object())],
+    )
     publish_n(stream, 6)
     sink = CollectingSink()
     with caplog.at_level(logging.ERROR, logger="broker.stream"):
@@ -627,7 +633,9 @@ async def test_resume_snapshot_serves_requested_snapshots_and_snapshot_serves_ga
     def resume_snap(at: int) -> list[tuple[str, Any]]:
         return [("resume.run", {"at": at}), ("resume.msg", {"at": at})]
 
-    stream = Stream("k", snapshot=gap_snap, resume_snapshot=resume_snap, max_events=4)
+    stream = Stream(
+        "k", BrokerConfig(max_events_per_stream=4), snapshot=gap_snap, resume_snapshot=resume_snap
+    )
     published = publish_n(stream, 10)
     resumed = CollectingSink()
     stream.subscribe(resumed, 8, snapshot=True)
@@ -649,7 +657,7 @@ async def test_resume_snapshot_serves_requested_snapshots_and_snapshot_serves_ga
 
 
 async def test_resume_snapshot_alone_has_no_say_in_gaps() -> None:
-    stream = Stream("k", resume_snapshot=snap, max_events=3)
+    stream = Stream("k", BrokerConfig(max_events_per_stream=3), resume_snapshot=snap)
     published = publish_n(stream, 10)
     resumed = CollectingSink()
     stream.subscribe(resumed, 9, snapshot=True)
