@@ -15,6 +15,7 @@ from an embedded hub's; its flags (see :mod:`agent_runtime.cli`) set only what i
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from broker.config import DEFAULT_GAP_EVENT, RedisSettings
 
 from .protocol import GAP
 
-__all__ = ["SERVE_DEFAULTS", "HubConfig", "RedisConfig", "RunsConfig"]
+__all__ = ["SERVE_DEFAULTS", "HubConfig", "IsolationConfig", "RedisConfig", "RunsConfig"]
 
 MiB = 1024 * 1024
 
@@ -84,6 +85,48 @@ class RedisConfig(RedisSettings):
             raise ValueError("linger must be between 0 and 1 second")
 
 
+@dataclass(frozen=True, slots=True)
+class IsolationConfig:
+    """Where agents run (see :mod:`agent_runtime.isolation`)."""
+
+    mode: Literal["none", "process"] = "none"
+    """``none``: in the hub's process, async agents as tasks on its event loop and sync
+    agents in threads (the fastest; an agent can stall or crash the hub). ``process``:
+    every run in a worker process of a pool (an agent can only fail its own run)."""
+    workers: int | None = None
+    """Worker processes started with the hub and kept ready (``None``: one per core)."""
+    max_workers: int = 64
+    """Worker processes at most: a run finding them all busy waits for a free one. Each
+    worker is a Python process (about 40 MB)."""
+    cancel_grace: float = 3.0
+    """Seconds a cancelled run's agent has to stop on its own before its worker is
+    killed (and replaced)."""
+    run_cpu_seconds: float | None = None
+    """CPU seconds a run may use in its worker (``None``: no limit)."""
+    run_memory_mb: int | None = None
+    """Memory a run may add to its worker, in MiB (``None``: no limit)."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("workers must not be negative")
+        if self.max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        if self.cancel_grace < 0:
+            raise ValueError("cancel_grace must not be negative")
+        for name in ("run_cpu_seconds", "run_memory_mb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("run_cpu_seconds", "run_memory_mb"):
+            if getattr(self, name) is not None and self.mode != "process":
+                raise ValueError(f"{name} needs isolation mode 'process'")
+
+    @property
+    def warm_workers(self) -> int:
+        count = self.workers if self.workers is not None else (os.cpu_count() or 1)
+        return min(count, self.max_workers)
+
+
 SERVE_DEFAULTS: Mapping[str, Any] = {"store": "sqlite", "shutdown_grace": 10.0}
 """Where ``agentstream serve`` differs from an embedded hub: threads are kept on disk,
 and live runs get ten seconds to finish at shutdown."""
@@ -124,6 +167,8 @@ class HubConfig(BaseModel):
     """How runs are executed and bounded."""
     redis: RedisConfig | None = None
     """Run as one node of several sharing this Redis (replaces ``store``)."""
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
+    """Where agents run: in the hub's process, or each run in a worker process."""
     max_connections: int | None = Field(None, ge=1)
     """Client connections open at once (``None``: the open-files limit minus a reserve for
     the hub's own descriptors). Beyond it a new connection replaces the one waiting

@@ -189,7 +189,7 @@ class Environment:
         return self._call(self.astream_text(text), "stream_text")
 
     async def astream_text(self, text: str) -> int:
-        return self._ctx.progress(text)
+        return await self._ctx.progress(text)
 
     def emit(self, name: str, data: Any = None) -> int:
         """Publish a custom event ``thread.agent.<name>`` (``name``: 1-64 letters, digits,
@@ -199,7 +199,7 @@ class Environment:
         return self._call(self.aemit(name, data), "emit")
 
     async def aemit(self, name: str, data: Any = None) -> int:
-        return self._ctx.emit(name, data)
+        return await self._ctx.emit(name, data)
 
     # -- child runs ------------------------------------------------------------------
 

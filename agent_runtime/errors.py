@@ -22,6 +22,12 @@ class ConfigError(AgentRuntimeError):
     """A setting the hub cannot start with (the CLI prints it in one line, status 2)."""
 
 
+class AgentProcessError(AgentRuntimeError):
+    """With process isolation: the agent's worker process died, was killed, or the run went
+    over one of its limits (the message says which); or the agent raised in its worker
+    (the message is its exception, as in the hub)."""
+
+
 class InvalidRequest(AgentRuntimeError):
     """The request is malformed or names something invalid (HTTP 400)."""
 

@@ -24,6 +24,8 @@ from .checkpoints import end_interrupted
 from .cluster import Cluster, new_node_id
 from .config import HubConfig
 from .errors import ServiceUnavailable
+from .isolation.host import ProcessRunner
+from .isolation.pool import WorkerPool
 from .models.base import ModelProvider
 from .models.router import ModelRouter
 from .objects import key_digest
@@ -78,7 +80,13 @@ class Hub:
                 registry=redis_registry,
                 store=self.store,
             )
+        self.workers: WorkerPool | None = None
+        runner = None
+        if config.isolation.mode == "process":
+            self.workers = WorkerPool(config.isolation)
+            runner = ProcessRunner(self.workers, config.isolation)
         self.runs = RunManager(
+            runner=runner,
             store=self.store,
             registry=self.registry,
             catalog=self.catalog,
@@ -100,6 +108,8 @@ class Hub:
         if self._started:
             return
         self._started = True
+        if self.workers is not None:  # process isolation: workers ready before any run
+            await self.workers.start()
         if self.cluster is not None:
             await self._check_ownerless_threads()
             # Several nodes: runs of a node that died are failed by the survivors once
@@ -152,6 +162,8 @@ class Hub:
         await self.runs.aclose(
             grace=self.config.shutdown_grace, timeout=self.config.shutdown_timeout
         )
+        if self.workers is not None:  # every run has ended: no agent is left to stop
+            await self.workers.aclose()
         deadline = loop.time() + self.config.shutdown_timeout
         # 2. Let subscribers read to the end (bounded), 3. then drop what is left.
         idle = await self.registry.wait_idle(max(0.0, deadline - loop.time()))

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from broker import BrokerConfig
 
-from .config import SERVE_DEFAULTS, HubConfig, RedisConfig, RunsConfig
+from .config import SERVE_DEFAULTS, HubConfig, IsolationConfig, RedisConfig, RunsConfig
 from .errors import ConfigError
 
 __all__ = ["SERVE_FLAGS", "add_serve_flags", "api_keys_from", "config_from_flags", "default_of"]
@@ -30,6 +30,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "broker": BrokerConfig,
     "runs": RunsConfig,
     "redis": RedisConfig,
+    "isolation": IsolationConfig,
 }
 
 
@@ -119,6 +120,53 @@ SERVE_FLAGS: tuple[Flag, ...] = (
         "allow browser calls from ORIGIN ('*' for any; repeatable)",
         metavar="ORIGIN",
         repeatable=True,
+    ),
+    Flag(
+        "--isolation",
+        "isolation.mode",
+        "none: agents run in the hub's process (fastest; an agent can stall or crash the "
+        "hub); process: each run in a worker process (an agent can only fail its own run; "
+        "recommended for agents you did not write)",
+        choices=("none", "process"),
+    ),
+    Flag(
+        "--workers",
+        "isolation.workers",
+        "with --isolation process: worker processes kept ready",
+        int,
+        "N",
+        unset="one per core",
+    ),
+    Flag(
+        "--max-workers",
+        "isolation.max_workers",
+        "with --isolation process: worker processes at most (further runs wait queued)",
+        int,
+        "N",
+    ),
+    Flag(
+        "--cancel-grace",
+        "isolation.cancel_grace",
+        "with --isolation process: seconds a cancelled agent has to stop before its "
+        "worker is killed",
+        float,
+        "SECONDS",
+    ),
+    Flag(
+        "--run-cpu-seconds",
+        "isolation.run_cpu_seconds",
+        "with --isolation process: CPU seconds a run may use",
+        float,
+        "SECONDS",
+        unset="no limit",
+    ),
+    Flag(
+        "--run-memory-mb",
+        "isolation.run_memory_mb",
+        "with --isolation process: memory a run may use, in MiB",
+        int,
+        "MIB",
+        unset="no limit",
     ),
     Flag(
         "--provider-timeout", "provider_timeout", "seconds per provider request", float, "SECONDS"

@@ -199,6 +199,25 @@ class StreamHandler:
                 self._waiters.append(fut)
             await fut
 
+    async def next_batch(self) -> list[ChatCompletionChunk]:
+        """Every chunk not yet taken (at least one), or ``[]`` once the stream has ended;
+        on the loop. Raises as iteration does. For a reader that forwards chunks (to an
+        agent in another process): what arrived meanwhile is taken in one go."""
+        while True:
+            with self._cond:
+                if self._interrupted:
+                    raise RunCancelled("the run was cancelled")
+                if self._position < len(self._chunks):
+                    batch = self._chunks[self._position :]
+                    self._position = len(self._chunks)
+                    return batch
+                if self._done:
+                    self._raise_if_failed()
+                    return []
+                fut = self._loop.create_future()
+                self._waiters.append(fut)
+            await fut
+
     async def await_text(self) -> str:
         """Wait (on the loop) until the stream ends; the full text."""
         while True:

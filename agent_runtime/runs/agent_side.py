@@ -79,10 +79,10 @@ class AgentSide:
     async def messages(self) -> list[Message]:
         return await self._ctx.manager.thread_messages(self._ctx.run.thread_id)
 
-    def progress(self, text: str) -> int:
+    async def progress(self, text: str) -> int:
         return self._ctx.progress(text)
 
-    def emit(self, name: str, data: Any) -> int:
+    async def emit(self, name: str, data: Any) -> int:
         return self._ctx.emit(name, data)
 
     async def run_child(self, agent_name: str, query: str, *, relay: bool) -> ChildRunResult:

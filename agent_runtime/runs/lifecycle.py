@@ -23,7 +23,7 @@ import logging
 
 from .. import protocol
 from ..environment import Environment
-from ..errors import NotFound, RunCancelled, ServiceUnavailable
+from ..errors import AgentProcessError, NotFound, RunCancelled, ServiceUnavailable
 from ..logs import bind_run
 from ..objects import RunStatus, now
 from . import children, replies
@@ -31,7 +31,7 @@ from .agent_side import AgentSide
 from .agent_thread import AgentExit, describe, exit_outcome, in_daemon_thread
 from .context import RunContext
 
-__all__ = ["NoSlot", "execute", "finish"]
+__all__ = ["InProcess", "NoSlot", "execute", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,19 @@ class NoSlot:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+
+class InProcess:
+    """Agents in the hub's process (``--isolation none``): an async agent awaited on the
+    event loop, a sync agent in a daemon thread of its own (see
+    :func:`~agent_runtime.runs.agent_thread.in_daemon_thread`)."""
+
+    async def run_agent(self, ctx: RunContext) -> None:
+        env = Environment(AgentSide(ctx))
+        if ctx.agent.style == "async":
+            await ctx.agent.run_async(env)
+        else:
+            await in_daemon_thread(ctx.agent.run_sync, env, ctx.run.id)
 
 
 async def execute(ctx: RunContext) -> None:
@@ -60,11 +73,7 @@ async def execute(ctx: RunContext) -> None:
             # A child run runs within its parent's slot: it never waits for one.
             async with ctx.manager.slot() if ctx.parent is None else NoSlot():
                 await _set_status(ctx, "in_progress", started_at=now())
-                env = Environment(AgentSide(ctx))
-                if ctx.agent.style == "async":
-                    await ctx.agent.run_async(env)
-                else:
-                    await in_daemon_thread(ctx.agent.run_sync, env, ctx.run.id)
+                await ctx.manager.runner.run_agent(ctx)
         if ctx.outcome is not None:
             status, error = ctx.outcome
     except TimeoutError:
@@ -88,7 +97,7 @@ async def execute(ctx: RunContext) -> None:
     except Exception as exc:  # the agent's own failure ends the run, never the hub
         status, error = ctx.ending or ("failed", describe(exc))
         # The hub's own unavailability (a full disk…) is not the agent's bug: no trace.
-        trace = None if isinstance(exc, ServiceUnavailable) else exc
+        trace = None if isinstance(exc, (ServiceUnavailable, AgentProcessError)) else exc
         logger.warning("run %s: the agent failed: %s", ctx.run.id, error, exc_info=trace)
     if ctx.ending is not None:
         status, error = ctx.ending

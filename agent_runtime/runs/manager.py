@@ -39,8 +39,8 @@ from ..run_log import RunLog
 from ..store import Store, every_page
 from . import lifecycle
 from .context import RunContext
-from .lifecycle import NoSlot
-from .ports import ClusterPort, Models, NoCluster
+from .lifecycle import InProcess, NoSlot
+from .ports import AgentRunner, ClusterPort, Models, NoCluster
 
 __all__ = ["RunManager"]
 
@@ -59,6 +59,7 @@ class RunManager:
         models: Models,
         config: RunsConfig | None = None,
         cluster: ClusterPort | None = None,
+        runner: AgentRunner | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -70,6 +71,8 @@ class RunManager:
         limit = self.config.max_concurrent_runs
         self._slots = asyncio.Semaphore(limit) if limit else None
         self._closing = False
+        self.runner: AgentRunner = runner or InProcess()
+        """Where agents execute (the hub's process unless isolation says otherwise)."""
         self.cluster: ClusterPort = cluster or NoCluster()
         """Claims and cancels across nodes (:class:`NoCluster` on a single node)."""
         self.finished: Counter[str] = Counter()

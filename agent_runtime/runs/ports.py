@@ -38,6 +38,7 @@ from ..stream_handler import StreamHandler
 __all__ = [
     "AgentPort",
     "AgentRef",
+    "AgentRunner",
     "ChildRunResult",
     "ClusterPort",
     "Models",
@@ -107,15 +108,24 @@ class AgentPort(Protocol):
 
     async def messages(self) -> list[Message]: ...
 
-    def progress(self, text: str) -> int: ...
+    async def progress(self, text: str) -> int: ...
 
-    def emit(self, name: str, data: Any) -> int: ...
+    async def emit(self, name: str, data: Any) -> int: ...
 
     async def run_child(self, agent_name: str, query: str, *, relay: bool) -> ChildRunResult: ...
 
     def agent_log(self, line: str, level: int) -> None: ...
 
     def set_outcome(self, status: RunStatus, message: str | None = None) -> None: ...
+
+
+class AgentRunner(Protocol):
+    """Where a run's agent executes: in the hub's process
+    (:class:`~agent_runtime.runs.lifecycle.InProcess`) or in a worker process
+    (:class:`~agent_runtime.isolation.host.ProcessRunner`). ``run_agent`` returns or
+    raises as the agent did; cancelling it stops the agent."""
+
+    async def run_agent(self, ctx: Any) -> None: ...
 
 
 class AgentRef(Protocol):
@@ -159,6 +169,9 @@ class RunHost(Protocol[C]):
 
     @property
     def repairs(self) -> Repairs: ...
+
+    @property
+    def runner(self) -> AgentRunner: ...
 
     def slot(self) -> AbstractAsyncContextManager[Any]: ...
 

@@ -8,7 +8,13 @@ import inspect
 
 import pytest
 
-from agent_runtime.config import SERVE_DEFAULTS, HubConfig, RedisConfig, RunsConfig
+from agent_runtime.config import (
+    SERVE_DEFAULTS,
+    HubConfig,
+    IsolationConfig,
+    RedisConfig,
+    RunsConfig,
+)
 from agent_runtime.errors import ConfigError
 from agent_runtime.serve_flags import SERVE_FLAGS, add_serve_flags, config_from_flags, default_of
 from broker import BrokerConfig
@@ -30,7 +36,12 @@ def test_without_flags_serve_runs_on_the_configs_defaults(
 
 
 def test_every_flag_fills_a_setting_that_exists() -> None:
-    sections = {"broker": BrokerConfig, "runs": RunsConfig, "redis": RedisConfig}
+    sections = {
+        "broker": BrokerConfig,
+        "runs": RunsConfig,
+        "redis": RedisConfig,
+        "isolation": IsolationConfig,
+    }
     for flag in SERVE_FLAGS:
         section, _, name = flag.path.rpartition(".")
         if section:
@@ -79,6 +90,7 @@ def test_help_shows_the_default_from_the_config(capsys: pytest.CaptureFixture[st
         (["--redis-prefix", "p"], "--redis-prefix needs --redis URL"),
         (["--redis", "redis://h/0", "--node-lease", "0"], "--node-lease must be positive"),
         (["--adopt-unowned-threads", "k"], "--adopt-unowned-threads needs one of the API keys"),
+        (["--run-cpu-seconds", "5"], "--run-cpu-seconds needs isolation mode 'process'"),
     ],
 )
 def test_a_refused_value_names_its_flag(
