@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from .clients_helpers import ASSISTANTS_DEPRECATED, Recorder, join, sync_sdk
-from .conftest import StartHub, with_examples, write_agent
-from .steps_helpers import StepsClientState, check_steps_run
+from ..clients_helpers import ASSISTANTS_DEPRECATED, Recorder, join, sync_sdk
+from ..conftest import StartHub, with_examples, write_agent
+from ..steps_helpers import StepsClientState, check_steps_run
 
 EVENT_AGENTS: dict[str, str] = {
     "narrator": """

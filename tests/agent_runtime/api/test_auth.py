@@ -17,10 +17,10 @@ from agent_runtime.objects import Thread, new_id, now
 from agent_runtime.server import Server
 from agent_runtime.store import SQLiteStore
 
-from .conftest import FAST_MODEL, StartHub, check_run, within
-from .provider_stub import ServeProcess, call
-from .sse import parse_events
-from .test_cli import cli
+from ..conftest import FAST_MODEL, StartHub, check_run, within
+from ..e2e.test_cli import cli
+from ..provider_stub import ServeProcess, call
+from ..sse import parse_events
 
 KEY_A = "sk-agentstream-a-" + "1" * 24
 KEY_B = "sk-agentstream-b-" + "2" * 24

@@ -22,8 +22,8 @@ import pytest
 
 from agent_runtime.connections import default_max_connections
 
-from .conftest import UNIT, StartHub, eventually, within
-from .provider_stub import ServeProcess, call
+from ..conftest import UNIT, StartHub, eventually, within
+from ..provider_stub import ServeProcess, call
 
 HALF_HEAD = b"GET /healthz HTTP/1.1\r\nHost: flood\r\nX-Slow: "
 """A request head that never ends."""

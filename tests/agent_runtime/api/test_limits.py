@@ -14,7 +14,7 @@ from agent_runtime.models.openai_compat import PROVIDERS
 from agent_runtime.models.router import ModelRouter
 from agent_runtime.models.simulated import SimulatedConfig, parse_spec
 
-from .conftest import (
+from ..conftest import (
     FAST_MODEL,
     SLOW_MODEL,
     StartHub,
@@ -22,7 +22,7 @@ from .conftest import (
     with_examples,
     write_agent,
 )
-from .provider_stub import closed_port_url
+from ..provider_stub import closed_port_url
 
 PAIRS = {f"k{i}": "v" for i in range(17)}
 LONG_KEY = {"k" * 65: "v"}

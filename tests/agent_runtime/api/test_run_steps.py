@@ -23,10 +23,10 @@ from agent_runtime.models.scripted import ToolCall as ScriptedToolCall
 from agent_runtime.objects import RunStep
 from agent_runtime.server import Server
 
-from .clients_helpers import ASSISTANTS_DEPRECATED, async_sdk
-from .conftest import GAP, UNIT, HubClient, StartHub, with_examples, within, write_agent
-from .sse import Ev
-from .steps_helpers import STEP_FINAL, TOOLS, StepsClientState, check_steps_run
+from ..clients_helpers import ASSISTANTS_DEPRECATED, async_sdk
+from ..conftest import GAP, UNIT, HubClient, StartHub, with_examples, within, write_agent
+from ..sse import Ev
+from ..steps_helpers import STEP_FINAL, TOOLS, StepsClientState, check_steps_run
 
 AGENTS: dict[str, str] = {
     # One streamed completion that must call the tool, then a text reply.

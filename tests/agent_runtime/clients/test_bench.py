@@ -17,9 +17,9 @@ import pytest
 from agent_runtime.bench.sse_client import split_frame
 from agent_runtime.bench.stats import Histogram, summary_ms
 
-from .conftest import UNIT, StartHub
+from ..conftest import UNIT, StartHub
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = "simulated:tokens=30,rate=100"
 """0.3 s per message: runs are live long enough to join late and to reconnect."""
 

@@ -25,7 +25,7 @@ import pytest
 
 from agent_runtime.agents import bundled_examples_dir
 
-from .clients_helpers import (
+from ..clients_helpers import (
     ASSISTANTS_DEPRECATED,
     AsyncRecorder,
     async_sdk,
@@ -34,7 +34,7 @@ from .clients_helpers import (
     socratic,
     texts_of,
 )
-from .conftest import (
+from ..conftest import (
     FAST_MODEL,
     PACED_MODEL,
     QUESTION,
@@ -46,7 +46,7 @@ from .conftest import (
     write_agent,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 DESCRIPTION_EXAMPLE = """\
 from nearai.agents.environment import Environment

@@ -11,8 +11,8 @@ import pytest
 
 from agent_runtime.models.simulated import simulated_text
 
-from .clients_helpers import async_sdk, sync_sdk
-from .conftest import QUESTION, SOCRATES, StartHub, within
+from ..clients_helpers import async_sdk, sync_sdk
+from ..conftest import QUESTION, SOCRATES, StartHub, within
 
 MESSAGES: Any = [SOCRATES, {"role": "user", "content": QUESTION}]
 MODEL = "simulated:tokens=12,rate=0"

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from .clients_helpers import (
+from ..clients_helpers import (
     ASSISTANTS_DEPRECATED,
     AsyncRecorder,
     async_join,
@@ -22,7 +22,7 @@ from .clients_helpers import (
     sync_sdk,
     texts_of,
 )
-from .conftest import FAST_MODEL, QUESTION, SLOW_MODEL, StartHub, check_run, within
+from ..conftest import FAST_MODEL, QUESTION, SLOW_MODEL, StartHub, check_run, within
 
 pytestmark = ASSISTANTS_DEPRECATED
 

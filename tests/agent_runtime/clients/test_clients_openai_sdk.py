@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from openai.lib.streaming import AssistantStreamManager
 
-from .clients_helpers import (
+from ..clients_helpers import (
     ASSISTANTS_DEPRECATED,
     AsyncRecorder,
     Recorder,
@@ -33,7 +33,7 @@ from .clients_helpers import (
     sync_sdk,
     texts_of,
 )
-from .conftest import (
+from ..conftest import (
     GAP,
     QUESTION,
     UNIT,

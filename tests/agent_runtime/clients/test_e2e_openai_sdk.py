@@ -17,7 +17,7 @@ try:  # the HTTP library the installed SDK is built on
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef,unused-ignore]
 
-from .conftest import QUESTION, SLOW_MODEL, UNIT, HubClient, StartHub, check_run, within
+from ..conftest import QUESTION, SLOW_MODEL, UNIT, HubClient, StartHub, check_run, within
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The Assistants API is deprecated:DeprecationWarning"

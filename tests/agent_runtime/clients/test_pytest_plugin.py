@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import UNIT
+from ..conftest import UNIT
 
 pytest_plugins = ["pytester"]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "test_with_agentstream.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "docs" / "examples" / "test_with_agentstream.py"
 STRICT = (
     "-p",
     "no:cacheprovider",

@@ -27,7 +27,7 @@ from agent_runtime.testing import (
     Stall,
 )
 
-from .conftest import PLATO, QUESTION, SOCRATES, UNIT, within
+from ..conftest import PLATO, QUESTION, SOCRATES, UNIT, within
 
 ECHO = """
 async def run(env):

@@ -15,9 +15,9 @@ import pytest
 
 from agent_runtime.models.simulated import simulated_text
 
-from .conftest import PLATO, SOCRATES, TEST_AGENTS, UNIT, write_agent
+from ..conftest import PLATO, SOCRATES, TEST_AGENTS, UNIT, write_agent
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = "agent_runtime/examples/streaming-example"
 MODEL = "simulated:tokens=10,rate=0"
 TIMEOUT = 20 * UNIT

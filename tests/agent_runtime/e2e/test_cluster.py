@@ -26,9 +26,9 @@ import pytest
 from agent_runtime.config import HubConfig
 from agent_runtime.hub import Hub
 
-from .conftest import TERMINAL_EVENTS, UNIT, ClientState, check_run
-from .provider_stub import ServeProcess, call
-from .sse import Ev, SSEReader, parse_events
+from ..conftest import TERMINAL_EVENTS, UNIT, ClientState, check_run
+from ..provider_stub import ServeProcess, call
+from ..sse import Ev, SSEReader, parse_events
 
 FAST = "simulated:tokens=12,rate=0"
 SLOW = "simulated:tokens=5000,rate=100"

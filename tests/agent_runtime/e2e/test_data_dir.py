@@ -22,8 +22,8 @@ from agent_runtime.config import HubConfig
 from agent_runtime.errors import DataDirError, DataDirInUse
 from agent_runtime.hub import Hub
 
-from .conftest import UNIT
-from .provider_stub import ServeProcess, call, spawn_serve
+from ..conftest import UNIT
+from ..provider_stub import ServeProcess, call, spawn_serve
 from .test_restart import SHUTDOWN_TIMEOUT, SLOW, new_run, new_thread, serve_args
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PACED_MODEL, StartHub, check_run, with_examples
+from ..conftest import PACED_MODEL, StartHub, check_run, with_examples
 
 
 @pytest.mark.parametrize("model", ["simulated:tokens=20,rate=0", PACED_MODEL])

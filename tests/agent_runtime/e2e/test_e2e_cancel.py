@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
+from ..conftest import (
     SLOW_MODEL,
     UNIT,
     HubClient,
@@ -22,7 +22,7 @@ from .conftest import (
     within,
     write_agent,
 )
-from .sse import Ev
+from ..sse import Ev
 
 
 def agent_thread_alive(run_id: str) -> bool:

@@ -11,7 +11,7 @@ import pytest
 
 from agent_runtime.models.simulated import simulated_text
 
-from .conftest import (
+from ..conftest import (
     PACED_MODEL,
     PLATO,
     SOCRATES,
@@ -21,7 +21,7 @@ from .conftest import (
     with_examples,
     within,
 )
-from .sse import Ev
+from ..sse import Ev
 
 RUNS = 200
 

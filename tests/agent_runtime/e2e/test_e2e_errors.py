@@ -16,7 +16,7 @@ from agent_runtime.objects import Message, Run, Thread, new_id, now
 from agent_runtime.runs import RunContext
 from agent_runtime.store import MemoryStore, RedisStore
 
-from .conftest import SLOW_MODEL, UNIT, HubClient, Reply, StartHub, check_run
+from ..conftest import SLOW_MODEL, UNIT, HubClient, Reply, StartHub, check_run
 
 MISSING_THREAD = "thread_" + "0" * 24
 MISSING_RUN = "run_" + "0" * 24

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SLOW_MODEL, UNIT, StartHub, check_run, text_of, with_examples, within
+from ..conftest import SLOW_MODEL, UNIT, StartHub, check_run, text_of, with_examples, within
 
 
 @pytest.mark.parametrize(

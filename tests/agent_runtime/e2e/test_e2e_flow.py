@@ -8,7 +8,7 @@ import asyncio
 
 from agent_runtime.models.simulated import simulated_text
 
-from .conftest import (
+from ..conftest import (
     PACED_MODEL,
     PLATO,
     QUESTION,
@@ -19,7 +19,7 @@ from .conftest import (
     text_of,
     within,
 )
-from .sse import DONE, SSEReader, parse_frames
+from ..sse import DONE, SSEReader, parse_frames
 
 USER = {"role": "user", "content": QUESTION}
 EXPECTED = [

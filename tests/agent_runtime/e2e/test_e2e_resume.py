@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
+from ..conftest import (
     GAP,
     PACED_MODEL,
     TERMINAL_EVENTS,
@@ -19,7 +19,7 @@ from .conftest import (
     check_run,
     within,
 )
-from .sse import DONE, Ev
+from ..sse import DONE, Ev
 
 
 def key(events: list[Ev]) -> list[tuple[int | None, str, Any]]:

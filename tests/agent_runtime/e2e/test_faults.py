@@ -28,7 +28,7 @@ import pytest
 
 from agent_runtime.models.openai_compat import DEFAULT_MAX_RETRIES, OpenAICompatProvider
 
-from .conftest import (
+from ..conftest import (
     SLOW_MODEL,
     UNIT,
     HubClient,
@@ -41,8 +41,8 @@ from .conftest import (
     within,
     write_agent,
 )
-from .provider_stub import CUT_TEXT, STUB_TEXT, ProviderStub, ServeProcess, closed_port_url
-from .sse import Ev, parse_events
+from ..provider_stub import CUT_TEXT, STUB_TEXT, ProviderStub, ServeProcess, closed_port_url
+from ..sse import Ev, parse_events
 
 # -- agents ------------------------------------------------------------------------------
 

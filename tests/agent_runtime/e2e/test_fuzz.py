@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 from agent_runtime.config import HubConfig
 from agent_runtime.server import Server
 
-from .conftest import UNIT
-from .sse import parse_frames
+from ..conftest import UNIT
+from ..sse import parse_frames
 
 EXAMPLES = int(os.environ.get("AGENTSTREAM_FUZZ_EXAMPLES", "300"))
 """Hypothesis examples per test; each sends one to three requests."""

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import (
+from ..conftest import (
     GAP,
     TERMINAL_EVENTS,
     UNIT,
@@ -37,9 +37,9 @@ from .conftest import (
     text_of,
     write_agent,
 )
-from .provider_stub import ServeProcess, call
-from .sse import Ev, SSEReader, parse_events
-from .steps_helpers import StepsClientState, check_steps_run
+from ..provider_stub import ServeProcess, call
+from ..sse import Ev, SSEReader, parse_events
+from ..steps_helpers import StepsClientState, check_steps_run
 
 FAST = "simulated:tokens=12,rate=0"
 SLOW = "simulated:tokens=5000,rate=100"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import UNIT, StartHub, eventually, write_agent
+from ..conftest import UNIT, StartHub, eventually, write_agent
 
 FIREHOSE = """
 import asyncio

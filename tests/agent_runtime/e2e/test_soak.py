@@ -36,9 +36,9 @@ import pytest
 
 from agent_runtime.agents import bundled_examples_dir
 
-from .conftest import UNIT, write_agent
-from .provider_stub import ServeProcess
-from .sse import parse_events
+from ..conftest import UNIT, write_agent
+from ..provider_stub import ServeProcess
+from ..sse import parse_events
 
 CYCLES = int(os.environ.get("AGENTSTREAM_SOAK_CYCLES", "10000"))
 RUNS = int(os.environ.get("AGENTSTREAM_SOAK_RUNS", "2000"))

@@ -28,9 +28,9 @@ from agent_runtime.errors import StorageUnavailable
 from agent_runtime.objects import Run, new_id, now
 from agent_runtime.store import Store
 
-from .conftest import PACED_MODEL, TERMINAL_EVENTS, UNIT, StartHub, within
-from .provider_stub import ServeProcess, call
-from .sse import SSEReader, parse_events
+from ..conftest import PACED_MODEL, TERMINAL_EVENTS, UNIT, StartHub, within
+from ..provider_stub import ServeProcess, call
+from ..sse import SSEReader, parse_events
 
 FULL = "the data directory /nowhere is full (database or disk is full)"
 

@@ -27,10 +27,10 @@ from agent_runtime.models.scripted import Gate, Say, ScriptedModel
 from agent_runtime.models.scripted import ToolCall as ScriptedToolCall
 from agent_runtime.server import Server
 
-from .clients_helpers import ASSISTANTS_DEPRECATED, sync_sdk
-from .conftest import UNIT, HubClient, StartHub, with_examples, within, write_agent
-from .sse import Ev
-from .steps_helpers import StepsClientState, check_steps_run
+from ..clients_helpers import ASSISTANTS_DEPRECATED, sync_sdk
+from ..conftest import UNIT, HubClient, StartHub, with_examples, within, write_agent
+from ..sse import Ev
+from ..steps_helpers import StepsClientState, check_steps_run
 
 TOOLS = [
     {

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from .clients_helpers import live_model
-from .conftest import SLOW_MODEL, UNIT, HubClient, StartHub, check_run
+from ..clients_helpers import live_model
+from ..conftest import SLOW_MODEL, UNIT, HubClient, StartHub, check_run
 
 playwright_api = pytest.importorskip("playwright.async_api")
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from playwright.async_api import expect
 
-from .steps_helpers import TOOLS
+from ..steps_helpers import TOOLS
 from .test_ui_browser import (  # noqa: F401  (fixtures)
     MODEL,
     OpenTab,

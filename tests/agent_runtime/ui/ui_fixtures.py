@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .sse import Ev, parse_events
+from ..sse import Ev, parse_events
 
 __all__ = [
     "CHROMIUM",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .sse import DONE, SSEParser, decode, parse_events, parse_frames
+from ..sse import DONE, SSEParser, decode, parse_events, parse_frames
 
 BODY = (
     b": ping\n\n"

@@ -13,7 +13,7 @@ from agent_runtime import errors
 from agent_runtime.api.errors import ERROR_TABLE, error_middleware
 from broker import BackendUnavailable, InvalidCursor, LimitExceeded, StreamNotFound
 
-from .conftest import within
+from ..conftest import within
 
 CASES: list[tuple[BaseException, int, str, str | None, str]] = [
     (errors.InvalidRequest("bad", param="x"), 400, "invalid_request_error", "x", "false"),

@@ -10,8 +10,8 @@ import pytest
 from agent_runtime.protocol import delta_payload, delta_text
 from agent_runtime.run_log import RunLog, replay_compacted
 
-from .conftest import ClientState
-from .sse import Ev, Frame
+from ..conftest import ClientState
+from ..sse import Ev, Frame
 
 Item = tuple[str, Any]
 

@@ -23,7 +23,7 @@ from agent_runtime.runs.pump import chat_messages
 from agent_runtime.store import MemoryStore
 from broker import BrokerConfig, Registry
 
-from .conftest import within
+from ..conftest import within
 
 
 @pytest.fixture

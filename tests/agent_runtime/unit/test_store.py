@@ -28,9 +28,9 @@ from agent_runtime.store import MemoryStore, RedisStore, SQLiteStore, Store
 from agent_runtime.store.memory import paginate
 from agent_runtime.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 
-from .conftest import UNIT
+from ..conftest import UNIT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

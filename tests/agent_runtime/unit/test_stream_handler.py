@@ -17,7 +17,7 @@ from agent_runtime.errors import AgentRuntimeError, ProviderError, RunCancelled
 from agent_runtime.objects import Message
 from agent_runtime.stream_handler import StreamHandler
 
-from .conftest import within
+from ..conftest import within
 
 WORDS = ["Ah", ",", " my", " friend", "."]
 
