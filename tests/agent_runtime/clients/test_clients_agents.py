@@ -10,6 +10,7 @@ what every other module imports (checked in a hub running as a subprocess)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -48,31 +49,10 @@ from ..conftest import (
 
 ROOT = Path(__file__).resolve().parents[3]
 
-DESCRIPTION_EXAMPLE = """\
-from nearai.agents.environment import Environment
-
-class Agent:
-    def __init__(self, env: Environment):
-        self.env = env
-
-    def run(self):
-        prompt = {"role": "system", "content": "respond as though you were Socrates"}
-        messages = self.env.list_messages()
-
-        # Pass stream=True to enable streaming of deltas
-        # They will then show automatically in the UI or can be fetched at /threads/{thread_id}/stream/{run_id}
-        result = self.env.completion([prompt] + messages, stream=True)
-        self.env.add_reply(result)
-
-        prompt2 = {"role": "system", "content": "Now, respond as though you were Plato"}
-        result2 = self.env.completion([prompt2] + messages, stream=True)
-        self.env.add_reply(result2)
-
-if globals().get('env', None):
-    agent = Agent(globals().get('env'))
-    agent.run()
-"""
-"""The description's "Full Agent Streaming Example" ``agent.py``, as printed there."""
+DESCRIPTION_EXAMPLE_SHA256 = "1b1b4e93d669d5edccbab0b4efd065b55bd8b967cc77eb7998157aca00d3818e"
+"""SHA-256 of the description's "Full Agent Streaming Example" ``agent.py``, as printed
+there (dedented, one final newline). The example's one copy is the bundled agent
+(``streaming-example``): the tests use it from there and check it by this digest."""
 
 AGENT_USAGE = """\
 import json
@@ -110,7 +90,8 @@ if globals().get('env', None):
 
 async def test_the_descriptions_full_example_streams_both_personas(start_hub: StartHub) -> None:
     folder = bundled_examples_dir() / "streaming-example"
-    assert (folder / "agent.py").read_text() == DESCRIPTION_EXAMPLE  # shipped verbatim
+    shipped = hashlib.sha256((folder / "agent.py").read_bytes()).hexdigest()
+    assert shipped == DESCRIPTION_EXAMPLE_SHA256  # shipped verbatim
     hub = await start_hub(model=PACED_MODEL)
     agents = (await hub.request("GET", "/v1/agents")).json()["data"]
     (example,) = [a for a in agents if a["name"] == "streaming-example"]

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
+from agent_runtime.agents import bundled_examples_dir
+
 from ..sse import Ev, parse_events
 
 __all__ = [
@@ -56,27 +58,8 @@ def ms(units: float) -> float:
 
 # -- agents --------------------------------------------------------------------------------
 
-_TWO_PERSONAS = """\
-from nearai.agents.environment import Environment
-
-class Agent:
-    def __init__(self, env: Environment):
-        self.env = env
-
-    def run(self):
-        prompt = {"role": "system", "content": "respond as though you were Socrates"}
-        messages = self.env.list_messages()
-        result = self.env.completion([prompt] + messages, stream=True)
-        self.env.add_reply(result)
-
-        prompt2 = {"role": "system", "content": "Now, respond as though you were Plato"}
-        result2 = self.env.completion([prompt2] + messages, stream=True)
-        self.env.add_reply(result2)
-
-if globals().get('env', None):
-    agent = Agent(globals().get('env'))
-    agent.run()
-"""
+DESCRIPTION_EXAMPLE = bundled_examples_dir() / "streaming-example" / "agent.py"
+"""The description's full example (Socrates, then Plato): the bundled agent's code."""
 
 _RAISER = """\
 from nearai.agents.environment import Environment
@@ -103,7 +86,8 @@ class UIAgent:
     title: str
     description: str
     show_streaming_message: bool
-    code: str
+    code: str | Path
+    """The agent's source, or the file holding it."""
 
 
 UI_AGENTS = (
@@ -113,7 +97,7 @@ UI_AGENTS = (
         "Ask the philosophers",
         "I answer as Socrates, then as Plato.",
         True,
-        _TWO_PERSONAS,
+        DESCRIPTION_EXAMPLE,
     ),
     UIAgent(
         "ui-quiet",
@@ -121,7 +105,7 @@ UI_AGENTS = (
         "Thinking in private",
         "My drafts stay hidden; you see each answer when it is complete.",
         False,
-        _TWO_PERSONAS,
+        DESCRIPTION_EXAMPLE,
     ),
     UIAgent(
         "ui-raiser",
@@ -155,7 +139,8 @@ def write_ui_agents(root: Path) -> Path:
             "show_entry": True,
         }
         (folder / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        (folder / "agent.py").write_text(textwrap.dedent(agent.code))
+        code = agent.code.read_text() if isinstance(agent.code, Path) else agent.code
+        (folder / "agent.py").write_text(textwrap.dedent(code))
     return root
 
 
