@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, cast
 
 import aiohttp
 import pytest
@@ -27,6 +27,7 @@ from .helpers import (
     UNIT,
     IncompleteBody,
     Rec,
+    Server,
     check_sequence,
     eventually,
     records_of,
@@ -68,19 +69,51 @@ def body_of(stream: Stream, first: int, last: int) -> bytes:
     return RETRY + frames_of(stream, first, last)
 
 
+NewRegistry = Callable[..., Registry]
+
+
+class Served(NamedTuple):
+    registry: Registry
+    server: Server
+    stream: Stream
+
+
+ServeOne = Callable[..., Awaitable[Served]]
+
+
 @pytest.fixture(autouse=True, params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def backend(request: pytest.FixtureRequest) -> str:
     """Every test runs twice: on one in-memory registry, and on two nodes sharing Redis
     (published on one, served by the other; see ``split.SplitRegistry``)."""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-
-        def on_redis(config: BrokerConfig | None = None) -> Any:
-            return SplitRegistry(config, url=url, prefix=prefix)
-
-        monkeypatch.setattr(sys.modules[__name__], "Registry", on_redis)
     return str(request.param)
+
+
+@pytest.fixture
+def new_registry(backend: str, request: pytest.FixtureRequest) -> NewRegistry:
+    """``new_registry(config=None)``: a registry on the test's backend, not yet served."""
+    if backend != "redis":
+        return Registry
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+
+    def on_redis(config: BrokerConfig | None = None) -> Registry:
+        return cast(Registry, SplitRegistry(config, url=url, prefix=prefix))
+
+    return on_redis
+
+
+@pytest.fixture
+def serve_one(serve: Serve, new_registry: NewRegistry) -> ServeOne:
+    """``await serve_one(config=None, **options)``: a new registry on the test's backend,
+    served (``serve``), then its stream ``k`` created with ``options`` (``snapshot``,
+    ``resume_snapshot``). Teardown is ``serve``'s."""
+
+    async def start(config: BrokerConfig | None = None, **options: Any) -> Served:
+        registry = new_registry(config)
+        server = await serve(registry)
+        return Served(registry, server, registry.create("k", **options))
+
+    return start
 
 
 @pytest.fixture
@@ -92,10 +125,10 @@ async def session() -> Any:
 # -- response head ------------------------------------------------------------------------------
 
 
-async def test_sse_headers_and_no_compression(serve: Serve, session: aiohttp.ClientSession) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_sse_headers_and_no_compression(
+    serve_one: ServeOne, session: aiohttp.ClientSession
+) -> None:
+    _, server, stream = await serve_one()
     publish_n(stream, 2)
     headers = {"Accept-Encoding": "gzip, deflate, br"}
     async with within(), session.get(server.url("/s/k"), headers=headers) as resp:
@@ -111,11 +144,9 @@ async def test_sse_headers_and_no_compression(serve: Serve, session: aiohttp.Cli
 
 
 async def test_every_response_sets_the_reconnection_delay_unless_disabled(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
-    registry = Registry(BrokerConfig(retry_ms=250))
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one(BrokerConfig(retry_ms=250))
     publish_n(stream, 1)
     stream.close()
     async with within(), session.get(server.url("/s/k")) as resp:
@@ -123,19 +154,15 @@ async def test_every_response_sets_the_reconnection_delay_unless_disabled(
     async with within(), session.get(server.url("/s/k?format=openai")) as resp:
         body = await resp.read()
         assert body == b"retry: 250\n" + frames_of(stream, 1, 1, Framing.OPENAI) + DONE_FRAME
-    quiet = Registry(BrokerConfig(retry_ms=None))
-    server = await serve(quiet)
-    stream = quiet.create("k")
+    _, server, stream = await serve_one(BrokerConfig(retry_ms=None))
     publish_n(stream, 1)
     stream.close()
     async with within(), session.get(server.url("/s/k")) as resp:
         assert await resp.read() == frames_of(stream, 1, 1)
 
 
-async def test_raw_head_is_chunked_and_uncompressed(serve: Serve, open_raw: OpenRaw) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_raw_head_is_chunked_and_uncompressed(serve_one: ServeOne, open_raw: OpenRaw) -> None:
+    _, server, stream = await serve_one()
     publish_n(stream, 1)
     client = await open_raw(server, "/s/k", {"Accept-Encoding": "gzip"})
     assert (client.version, client.status) == ("HTTP/1.1", 200)
@@ -156,11 +183,9 @@ async def test_raw_head_is_chunked_and_uncompressed(serve: Serve, open_raw: Open
 
 
 async def test_late_join_gets_everything_from_event_one_then_live(
-    serve: Serve, open_raw: OpenRaw
+    serve_one: ServeOne, open_raw: OpenRaw
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 5)
     client = await open_raw(server, "/s/k")
     async with within():
@@ -175,10 +200,8 @@ async def test_late_join_gets_everything_from_event_one_then_live(
 
 
 @pytest.mark.parametrize("how", ["header", "query"])
-async def test_resume_continues_exactly(serve: Serve, open_raw: OpenRaw, how: str) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_resume_continues_exactly(serve_one: ServeOne, open_raw: OpenRaw, how: str) -> None:
+    _, server, stream = await serve_one()
     published = publish_n(stream, 6)
     first = await open_raw(server, "/s/k")
     async with within():
@@ -203,11 +226,9 @@ async def test_resume_continues_exactly(serve: Serve, open_raw: OpenRaw, how: st
 
 @pytest.mark.parametrize("cursor", [0, 1, 5, 8])
 async def test_every_cursor_gives_the_exact_tail(
-    serve: Serve, session: aiohttp.ClientSession, cursor: int
+    serve_one: ServeOne, session: aiohttp.ClientSession, cursor: int
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 9)
     stream.close()
     async with within(), session.get(server.url(f"/s/k?last_event_id={cursor}")) as resp:
@@ -215,10 +236,8 @@ async def test_every_cursor_gives_the_exact_tail(
         assert await resp.read() == body_of(stream, cursor + 1, 9)
 
 
-async def test_header_beats_query(serve: Serve, session: aiohttp.ClientSession) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_header_beats_query(serve_one: ServeOne, session: aiohttp.ClientSession) -> None:
+    _, server, stream = await serve_one()
     publish_n(stream, 8)
     stream.close()
     url = server.url("/s/k?last_event_id=2")
@@ -230,10 +249,10 @@ async def test_header_beats_query(serve: Serve, session: aiohttp.ClientSession) 
 
 
 async def test_serve_stream_serves_the_query_it_is_given(
-    serve: Serve, session: aiohttp.ClientSession
+    serve: Serve, new_registry: NewRegistry, session: aiohttp.ClientSession
 ) -> None:
     """The caller parses the request once; ``serve_stream`` does not read it again."""
-    registry = Registry()
+    registry = new_registry()
     stream = registry.create("k")
     publish_n(stream, 8)
     stream.close()
@@ -264,11 +283,13 @@ async def test_serve_stream_serves_the_query_it_is_given(
     ],
 )
 async def test_bad_request_is_a_400_json_error(
-    serve: Serve, session: aiohttp.ClientSession, query: str, headers: dict[str, str], param: str
+    serve_one: ServeOne,
+    session: aiohttp.ClientSession,
+    query: str,
+    headers: dict[str, str],
+    param: str,
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    registry, server, stream = await serve_one()
     publish_n(stream, 3)
     async with within(), session.get(server.url("/s/k" + query), headers=headers) as resp:
         assert resp.status == 400
@@ -284,7 +305,7 @@ async def test_bad_request_is_a_400_json_error(
 
 
 async def test_a_header_cursor_ahead_of_the_stream_names_the_header(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
     """BUG: a ``Last-Event-ID`` ahead of the head is refused naming ``last_event_id``.
 
@@ -292,9 +313,7 @@ async def test_a_header_cursor_ahead_of_the_stream_names_the_header(
     ``param="last_event_id"`` whatever the cursor's origin, while a malformed header is
     reported as ``Last-Event-ID`` (``cursor.parse_cursor``).
     """
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 3)
     url = server.url("/s/k")
     async with within(), session.get(url, headers={"Last-Event-ID": "4"}) as resp:
@@ -304,9 +323,9 @@ async def test_a_header_cursor_ahead_of_the_stream_names_the_header(
 
 
 async def test_unknown_key_is_a_404_json_error(
-    serve: Serve, session: aiohttp.ClientSession
+    serve: Serve, new_registry: NewRegistry, session: aiohttp.ClientSession
 ) -> None:
-    registry = Registry()
+    registry = new_registry()
     server = await serve(registry)
     async with within(), session.get(server.url("/s/nope")) as resp:
         assert resp.status == 404
@@ -317,10 +336,10 @@ async def test_unknown_key_is_a_404_json_error(
 
 
 async def test_the_broker_alone_answers_errors_in_plain_text(
-    serve: Serve, session: aiohttp.ClientSession
+    serve: Serve, new_registry: NewRegistry, session: aiohttp.ClientSession
 ) -> None:
     """Without ``on_error``, the broker's own handler answers a status and the message."""
-    registry = Registry()
+    registry = new_registry()
     stream = registry.create("k")
     publish_n(stream, 3)
     handler = make_stream_handler(registry)
@@ -333,10 +352,8 @@ async def test_the_broker_alone_answers_errors_in_plain_text(
         assert (await resp.text()).endswith("\nparam: last_event_id\n")
 
 
-async def test_subscriber_limit_is_a_429(serve: Serve, open_raw: OpenRaw) -> None:
-    registry = Registry(BrokerConfig(max_subscribers_per_stream=1))
-    server = await serve(registry)
-    registry.create("k")
+async def test_subscriber_limit_is_a_429(serve_one: ServeOne, open_raw: OpenRaw) -> None:
+    _, server, _ = await serve_one(BrokerConfig(max_subscribers_per_stream=1))
     first = await open_raw(server, "/s/k")
     assert first.status == 200
     second = await open_raw(server, "/s/k")
@@ -347,7 +364,7 @@ async def test_subscriber_limit_is_a_429(serve: Serve, open_raw: OpenRaw) -> Non
 
 
 async def test_subscriber_limit_holds_for_concurrent_requests(
-    serve: Serve, open_raw: OpenRaw
+    serve: Serve, new_registry: NewRegistry, open_raw: OpenRaw
 ) -> None:
     """BUG (latent race): the limit is checked before ``await response.prepare()`` and the
     subscription made after it.
@@ -368,7 +385,7 @@ async def test_subscriber_limit_holds_for_concurrent_requests(
             async with asyncio.timeout(1 * UNIT):
                 await both.wait()  # both requests meet here (or time out)
 
-    registry = Registry(BrokerConfig(max_subscribers_per_stream=1))
+    registry = new_registry(BrokerConfig(max_subscribers_per_stream=1))
     server = await serve(registry, lambda app: app.on_response_prepare.append(on_prepare))
     registry.create("k")
     async with within():
@@ -380,10 +397,8 @@ async def test_subscriber_limit_holds_for_concurrent_requests(
 # -- framings and the end of the stream ---------------------------------------------------------
 
 
-async def test_openai_framing(serve: Serve, session: aiohttp.ClientSession) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_openai_framing(serve_one: ServeOne, session: aiohttp.ClientSession) -> None:
+    _, server, stream = await serve_one()
     published = publish_n(stream, 3)
     async with within(), session.get(server.url("/s/k?format=openai")) as resp:
         assert resp.status == 200
@@ -397,11 +412,9 @@ async def test_openai_framing(serve: Serve, session: aiohttp.ClientSession) -> N
 
 
 async def test_openai_framing_of_a_finished_stream_from_a_cursor(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 3)
     stream.close()
     url = server.url("/s/k?format=openai&last_event_id=2")
@@ -410,11 +423,9 @@ async def test_openai_framing_of_a_finished_stream_from_a_cursor(
 
 
 async def test_the_response_ends_after_close_and_the_connection_is_reusable(
-    serve: Serve, open_raw: OpenRaw
+    serve_one: ServeOne, open_raw: OpenRaw
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    registry, server, stream = await serve_one()
     client = await open_raw(server, "/s/k")
     async with within():
         publish_n(stream, 2)
@@ -429,11 +440,9 @@ async def test_the_response_ends_after_close_and_the_connection_is_reusable(
 
 
 async def test_cursor_at_the_end_of_a_closed_stream_is_204(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 4)
     stream.close()
     for url, headers in [
@@ -449,10 +458,8 @@ async def test_cursor_at_the_end_of_a_closed_stream_is_204(
         assert await resp.read() == body_of(stream, 4, 4)
 
 
-async def test_a_live_stream_at_its_head_is_not_204(serve: Serve, open_raw: OpenRaw) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_a_live_stream_at_its_head_is_not_204(serve_one: ServeOne, open_raw: OpenRaw) -> None:
+    _, server, stream = await serve_one()
     publish_n(stream, 2)
     client = await open_raw(server, "/s/k", {"Last-Event-ID": "2"})
     assert client.status == 200
@@ -463,11 +470,9 @@ async def test_a_live_stream_at_its_head_is_not_204(serve: Serve, open_raw: Open
 
 
 async def test_subscribers_receive_byte_identical_bodies(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 3)
     async with within():
         responses = [await session.get(server.url("/s/k")) for _ in range(3)]
@@ -485,11 +490,9 @@ async def test_subscribers_receive_byte_identical_bodies(
 
 
 async def test_http_1_0_gets_an_unchunked_body_ended_by_close(
-    serve: Serve, open_raw: OpenRaw
+    serve_one: ServeOne, open_raw: OpenRaw
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    _, server, stream = await serve_one()
     publish_n(stream, 2)
     client = await open_raw(server, "/s/k", version="1.0")
     assert client.status == 200 and not client.chunked
@@ -504,10 +507,8 @@ async def test_http_1_0_gets_an_unchunked_body_ended_by_close(
 # -- keepalive and leaving ----------------------------------------------------------------------
 
 
-async def test_keepalive_comments_while_idle(serve: Serve, open_raw: OpenRaw) -> None:
-    registry = Registry(BrokerConfig(keepalive=0.05 * UNIT))
-    server = await serve(registry)
-    stream = registry.create("k")
+async def test_keepalive_comments_while_idle(serve_one: ServeOne, open_raw: OpenRaw) -> None:
+    _, server, stream = await serve_one(BrokerConfig(keepalive=0.05 * UNIT))
     publish_n(stream, 1)
     client = await open_raw(server, "/s/k")
     async with within():
@@ -524,11 +525,9 @@ async def test_keepalive_comments_while_idle(serve: Serve, open_raw: OpenRaw) ->
 
 
 async def test_a_client_leaving_mid_stream_releases_its_subscription(
-    serve: Serve, open_raw: OpenRaw
+    serve_one: ServeOne, open_raw: OpenRaw
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    registry, server, stream = await serve_one()
     client = await open_raw(server, "/s/k")
     stay = await open_raw(server, "/s/k")
     async with within():
@@ -546,11 +545,9 @@ async def test_a_client_leaving_mid_stream_releases_its_subscription(
 
 
 async def test_a_stream_dropped_under_a_subscriber_leaves_the_body_unterminated(
-    serve: Serve, open_raw: OpenRaw
+    serve_one: ServeOne, open_raw: OpenRaw
 ) -> None:
-    registry = Registry()
-    server = await serve(registry)
-    stream = registry.create("k")
+    registry, server, stream = await serve_one()
     client = await open_raw(server, "/s/k")
     async with within():
         publish_n(stream, 2)
@@ -566,11 +563,9 @@ async def test_a_stream_dropped_under_a_subscriber_leaves_the_body_unterminated(
 
 
 async def test_fresh_join_after_eviction_gets_gap_snapshot_then_tail(
-    serve: Serve, open_raw: OpenRaw
+    serve_one: ServeOne, open_raw: OpenRaw
 ) -> None:
-    registry = Registry(BrokerConfig(max_events_per_stream=5))
-    server = await serve(registry)
-    stream = registry.create("k", snapshot=snap)
+    _, server, stream = await serve_one(BrokerConfig(max_events_per_stream=5), snapshot=snap)
     published = publish_n(stream, 20)
     client = await open_raw(server, "/s/k")
     async with within():
@@ -592,10 +587,8 @@ async def test_fresh_join_after_eviction_gets_gap_snapshot_then_tail(
     assert [f.id for f in frames] == [None, None, None, "20", "21", "22"]
 
 
-async def test_snapshot_on_resume_then_exact_tail(serve: Serve, open_raw: OpenRaw) -> None:
-    registry = Registry(BrokerConfig(max_events_per_stream=5))
-    server = await serve(registry)
-    stream = registry.create("k", snapshot=snap)
+async def test_snapshot_on_resume_then_exact_tail(serve_one: ServeOne, open_raw: OpenRaw) -> None:
+    _, server, stream = await serve_one(BrokerConfig(max_events_per_stream=5), snapshot=snap)
     published = publish_n(stream, 20)
     stream.close()
     client = await open_raw(server, "/s/k?snapshot=1", {"Last-Event-ID": "17"})
@@ -618,11 +611,9 @@ async def test_snapshot_on_resume_then_exact_tail(serve: Serve, open_raw: OpenRa
 
 
 async def test_resume_before_the_buffer_gets_gap_and_snapshot(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
-    registry = Registry(BrokerConfig(max_events_per_stream=5))
-    server = await serve(registry)
-    stream = registry.create("k", snapshot=snap)
+    _, server, stream = await serve_one(BrokerConfig(max_events_per_stream=5), snapshot=snap)
     published = publish_n(stream, 20)
     stream.close()
     url = server.url("/s/k?format=openai&last_event_id=3")
@@ -635,14 +626,14 @@ async def test_resume_before_the_buffer_gets_gap_and_snapshot(
 
 
 async def test_snapshot_on_resume_uses_the_resume_snapshot(
-    serve: Serve, session: aiohttp.ClientSession
+    serve_one: ServeOne, session: aiohttp.ClientSession
 ) -> None:
     def resume(at: int) -> list[tuple[str, Any]]:
         return [("thread.run", {"resumed_at": at})]
 
-    registry = Registry(BrokerConfig(max_events_per_stream=5))
-    server = await serve(registry)
-    stream = registry.create("k", snapshot=snap, resume_snapshot=resume)
+    _, server, stream = await serve_one(
+        BrokerConfig(max_events_per_stream=5), snapshot=snap, resume_snapshot=resume
+    )
     published = publish_n(stream, 20)
     stream.close()
     url = server.url("/s/k?snapshot=true&last_event_id=18&format=openai")
