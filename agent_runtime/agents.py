@@ -13,20 +13,29 @@ Threads and the event loop:
 
 - :meth:`Agent.run_sync` executes the module in the **calling thread** and blocks until the
   agent returns; callers run it in a worker thread, never on the event loop.
-- :meth:`Agent.run_async` executes the module's top-level code (its definitions) on the
-  **calling thread, i.e. the event loop**, then awaits the agent's coroutine there.
+- :meth:`Agent.run_async` executes the module's top-level code **once per loaded agent**
+  (one :class:`Agent` object is one agent version), in a daemon thread of its own, never on
+  the event loop; every run then calls ``run(env)`` (or ``Cls(env).run()``) from that one
+  namespace and awaits the coroutine on the calling thread, i.e. the event loop. A sync
+  agent's module *is* its body: :meth:`Agent.run_sync` executes it per run, in the run's
+  own thread.
 - Loading does file I/O and compilation; it is meant for start-up (or a worker thread).
 
-Every execution gets fresh globals whose ``__builtins__`` is a private copy of the builtins
-with a scoped ``__import__``: ``nearai``, ``nearai.agents`` and ``nearai.agents.environment``
-resolve to shim modules whose ``Environment`` is agentstream's own. Nothing is installed and
-``sys.modules`` is never touched, so a real ``nearai`` package stays intact for other code.
+Every execution gets fresh globals (an async agent's module is executed once, so its
+module-level state is shared by all its runs, like an imported module's) whose
+``__builtins__`` is a private copy of the builtins with a scoped ``__import__``:
+``nearai``, ``nearai.agents`` and ``nearai.agents.environment`` resolve to shim modules
+whose ``Environment`` is agentstream's own. Nothing is installed and ``sys.modules`` is
+never touched, so a real ``nearai`` package stays intact for other code.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import builtins
+import concurrent.futures
+import contextvars
 import copy
 import inspect
 import json
@@ -270,6 +279,60 @@ def _agent_builtins() -> dict[str, Any]:
 
 
 # -- agents ----------------------------------------------------------------------------
+# -- agents ----------------------------------------------------------------------------
+
+
+class _Module:
+    """An async agent's module namespace: executed once, off the event loop, shared by
+    every run of the agent (see :meth:`Agent.run_async`).
+
+    Concurrency: the first run to ask starts the execution in a daemon thread; runs that
+    ask meanwhile await the same :class:`concurrent.futures.Future` (loop-agnostic, unlike
+    an :class:`asyncio.Lock`: one loaded agent may serve hubs on several loops). A waiting
+    run that is cancelled stops waiting; the execution goes on for the others. A failed
+    execution is forgotten once it has failed: the next run executes the module again
+    (the failure may have been transient: a file, a network service).
+    """
+
+    __slots__ = ("_lock", "_future")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future[dict[str, Any]] | None = None
+
+    def get(self, agent: Agent) -> concurrent.futures.Future[dict[str, Any]]:
+        """The namespace, executed or being executed (starting it if need be)."""
+        with self._lock:
+            future = self._future
+            if future is not None and not (future.done() and future.exception() is not None):
+                return future
+            future = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()  # a waiter's cancel must not cancel it
+            self._future = future
+        context = contextvars.copy_context()  # the first run's ids follow it (logs)
+        thread = threading.Thread(
+            target=context.run,
+            args=(self._execute, agent, future),
+            name=f"agent module {agent.id}",
+            daemon=True,  # module code that never returns must not keep the process alive
+        )
+        thread.start()
+        return future
+
+    @staticmethod
+    def _execute(agent: Agent, future: concurrent.futures.Future[dict[str, Any]]) -> None:
+        scope = agent._globals(None, with_env=False)
+        try:
+            exec(agent.code, scope)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Raised as itself on the loop it would stop it: carried as an ordinary error.
+            from .runs.agent_thread import AgentExit  # runs imports this module
+
+            future.set_exception(AgentExit(exc))
+        except BaseException as exc:  # the runs awaiting it decide what it means
+            future.set_exception(exc)
+        else:
+            future.set_result(scope)
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,6 +346,8 @@ class Agent:
     raw_metadata: dict[str, Any] = field(repr=False)
     entry_class: str | None = None
     """For an async agent written as a class: the class to instantiate with ``env``."""
+    _module: _Module = field(default_factory=_Module, init=False, repr=False)
+    """An async agent's module namespace, executed once (:meth:`run_async`)."""
 
     name: str = field(init=False)
     version: str = field(init=False)
@@ -329,14 +394,19 @@ class Agent:
         exec(self.code, self._globals(env, with_env=True))
 
     async def run_async(self, env: Any) -> None:
-        """Execute the module's definitions (without ``env``), then await its ``run``.
+        """Call the agent's ``run(env)`` (or ``Cls(env).run()``) and await it here.
 
-        Both happen on the calling (event-loop) thread; exceptions propagate.
+        The module's top-level code is executed once per :class:`Agent` (one agent
+        version), in a daemon thread, never on the event loop: the first run starts it,
+        concurrent first runs wait for that same execution, later runs reuse its
+        namespace (without ``env`` in it). If the execution raises, every run waiting for
+        it fails with that exception and the next run executes the module again.
+        Cancelling this coroutine while the module executes stops only this wait.
+        Exceptions of ``run`` propagate.
         """
         if self.style != "async":
             raise TypeError(f"{self.agent_py} is a sync agent; use run_sync")
-        scope = self._globals(env, with_env=False)
-        exec(self.code, scope)
+        scope = await asyncio.wrap_future(self._module.get(self))
         if self.entry_class is None:
             target = scope.get("run")
             if not callable(target):

@@ -40,7 +40,8 @@ class RunsConfig:
     expires_after: float = 600.0
     """Seconds from creation after which a live run ends ``expired``."""
     max_concurrent_runs: int | None = None
-    """Runs executing at once; further runs wait ``queued`` for a slot."""
+    """Runs executing at once, child runs included; further runs wait ``queued`` for a
+    slot (a child never waits: see :mod:`agent_runtime.runs.children`)."""
     max_queued_runs: int | None = 1000
     """With ``max_concurrent_runs``: runs waiting for a slot at once; further runs are
     refused (429 with ``retry-after``). ``None``: unbounded."""
@@ -48,6 +49,17 @@ class RunsConfig:
     """Seconds between two checkpoints of a live run's state (its compacted event log,
     with the text streamed so far) in the store, so that a crash loses at most this much;
     ``0`` turns checkpoints off."""
+    max_child_depth: int = 8
+    """How deep child runs (``env.run_agent``) may nest: a root run is depth 0, its
+    children depth 1… A child beyond it is refused (the call raises
+    :class:`~agent_runtime.errors.ChildRunLimitReached`); 0 allows no child runs."""
+    max_descendants: int = 64
+    """Child runs live at once under one root run, every generation counted; one more is
+    refused like a child too deep. 64 leaves room for an agent that fans out to dozens of
+    helpers at once (and for the depth limit's chain of 8), while a runaway tree stops
+    at a few dozen runs instead of thousands: with ``max_concurrent_runs`` it bounds every
+    live run to ``max_concurrent_runs × (1 + max_descendants)`` (see
+    :mod:`agent_runtime.runs.children`)."""
     final_write_timeout: float = 10.0
     """Seconds a run's final store write may take before the run ends without it (its
     terminal event is published either way; the write is retried in the background)."""
@@ -60,6 +72,9 @@ class RunsConfig:
             raise ValueError("checkpoint_interval must not be negative")
         if self.max_concurrent_runs is not None and self.max_concurrent_runs < 1:
             raise ValueError("max_concurrent_runs must be at least 1")
+        for name in ("max_child_depth", "max_descendants"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.max_queued_runs is not None and self.max_queued_runs < 0:
             raise ValueError("max_queued_runs must not be negative")
 

@@ -63,6 +63,16 @@ class LimitReached(AgentRuntimeError):
         self.retry_after = retry_after
 
 
+class ChildRunLimitReached(LimitReached):
+    """``env.run_agent`` refused a child run: it would nest deeper than
+    ``--max-child-depth`` (``param`` ``max_child_depth``) or exceed the root run's
+    ``--max-descendants`` live child runs (``param`` ``max_descendants``). The message names
+    the limit and its flag. Raised in the calling agent, which may catch it
+    (``from agent_runtime.errors import ChildRunLimitReached``); uncaught, it fails the run
+    with that message, and the parent's own ``run_agent`` call raises it again (see
+    :mod:`agent_runtime.runs.children`)."""
+
+
 class ServiceUnavailable(AgentRuntimeError):
     """The hub is shutting down, or a backend it needs is unreachable (HTTP 503)."""
 

@@ -174,7 +174,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag(
         "--max-concurrent-runs",
         "runs.max_concurrent_runs",
-        "runs executing at once; further runs wait queued",
+        "runs executing at once, child runs included; further runs wait queued (a child "
+        "run never waits)",
         int,
         "N",
         unset="unbounded",
@@ -184,6 +185,22 @@ SERVE_FLAGS: tuple[Flag, ...] = (
         "runs.max_queued_runs",
         "with --max-concurrent-runs: runs waiting for a slot at once; further runs are "
         "refused with 429",
+        int,
+        "N",
+    ),
+    Flag(
+        "--max-child-depth",
+        "runs.max_child_depth",
+        "how deep child runs (env.run_agent) may nest, a root run being depth 0; a deeper "
+        "child is refused with an error the agent can catch",
+        int,
+        "N",
+    ),
+    Flag(
+        "--max-descendants",
+        "runs.max_descendants",
+        "child runs live at once under one root run, every generation counted; one more "
+        "is refused with an error the agent can catch",
         int,
         "N",
     ),

@@ -25,7 +25,7 @@ from broker import Stream
 
 from .. import protocol
 from ..agents import Agent
-from ..errors import InvalidRequest, RunCancelled
+from ..errors import ChildRunLimitReached, InvalidRequest, RunCancelled
 from ..objects import Run, RunStatus, RunStep, now
 from ..run_log import RunLog
 from ..stream_handler import StreamHandler
@@ -76,6 +76,11 @@ class RunContext:
         """(parent, step id) when this child's message deltas are relayed to its parent."""
         self.children: dict[str, RunContext] = {}
         """Child runs whose step is still open, by step id."""
+        self.live_descendants = 0
+        """On a root run: its child runs live or being started, every generation
+        (``max_descendants``; see :mod:`.children`)."""
+        self.refused: ChildRunLimitReached | None = None
+        """The child-run limit error this run's agent was last refused with, if any."""
         self.handlers: list[StreamHandler] = []
         """The run's streamed completions."""
         self.open_steps: dict[str, dict[str, Any]] = {}
@@ -85,6 +90,22 @@ class RunContext:
         """Store writes of steps not yet done (awaited before the run's end)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.done = asyncio.Event()
+
+    @property
+    def depth(self) -> int:
+        """0 for a root run, its parent's depth + 1 for a child run."""
+        depth, ctx = 0, self
+        while ctx.parent is not None:
+            depth, ctx = depth + 1, ctx.parent
+        return depth
+
+    @property
+    def root(self) -> RunContext:
+        """The root run of this run's tree (itself for a root run)."""
+        ctx = self
+        while ctx.parent is not None:
+            ctx = ctx.parent
+        return ctx
 
     # -- events ----------------------------------------------------------------------
 

@@ -5,10 +5,11 @@ Concurrency
 Each run is one asyncio task (tracked here, ended on shutdown). Creating a run claims its
 thread before the first await, so concurrent requests on one thread get ``409``; a
 thread being deleted is held the same way (:meth:`RunManager.deleting`). With
-``max_concurrent_runs``, runs wait ``queued`` for a slot, at most ``max_queued_runs`` of
-them (429 beyond). On several nodes the thread is also claimed across nodes through the
-:class:`~agent_runtime.runs.ports.ClusterPort`, and a cancel of a run live elsewhere is
-forwarded to its node.
+``max_concurrent_runs``, root runs wait ``queued`` for a slot (:class:`.slots.RunSlots`;
+child runs fill slots without waiting, see :mod:`.children`), at most
+``max_queued_runs`` of them (429 beyond). On several nodes the thread is also claimed
+across nodes through the :class:`~agent_runtime.runs.ports.ClusterPort`, and a cancel of
+a run live elsewhere is forwarded to its node.
 
 Every live run is checkpointed (:mod:`agent_runtime.checkpoints`) and a final write that
 failed is retried (:mod:`agent_runtime.repairs`); both background tasks are stopped by
@@ -39,8 +40,9 @@ from ..run_log import RunLog
 from ..store import Store, every_page
 from . import lifecycle
 from .context import RunContext
-from .lifecycle import InProcess, NoSlot
+from .lifecycle import InProcess
 from .ports import AgentRunner, ClusterPort, Models, NoCluster
+from .slots import RunSlots
 
 __all__ = ["RunManager"]
 
@@ -68,8 +70,7 @@ class RunManager:
         self.config = config or RunsConfig()
         self._live: dict[str, RunContext] = {}
         self._live_by_thread: dict[str, str] = {}
-        limit = self.config.max_concurrent_runs
-        self._slots = asyncio.Semaphore(limit) if limit else None
+        self._slots = RunSlots(self.config.max_concurrent_runs)
         self._closing = False
         self.runner: AgentRunner = runner or InProcess()
         """Where agents execute (the hub's process unless isolation says otherwise)."""
@@ -84,9 +85,10 @@ class RunManager:
         self._deleting: set[str] = set()
         """Threads being deleted: no run may start on them meanwhile."""
 
-    def slot(self) -> asyncio.Semaphore | NoSlot:
-        """What a top-level run holds while it executes (``max_concurrent_runs``)."""
-        return self._slots if self._slots is not None else NoSlot()
+    def slot(self) -> RunSlots:
+        """What a top-level run holds while it executes (``max_concurrent_runs``); live
+        child runs are counted in it too."""
+        return self._slots
 
     def live(self, run_id: str) -> RunContext | None:
         return self._live.get(run_id)
@@ -153,7 +155,7 @@ class RunManager:
                 f"Thread {thread_id} already has an active run {self._live_by_thread[thread_id]}.",
                 param="thread_id",
             )
-        if parent is None:  # a child runs in its parent's slot: it never waits for one
+        if parent is None:  # a child never waits for a slot (see .children)
             self._check_queue()
         run_id = new_id("run")
         # Claim the thread before the first await, so concurrent requests get the 409.
@@ -182,14 +184,16 @@ class RunManager:
 
     def _check_queue(self) -> None:
         """Refuse a run (429) when ``max_queued_runs`` runs already wait for a slot: the
-        top-level runs live or being created here beyond ``max_concurrent_runs``. Called
-        with no await before the thread is claimed, so concurrent requests count each
-        other."""
+        runs being created here and the live root runs still ``queued``. Called with no
+        await before the thread is claimed, so concurrent requests count each other."""
         slots, limit = self.config.max_concurrent_runs, self.config.max_queued_runs
         if slots is None or limit is None:
             return
         creating = sum(1 for run_id in self._live_by_thread.values() if run_id not in self._live)
-        waiting = creating + sum(1 for c in self._live.values() if c.parent is None) - slots
+        queued = sum(
+            1 for c in self._live.values() if c.parent is None and c.run.status == "queued"
+        )
+        waiting = creating + queued
         if waiting >= limit:
             raise LimitReached(
                 f"{max(waiting, 0)} runs are already waiting for one of the "
@@ -246,6 +250,8 @@ class RunManager:
         ctx.publish(protocol.RUN_QUEUED, run.to_dict())
         self.started += 1
         self.checkpoints.start()
+        if parent is not None:
+            self._slots.child_started()  # ended by _forget, the task's done callback
         ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=f"run {run.id}")
         ctx.task.add_done_callback(lambda _t: self._forget(ctx))
         return ctx
@@ -253,6 +259,8 @@ class RunManager:
     def _forget(self, ctx: RunContext) -> None:
         self.finished[ctx.run.status] += 1
         self._live.pop(ctx.run.id, None)
+        if ctx.parent is not None:
+            self._slots.child_ended()
         if self._live_by_thread.get(ctx.run.thread_id) == ctx.run.id:
             del self._live_by_thread[ctx.run.thread_id]
         self.cluster.release_soon(ctx.run.thread_id, ctx.run.id)
