@@ -38,6 +38,7 @@ from ..repairs import Repairs
 from ..run_log import RunLog
 from ..store import Store, every_page
 from . import lifecycle
+from .agent_thread import AgentThreads
 from .context import RunContext
 from .lifecycle import InProcess, NoSlot
 from .ports import AgentRunner, ClusterPort, Models, NoCluster
@@ -45,6 +46,9 @@ from .ports import AgentRunner, ClusterPort, Models, NoCluster
 __all__ = ["RunManager"]
 
 logger = logging.getLogger(__name__)
+
+_TASK_PREFIX = "run "
+"""A run's task is named this and its id (see :meth:`RunManager.run_of_task`)."""
 
 
 class RunManager:
@@ -83,10 +87,19 @@ class RunManager:
         self.checkpoints = Checkpointer(store, self.config.checkpoint_interval, self.live_contexts)
         self._deleting: set[str] = set()
         """Threads being deleted: no run may start on them meanwhile."""
+        self.agent_threads = AgentThreads()
+        """Synchronous agents' threads running agent code, and those orphaned by their run."""
 
     def slot(self) -> asyncio.Semaphore | NoSlot:
         """What a top-level run holds while it executes (``max_concurrent_runs``)."""
         return self._slots if self._slots is not None else NoSlot()
+
+    @staticmethod
+    def run_of_task(task: asyncio.Task[object]) -> str | None:
+        """The id of the run whose task this is (by its name), else ``None``. Reads only
+        the task's name: safe from another thread (the loop watchdog's)."""
+        name = task.get_name()
+        return name[len(_TASK_PREFIX) :] if name.startswith(_TASK_PREFIX) else None
 
     def live(self, run_id: str) -> RunContext | None:
         return self._live.get(run_id)
@@ -246,12 +259,13 @@ class RunManager:
         ctx.publish(protocol.RUN_QUEUED, run.to_dict())
         self.started += 1
         self.checkpoints.start()
-        ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=f"run {run.id}")
+        ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=_TASK_PREFIX + run.id)
         ctx.task.add_done_callback(lambda _t: self._forget(ctx))
         return ctx
 
     def _forget(self, ctx: RunContext) -> None:
         self.finished[ctx.run.status] += 1
+        self.agent_threads.run_ended(ctx.run.id)
         self._live.pop(ctx.run.id, None)
         if self._live_by_thread.get(ctx.run.thread_id) == ctx.run.id:
             del self._live_by_thread[ctx.run.thread_id]
