@@ -209,6 +209,10 @@ class HubConfig(BaseModel):
     shutdown_timeout: float = Field(10.0, gt=0)
     """Seconds graceful shutdown then waits for ended runs to publish their terminal
     events and for subscribers to read to the end."""
+    loop_stall_threshold: float = Field(0.1, ge=0)
+    """Seconds the event loop may run no callback before it counts as a stall (counted,
+    timed, logged naming the run; see :mod:`agent_runtime.watchdog`); ``0`` turns the
+    watchdog off."""
 
     @field_validator("broker", mode="after")
     @classmethod

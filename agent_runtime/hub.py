@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 
 from broker import BackendUnavailable, Registry
@@ -32,6 +33,7 @@ from .objects import key_digest
 from .run_log import RunLog
 from .runs import RunManager
 from .store import MemoryStore, RedisStore, SQLiteStore, Store
+from .watchdog import LoopWatchdog
 
 __all__ = ["Hub"]
 
@@ -49,6 +51,9 @@ class Hub:
         self.config = config
         paths = list(config.agents) or [bundled_examples_dir()]
         self.catalog = AgentCatalog(discover_agents(paths))
+        self._agent_folders = tuple(
+            {str(p) + os.sep for a in self.catalog.list() for p in (a.path, a.path.resolve())}
+        )
         self.models = ModelRouter(
             default_model=config.default_model,
             force_model=config.force_model,
@@ -94,13 +99,24 @@ class Hub:
             config=config.runs,
             cluster=self.cluster,
         )
+        self.watchdog = LoopWatchdog(
+            config.loop_stall_threshold,
+            run_of_task=self.runs.run_of_task,
+            is_agent_file=self._is_agent_file,
+        )
+        """Stalls of the event loop (started by :meth:`start`, stopped by :meth:`aclose`)."""
         self._closed = False
         self._started = False
+
+    def _is_agent_file(self, filename: str) -> bool:
+        """The file is an agent's code (under one of the catalog's agent folders)."""
+        return any(filename.startswith(folder) for folder in self._agent_folders)
 
     async def start(self) -> None:
         """Make the hub ready: open the store, handle threads without an owner when API
         keys are on (see :meth:`_check_ownerless_threads`) and fail the runs that were live
-        when a previous process holding this store died. Idempotent.
+        when a previous process holding this store died; then start the loop's watchdog.
+        Idempotent.
 
         A SQLite store that cannot be opened (its data directory locked by another hub,
         or unusable) raises :class:`~agent_runtime.errors.DataDirError` and is closed.
@@ -108,6 +124,10 @@ class Hub:
         if self._started:
             return
         self._started = True
+        await self._start()
+        self.watchdog.start()
+
+    async def _start(self) -> None:
         if self.workers is not None:  # process isolation: workers ready before any run
             await self.workers.start()
         if self.cluster is not None:
@@ -152,10 +172,17 @@ class Hub:
             )
 
     async def aclose(self) -> None:
-        """Graceful, ordered, time-bounded shutdown. Idempotent."""
+        """Graceful, ordered, time-bounded shutdown, then the watchdog's thread is
+        stopped and joined. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._aclose()
+        finally:
+            self.watchdog.stop()
+
+    async def _aclose(self) -> None:
         loop = asyncio.get_running_loop()
         # 1. Let live runs finish within the grace period, then end the rest: each
         #    publishes its terminal event and closes its stream.

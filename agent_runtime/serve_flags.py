@@ -284,6 +284,14 @@ SERVE_FLAGS: tuple[Flag, ...] = (
         "SECONDS",
     ),
     Flag(
+        "--loop-stall-threshold",
+        "loop_stall_threshold",
+        "the event loop running no callback for longer than this is a stall: counted "
+        "in /metrics and logged naming the run (0: no watchdog)",
+        float,
+        "SECONDS",
+    ),
+    Flag(
         "--retention",
         "broker.retention",
         "seconds a finished run's stream stays in memory for late joiners",

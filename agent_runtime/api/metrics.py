@@ -11,7 +11,12 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..hub import Hub
@@ -67,6 +72,30 @@ class HubCollector(Collector):
         )
         buffered.add_metric([], stats.buffered_bytes)
         yield buffered
+
+        orphans = GaugeMetricFamily(
+            "agentstream_orphaned_agent_threads",
+            "Synchronous agents' threads still running after their run ended (they ignored "
+            "the cancel; only --isolation process can stop them).",
+        )
+        orphans.add_metric([], len(runs.agent_threads.orphans()))
+        yield orphans
+
+        watchdog = hub.watchdog
+        stalls = CounterMetricFamily(
+            "agentstream_event_loop_stalls",
+            "Times the event loop ran no callback for longer than --loop-stall-threshold.",
+        )
+        stalls.add_metric([], watchdog.stalls())
+        yield stalls
+        buckets, total = watchdog.histogram()
+        durations = HistogramMetricFamily(
+            "agentstream_event_loop_stall_seconds", "Durations of the event loop's stalls."
+        )
+        durations.add_metric(
+            [], [("+Inf" if b == float("inf") else repr(b), n) for b, n in buckets], total
+        )
+        yield durations
 
         for name, value, help_text in (
             ("agentstream_events_published", counters.published, "Events published."),

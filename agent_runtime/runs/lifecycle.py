@@ -56,7 +56,13 @@ class InProcess:
         if ctx.agent.style == "async":
             await ctx.agent.run_async(env)
         else:
-            await in_daemon_thread(ctx.agent.run_sync, env, ctx.run.id)
+            await in_daemon_thread(
+                ctx.agent.run_sync,
+                env,
+                ctx.run.id,
+                threads=ctx.manager.agent_threads,
+                agent=ctx.agent.name,
+            )
 
 
 async def execute(ctx: RunContext) -> None:

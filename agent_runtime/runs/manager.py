@@ -39,6 +39,7 @@ from ..repairs import Repairs
 from ..run_log import RunLog
 from ..store import Store, every_page
 from . import lifecycle
+from .agent_thread import AgentThreads
 from .context import RunContext
 from .lifecycle import InProcess
 from .ports import AgentRunner, ClusterPort, Models, NoCluster
@@ -47,6 +48,9 @@ from .slots import RunSlots
 __all__ = ["RunManager"]
 
 logger = logging.getLogger(__name__)
+
+_TASK_PREFIX = "run "
+"""A run's task is named this and its id (see :meth:`RunManager.run_of_task`)."""
 
 
 class RunManager:
@@ -84,11 +88,20 @@ class RunManager:
         self.checkpoints = Checkpointer(store, self.config.checkpoint_interval, self.live_contexts)
         self._deleting: set[str] = set()
         """Threads being deleted: no run may start on them meanwhile."""
+        self.agent_threads = AgentThreads()
+        """Synchronous agents' threads running agent code, and those orphaned by their run."""
 
     def slot(self) -> RunSlots:
         """What a top-level run holds while it executes (``max_concurrent_runs``); live
         child runs are counted in it too."""
         return self._slots
+
+    @staticmethod
+    def run_of_task(task: asyncio.Task[object]) -> str | None:
+        """The id of the run whose task this is (by its name), else ``None``. Reads only
+        the task's name: safe from another thread (the loop watchdog's)."""
+        name = task.get_name()
+        return name[len(_TASK_PREFIX) :] if name.startswith(_TASK_PREFIX) else None
 
     def live(self, run_id: str) -> RunContext | None:
         return self._live.get(run_id)
@@ -252,12 +265,13 @@ class RunManager:
         self.checkpoints.start()
         if parent is not None:
             self._slots.child_started()  # ended by _forget, the task's done callback
-        ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=f"run {run.id}")
+        ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=_TASK_PREFIX + run.id)
         ctx.task.add_done_callback(lambda _t: self._forget(ctx))
         return ctx
 
     def _forget(self, ctx: RunContext) -> None:
         self.finished[ctx.run.status] += 1
+        self.agent_threads.run_ended(ctx.run.id)
         self._live.pop(ctx.run.id, None)
         if ctx.parent is not None:
             self._slots.child_ended()

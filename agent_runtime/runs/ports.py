@@ -34,6 +34,7 @@ from ..objects import Message, Run, RunStatus
 from ..repairs import Repairs
 from ..store import Store
 from ..stream_handler import StreamHandler
+from .agent_thread import AgentThreads
 
 __all__ = [
     "AgentPort",
@@ -172,6 +173,11 @@ class RunHost(Protocol[C]):
 
     @property
     def runner(self) -> AgentRunner: ...
+
+    @property
+    def agent_threads(self) -> AgentThreads:
+        """Where synchronous agents' threads are tracked (orphans are reported)."""
+        ...
 
     def slot(self) -> AbstractAsyncContextManager[Any]: ...
 
