@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class NoSlot:
-    """No slot to wait for (no limit, or a child running in its parent's)."""
+    """No slot to wait for (a child run: counted by the slots, never waiting)."""
 
     async def __aenter__(self) -> None:
         return None
@@ -76,7 +76,8 @@ async def execute(ctx: RunContext) -> None:
     error: str | None = None
     try:
         async with asyncio.timeout_at(ctx.deadline):
-            # A child run runs within its parent's slot: it never waits for one.
+            # A child run never waits for a slot (its ancestors hold theirs); it is
+            # counted among the slots' runs from its creation (see .slots).
             async with ctx.manager.slot() if ctx.parent is None else NoSlot():
                 await _set_status(ctx, "in_progress", started_at=now())
                 await ctx.manager.runner.run_agent(ctx)
