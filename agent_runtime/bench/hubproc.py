@@ -1,11 +1,12 @@
 """A hub in a child process for ``agentstream bench`` without ``--url``, and CPU accounting.
 
 The child is ``python -m agent_runtime.bench.hubproc`` (:func:`main`: ``serve`` on
-127.0.0.1, a free port, the in-memory store, finished streams retained for 60 s) pinned to
-one core; its URL is read from its ``agentstream listening on …`` log line. :func:`pin`
-pins the calling process. :class:`CpuMeter` turns process CPU time into "fraction of one
-core" per interval, for this process (``time.process_time``) or another
-(``/proc/<pid>/stat``).
+127.0.0.1, a free port, the in-memory store, finished streams retained for 60 s, agents in
+the hub's process unless ``isolation`` says otherwise) pinned to one core (it pins itself
+too, before it starts, so its agent worker processes inherit the core); its URL is read
+from its ``agentstream listening on …`` log line. :func:`pin` pins the calling process.
+:class:`CpuMeter` turns process CPU time into "fraction of one core" per interval, for
+this process (``time.process_time``) or another (``/proc/<pid>/stat``).
 
 Concurrency: :class:`HubProcess` is used from one event loop; :meth:`HubProcess.stop` sends
 SIGTERM (the hub's graceful shutdown), then kills the child if it has not exited in time.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import re
@@ -24,8 +26,9 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["CpuMeter", "HubProcess", "HubStartError", "MachineMeter", "pin", "raise_nofile"]
 
@@ -42,10 +45,13 @@ class HubStartError(RuntimeError):
 
 def pin(cpu: int, pid: int = 0) -> bool:
     """Pin process ``pid`` (0: this one) to core ``cpu``; False where that is impossible
-    (one core, no ``sched_setaffinity``, or the core is not available)."""
+    (one core, no ``sched_setaffinity``, or the core is not available).
+
+    A core is available if the machine has it and the kernel lets us use it, whatever
+    the caller's own affinity: a harness already pinned to core 1 can pin its hub child
+    to core 0."""
     try:
-        available = os.sched_getaffinity(0)
-        if len(available) < 2 or cpu not in available:
+        if (os.cpu_count() or 1) < 2 or not 0 <= cpu < (os.cpu_count() or 1):
             return False
         os.sched_setaffinity(pid, {cpu})
     except (AttributeError, OSError):
@@ -127,11 +133,18 @@ class HubProcess:
         agents: Sequence[Path] = (),
         cpu: int | None = 0,
         redis: tuple[str, str] | None = None,
+        isolation: Mapping[str, Any] | None = None,
+        start_timeout: float = _START_TIMEOUT,
     ) -> None:
-        """``redis``: (URL, key prefix) to run the hub as a node on Redis."""
+        """``redis``: (URL, key prefix) to run the hub as a node on Redis. ``isolation``:
+        the hub's ``HubConfig.isolation`` section (say ``{"mode": "process", "workers":
+        8}``); ``start_timeout``: seconds the child has to listen (a pool of worker
+        processes is started before it does)."""
         self.agents = list(agents)
         self.cpu = cpu
         self.redis = redis
+        self.isolation = dict(isolation) if isolation is not None else None
+        self.start_timeout = start_timeout
         self.pinned = False
         self.url = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -145,8 +158,12 @@ class HubProcess:
     async def start(self) -> str:
         """Start the child and return its URL once it listens."""
         command = [sys.executable, "-m", "agent_runtime.bench.hubproc"]
+        if self.cpu is not None:
+            command += ["--cpu", str(self.cpu)]
         if self.redis is not None:
             command += ["--redis", *self.redis]
+        if self.isolation is not None:
+            command += ["--isolation", json.dumps(self.isolation)]
         command += [str(folder) for folder in self.agents]
         self.proc = await asyncio.create_subprocess_exec(
             *command,
@@ -157,7 +174,7 @@ class HubProcess:
         if self.cpu is not None:
             self.pinned = pin(self.cpu, self.proc.pid)
         try:
-            async with asyncio.timeout(_START_TIMEOUT):
+            async with asyncio.timeout(self.start_timeout):
                 self.url = await self._wait_listening()
         except BaseException as exc:
             await self.aclose()
@@ -214,20 +231,33 @@ class HubProcess:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The child: ``python -m agent_runtime.bench.hubproc [--redis URL PREFIX] [AGENT_DIR ...]``."""
+    """The child: ``python -m agent_runtime.bench.hubproc [--cpu N] [--redis URL PREFIX]
+    [--isolation JSON] [AGENT_DIR ...]``."""
     from ..config import HubConfig
     from ..server import serve
 
     args = list(sys.argv[1:] if argv is None else argv)
     redis: dict[str, str] | None = None
+    isolation: dict[str, Any] = {}
+    if args[:1] == ["--cpu"]:
+        pin(int(args[1]))  # before any worker process is started: they inherit it
+        del args[:2]
     if args[:1] == ["--redis"]:
         redis = {"url": args[1], "prefix": args[2]}
         del args[:3]
+    if args[:1] == ["--isolation"]:
+        isolation = json.loads(args[1])
+        del args[:2]
     folders = tuple(Path(arg) for arg in args)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_nofile()
     config = HubConfig(
-        host="127.0.0.1", port=0, agents=folders, broker={"retention": 60.0}, redis=redis
+        host="127.0.0.1",
+        port=0,
+        agents=folders,
+        broker={"retention": 60.0},
+        redis=redis,
+        isolation=isolation,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))

@@ -40,9 +40,20 @@ __all__ = ["Worker", "WorkerPool", "describe_exit", "first_of"]
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
-"""Seconds a new worker has to import the runtime and say it is ready."""
+"""Seconds a new worker has to import the runtime and say it is ready (counted from its
+start: workers start at most one per core at a time, see :func:`_start_slots`)."""
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _start_slots() -> int:
+    """How many workers may be starting at once: one per core this process may use (a
+    start is a Python import, about a second of CPU; started all at once on one core,
+    a hundred would each take a hundred seconds and miss :data:`READY_TIMEOUT`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 async def first_of(*futures: asyncio.Future[Any]) -> None:
@@ -112,6 +123,8 @@ class WorkerPool:
         self._all: set[Worker] = set()
         self._idle: list[Worker] = []
         self._starting = 0
+        self._start_slots = asyncio.Semaphore(_start_slots())
+        """Starts in progress at most (the others wait their turn before starting)."""
         self._freed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -156,45 +169,50 @@ class WorkerPool:
     # -- workers ---------------------------------------------------------------------
 
     async def _spawn(self) -> Worker:
-        """Start one worker and wait until it says it is ready."""
+        """Start one worker and wait until it says it is ready: when a start slot is free
+        (cancellable while it waits)."""
+        self._starting += 1
+        try:
+            async with self._start_slots:
+                return await self._start_one()
+        finally:
+            self._starting -= 1
+
+    async def _start_one(self) -> Worker:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        self._starting += 1
         try:
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "agent_runtime.isolation.worker",
-                    str(child.fileno()),
-                    pass_fds=(child.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    env=env,
-                )
-            finally:
-                child.close()
-            holder: list[Worker] = []
-            channel = await open_channel(parent, lambda m: holder[0].on_message(m))
-            worker = Worker(process, channel)
-            holder.append(worker)
-            self._all.add(worker)
-            self.started += 1
-            self._track(self._reap(worker))
-            try:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    await first_of(worker.ready, worker.exited)
-            except TimeoutError:
-                worker.kill()
-                raise ServiceUnavailable("an agent worker did not start in time") from None
-            if not worker.ready.done():
-                raise ServiceUnavailable(
-                    f"an agent worker failed to start ({describe_exit(process.returncode)})"
-                )
-            return worker
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent_runtime.isolation.worker",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
         finally:
-            self._starting -= 1
+            child.close()
+        holder: list[Worker] = []
+        channel = await open_channel(parent, lambda m: holder[0].on_message(m))
+        worker = Worker(process, channel)
+        holder.append(worker)
+        self._all.add(worker)
+        self.started += 1
+        self._track(self._reap(worker))
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await first_of(worker.ready, worker.exited)
+        except TimeoutError:
+            worker.kill()
+            raise ServiceUnavailable("an agent worker did not start in time") from None
+        if not worker.ready.done():
+            raise ServiceUnavailable(
+                f"an agent worker failed to start ({describe_exit(process.returncode)})"
+            )
+        return worker
 
     async def _reap(self, worker: Worker) -> None:
         """Wait for the worker's exit; forget it; top the pool up."""
