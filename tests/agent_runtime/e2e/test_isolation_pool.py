@@ -13,7 +13,7 @@ from agent_runtime.config import IsolationConfig
 from agent_runtime.isolation import pool as pool_module
 from agent_runtime.isolation.pool import WorkerPool
 
-from .conftest import within
+from ..conftest import within
 
 
 async def test_workers_start_at_most_one_per_core_at_a_time(
