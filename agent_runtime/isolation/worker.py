@@ -81,6 +81,9 @@ class RemotePort:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         """Calls sent to the hub, awaiting their answers."""
         self._streams: dict[str, StreamHandler] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        """``chunks``/``stream_end`` of a stream whose ``start_stream`` reply arrived in the
+        same read but has not been taken up yet (its handler does not exist yet)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.cancelled = False
 
@@ -98,15 +101,18 @@ class RemotePort:
     def chunks(self, message: dict[str, Any]) -> None:
         handler = self._streams.get(str(message["stream"]))
         if handler is None:
+            self._early.setdefault(str(message["stream"]), []).append(message)
             return
         for chunk in message["chunks"]:
             handler.push_chunk(ChatCompletionChunk.model_validate(chunk))
 
     def stream_end(self, message: dict[str, Any]) -> None:
         handler = self._streams.get(str(message["stream"]))
-        if handler is not None:
-            error = message.get("error")
-            handler.end(None if error is None else rebuild_error(error))
+        if handler is None:
+            self._early.setdefault(str(message["stream"]), []).append(message)
+            return
+        error = message.get("error")
+        handler.end(None if error is None else rebuild_error(error))
 
     def cancel(self) -> None:
         """The hub cancelled the run: every waiting call and reader wakes with
@@ -177,7 +183,15 @@ class RemotePort:
     ) -> StreamHandler:
         result = await self._call("start_stream", messages=messages, model=model, kwargs=kwargs)
         handler = StreamHandler(Message(**result["message"]), self._loop, self._loop_thread)
-        self._streams[str(result["stream"])] = handler
+        stream = str(result["stream"])
+        self._streams[stream] = handler
+        # The hub sends a stream's first chunks right after this call's reply: they may
+        # have been decoded in the same read, before this coroutine resumed.
+        for early in self._early.pop(stream, ()):
+            if early["op"] == "chunks":
+                self.chunks(early)
+            else:
+                self.stream_end(early)
         return handler
 
     async def reply_from_stream(self, handler: StreamHandler) -> Message:
