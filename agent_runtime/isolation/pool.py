@@ -144,18 +144,25 @@ class WorkerPool:
         )
 
     async def aclose(self) -> None:
-        """Kill every worker and cancel the pool's tasks."""
+        """Kill every worker, wait until they are reaped, and cancel the pool's tasks.
+
+        The reapers (which resolve each worker's ``exited``) are cancelled only after the
+        wait: cancelled first, nothing would resolve it and every close would last the
+        whole timeout. A worker still starting is killed when it comes up (the pool is
+        closed), or at the end here if its start was cancelled."""
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
         for worker in list(self._all):
             worker.kill()
         waits = [w.exited for w in self._all]
         if waits:
             await asyncio.wait(waits, timeout=5.0)
         for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for worker in list(self._all):
+            worker.kill()
         self._idle.clear()
 
     @property

@@ -16,8 +16,10 @@ allocation past it raises ``MemoryError``, which fails the run naming the limit)
 are lifted when the run ends; a worker whose run hit one is not reused.
 
 Cancellation: ``cancel`` sets the port's flag (the next Environment call raises
-``RunCancelled``), wakes blocked calls and cancels an async agent's task. An agent that
-ignores it is killed by the hub after its grace period.
+``RunCancelled``), wakes blocked calls and cancels an async agent's task. ``done`` is
+sent only once the agent has stopped (a sync agent's thread at its next Environment
+call), so a worker is never reused with an agent still running in it. An agent that
+ignores the cancel is killed by the hub after its grace period.
 
 The worker exits when the hub closes its end.
 """
@@ -33,7 +35,7 @@ import resource
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,9 @@ class RemotePort:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         """Calls sent to the hub, awaiting their answers."""
         self._streams: dict[str, StreamHandler] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        """``chunks``/``stream_end`` of a stream whose ``start_stream`` reply arrived in the
+        same read but has not been taken up yet (its handler does not exist yet)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.cancelled = False
 
@@ -98,15 +103,18 @@ class RemotePort:
     def chunks(self, message: dict[str, Any]) -> None:
         handler = self._streams.get(str(message["stream"]))
         if handler is None:
+            self._early.setdefault(str(message["stream"]), []).append(message)
             return
         for chunk in message["chunks"]:
             handler.push_chunk(ChatCompletionChunk.model_validate(chunk))
 
     def stream_end(self, message: dict[str, Any]) -> None:
         handler = self._streams.get(str(message["stream"]))
-        if handler is not None:
-            error = message.get("error")
-            handler.end(None if error is None else rebuild_error(error))
+        if handler is None:
+            self._early.setdefault(str(message["stream"]), []).append(message)
+            return
+        error = message.get("error")
+        handler.end(None if error is None else rebuild_error(error))
 
     def cancel(self) -> None:
         """The hub cancelled the run: every waiting call and reader wakes with
@@ -177,7 +185,15 @@ class RemotePort:
     ) -> StreamHandler:
         result = await self._call("start_stream", messages=messages, model=model, kwargs=kwargs)
         handler = StreamHandler(Message(**result["message"]), self._loop, self._loop_thread)
-        self._streams[str(result["stream"])] = handler
+        stream = str(result["stream"])
+        self._streams[stream] = handler
+        # The hub sends a stream's first chunks right after this call's reply: they may
+        # have been decoded in the same read, before this coroutine resumed.
+        for early in self._early.pop(stream, ()):
+            if early["op"] == "chunks":
+                self.chunks(early)
+            else:
+                self.stream_end(early)
         return handler
 
     async def reply_from_stream(self, handler: StreamHandler) -> Message:
@@ -242,6 +258,22 @@ def _address_space_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+async def _until_the_thread_ends(agent_thread: Coroutine[Any, Any, None]) -> None:
+    """Await a synchronous agent's thread; when cancelled, keep waiting for the thread to
+    end before letting the cancellation through (it ends at its next Environment call,
+    which raises ``RunCancelled``). Reporting the run's end earlier would hand the hub a
+    worker whose agent still runs: one that spins outside any call would keep burning a
+    core in a reused worker, where the hub's kill after ``cancel_grace`` is what ends it."""
+    task = asyncio.ensure_future(agent_thread)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the run ends cancelled whatever the agent raised
+        raise
+
+
 class _Worker:
     """This process's state: its channel, the agents it loaded, the run it runs."""
 
@@ -291,7 +323,7 @@ class _Worker:
                 if agent.style == "async":
                     await agent.run_async(env)
                 else:
-                    await in_daemon_thread(agent.run_sync, env, run.id)
+                    await _until_the_thread_ends(in_daemon_thread(agent.run_sync, env, run.id))
             finally:
                 limits.lift()
         except asyncio.CancelledError:

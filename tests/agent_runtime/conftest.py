@@ -95,11 +95,33 @@ CONTRACT_MODULES = frozenset(
 """The end-to-end contract suite: each of its tests runs on both backends. Matched on the
 module's own name, whichever group (``e2e``, ``clients``) holds it."""
 
+ISOLATED_MODULES = frozenset(
+    {"test_e2e_cancel", "test_e2e_flow", "test_e2e_resume", "test_clients_openai_sdk"}
+)
+"""Contract modules whose tests also run with agents in worker processes
+(``--isolation process``, one warm worker), on the memory backend."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "in_process_only(reason): a test of ISOLATED_MODULES that does not run with agents "
+        "in worker processes (it looks inside the hub's process, or relies on its timing)",
+    )
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     if module in CONTRACT_MODULES and "start_hub" in metafunc.fixturenames:
-        metafunc.parametrize("backend", ["memory", "redis"], indirect=True)
+        params = [
+            pytest.param("memory", "none", id="memory"),
+            pytest.param("redis", "none", id="redis"),
+        ]
+        if module in ISOLATED_MODULES and not metafunc.definition.get_closest_marker(
+            "in_process_only"
+        ):
+            params.append(pytest.param("memory", "process", id="memory-process"))
+        metafunc.parametrize(("backend", "isolation"), params, indirect=True)
 
 
 @pytest.fixture
@@ -129,7 +151,16 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
+def isolation(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The hub's ``isolation`` settings: ``{}`` (agents in the hub's process) unless the
+    param is ``process`` (each run in a worker process; one worker kept ready)."""
+    if getattr(request, "param", "none") != "process":
+        return {}
+    return {"mode": "process", "workers": 1}
+
+
+@pytest.fixture
+async def start_hub(backend: dict[str, Any], isolation: dict[str, Any]) -> AsyncIterator[StartHub]:
     """``await start_hub(model=..., **HubConfig settings)`` → a :class:`HubClient` on a
     fresh hub; ``model`` is forced on every completion (``None``: each run's own).
 
@@ -138,7 +169,8 @@ async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
 
     On the Redis backend (the contract modules run on both) two nodes are started on one
     Redis: requests go to the first, which runs the runs, and stream requests to the
-    second, which follows them through Redis.
+    second, which follows them through Redis. With the ``isolation`` fixture's process
+    settings (:data:`ISOLATED_MODULES`) every hub runs its agents in worker processes.
     """
     started: list[HubClient] = []
 
@@ -146,6 +178,8 @@ async def start_hub(backend: dict[str, Any]) -> AsyncIterator[StartHub]:
         settings.setdefault("port", 0)
         settings["force_model"] = settings.pop("model", FAST_MODEL)
         settings.setdefault("shutdown_timeout", 2 * UNIT)
+        if isolation:
+            settings.setdefault("isolation", isolation)
         node = {"redis": {**backend, "node_id": "a"}} if backend else {}
         server = Server(HubConfig(**settings, **node))
         await server.start()

@@ -77,6 +77,7 @@ async def test_cancel_mid_stream_ends_the_run_cancelled(start_hub: StartHub, age
     await hub.request("POST", f"/v1/threads/{thread_id}/runs/{again.json()['id']}/cancel")
 
 
+@pytest.mark.in_process_only(reason="looks for the agent's thread in the hub's process")
 async def test_cancel_a_sync_agent_outside_any_completion(
     start_hub: StartHub, agents_dir: Path
 ) -> None:
