@@ -39,9 +39,9 @@ import pytest
 
 from agent_runtime.agents import bundled_examples_dir
 
-from .conftest import UNIT, check_run, eventually, write_agent
-from .provider_stub import ServeProcess, call
-from .sse import Ev, SSEReader
+from ..conftest import UNIT, check_run, eventually, write_agent
+from ..provider_stub import ServeProcess, call
+from ..sse import Ev, SSEReader
 
 pytestmark = pytest.mark.slow
 
