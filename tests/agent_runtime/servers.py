@@ -78,8 +78,12 @@ class HubClient:
 
     async def dropped(self, run_id: str) -> None:
         """Wait until the hub has dropped the run's stream (its retention is over) and,
-        on Redis, until Redis has expired it too."""
+        on Redis, until Redis has expired it too and the node serving streams has let its
+        mirror go (a loaded machine runs its retention timer late)."""
         await eventually(lambda: run_id not in self.hub.registry, what="the stream is dropped")
+        if self.watcher is not None and self.watcher.app is not None:
+            mirrors = self.watcher.app[HUB].registry
+            await eventually(lambda: run_id not in mirrors, what="the mirror is dropped")
         registry = self.hub.registry
         if isinstance(registry, RedisRegistry):
             key = registry.redis_key(run_id)

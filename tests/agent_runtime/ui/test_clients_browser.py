@@ -209,9 +209,15 @@ async def test_the_descriptions_snippet_streams_clears_and_stops(
         ],
     )
 
-    await tab.until("window.seen.text.length > 0")  # text arrives while the run is live
+    # Text arrives while the run is live; what the element shows is read in the same
+    # check (read later, the message could be complete and cleared by then).
+    shown_now = await tab.page.wait_for_function(
+        "() => { const t = document.querySelector('#streaming-text').innerText.trim();"
+        " return t.length > 0 && window.seen.text.length > 0 ? t : false; }",
+        timeout=ms(5),
+    )
+    shown = str(await shown_now.json_value())
     assert hub.hub.runs.live(run_id) is not None
-    shown = await tab.page.locator("#streaming-text").inner_text()
 
     await tab.until("window.seen.stops === 1")
     seen = await tab.seen()
