@@ -37,6 +37,7 @@ import builtins
 import concurrent.futures
 import contextvars
 import copy
+import difflib
 import inspect
 import json
 import logging
@@ -558,7 +559,8 @@ class AgentCatalog:
         self._by_id = {agent.id: agent for agent in items}
 
     def get(self, assistant_id: str) -> Agent:
-        """The agent ``name/version``, or the latest version of ``name``; else :class:`NotFound`."""
+        """The agent ``name/version``, or the latest version of ``name``; else :class:`NotFound`
+        naming the versions of ``name``, or the closest names, or the agents there are."""
         name, slash, _version = assistant_id.partition("/")
         versions = self._versions.get(name)
         if versions and not slash:
@@ -566,7 +568,16 @@ class AgentCatalog:
         agent = self._by_id.get(assistant_id) if slash else None
         if agent is not None:
             return agent
-        known = f" (versions: {', '.join(a.version for a in versions)})" if versions else ""
+        if versions:
+            known = f" (versions: {', '.join(a.version for a in versions)})"
+        else:
+            close = difflib.get_close_matches(name, self._versions, n=3, cutoff=0.6)
+            if close:
+                known = f"; did you mean {' or '.join(repr(n) for n in close)}?"
+            else:
+                names = builtins.list(self._versions)
+                more = f", … ({len(names)} in all)" if len(names) > 10 else ""
+                known = f"; agents: {', '.join(names[:10]) or 'none'}{more}"
         raise NotFound(f"No agent named '{assistant_id}'{known}", param="assistant_id")
 
     def list(self) -> builtins.list[Agent]:

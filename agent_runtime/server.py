@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -20,19 +21,54 @@ from .connections import (
     open_files_limit,
 )
 from .hub import Hub
+from .logs import ACCESS_LOGGER
 from .models.base import ModelProvider
 from .store import SQLiteStore, Store
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "access_log_middleware", "serve"]
 
 logger = logging.getLogger(__name__)
+
+CLIENT_GONE = 499
+"""The status an access log line shows for a request whose client went away first."""
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Log ``METHOD path status duration`` at INFO (logger ``agentstream.access``) when
+    the request ends: a stream (SSE) when it ends, so its duration is the stream's. A
+    request cancelled because its client went away (``handler_cancellation``) is logged
+    with :data:`CLIENT_GONE`, then the cancellation goes on."""
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_GONE
+        raise
+    finally:
+        logging.getLogger(ACCESS_LOGGER).info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.path_qs,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
 
 
 class Server:
     """A started hub on a real socket. ``async with Server(config) as s: s.url``.
 
     ``providers``: extra model names served by the given providers (see
-    :class:`~agent_runtime.hub.Hub`).
+    :class:`~agent_runtime.hub.Hub`). ``access_log``: a line per request
+    (:func:`access_log_middleware`).
     """
 
     def __init__(
@@ -41,8 +77,10 @@ class Server:
         *,
         providers: Mapping[str, ModelProvider] | None = None,
         store: Store | None = None,
+        access_log: bool = True,
     ) -> None:
         self.config = config
+        self.access_log = access_log
         self.providers = dict(providers or {})
         self.store = store
         """An opened store for the hub (closed with it), instead of the config's."""
@@ -77,6 +115,8 @@ class Server:
             max_connections=max_connections, header_timeout=config.header_timeout
         )
         self.app.middlewares.insert(0, guard.middleware)
+        if self.access_log:  # outermost: it times and sees every answer
+            self.app.middlewares.insert(0, access_log_middleware)
         self.runner = web.AppRunner(
             self.app,
             handler_cancellation=True,
@@ -118,7 +158,9 @@ class Server:
         await self.aclose()
 
 
-async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config: HubConfig, *, ready: asyncio.Event | None = None, access_log: bool = True
+) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation), then shut down gracefully: stop
     accepting connections, let live runs finish within ``config.shutdown_grace``, end the
     rest with their terminal events, let subscribers read to the end, close the store.
@@ -131,7 +173,7 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     store: Store | None = None
     if config.store == "sqlite" and config.redis is None:
         store = await SQLiteStore.open(config.database_path)
-    server = Server(config, store=store)
+    server = Server(config, store=store, access_log=access_log)
     try:
         await server.start()
     except BaseException:

@@ -24,7 +24,7 @@ import logging
 from .. import protocol
 from ..environment import Environment
 from ..errors import AgentProcessError, NotFound, RunCancelled, ServiceUnavailable
-from ..logs import bind_run
+from ..logs import bind_run, log_run_end, log_run_start
 from ..objects import RunStatus, now
 from . import children, replies
 from .agent_side import AgentSide
@@ -66,8 +66,17 @@ class InProcess:
 
 
 async def execute(ctx: RunContext) -> None:
-    """The run's task body: wait for a slot, run the agent, end the run."""
+    """The run's task body: wait for a slot, run the agent, end the run; an INFO line
+    (logger ``agentstream.runs``) when it starts and one when it ends, even cancelled."""
     bind_run(ctx.run.id, ctx.run.thread_id)  # this task's context: its logs carry them
+    started = log_run_start(ctx.agent.id, ctx.run.model)
+    try:
+        await _execute(ctx)
+    finally:
+        log_run_end(ctx.agent.id, ctx.run.model, ctx.run.status, started, ctx.head)
+
+
+async def _execute(ctx: RunContext) -> None:
     ctx.started = True
     if ctx.ending is not None:  # ended before its task began: end it now
         await finish(ctx, *ctx.ending)

@@ -62,7 +62,9 @@ async def test_refused_runs_are_never_retried_into_duplicates(start_hub: StartHu
                     pass
             with pytest.raises(openai.NotFoundError) as unknown:
                 runs.create(thread_id=thread.id, assistant_id="nobody")
-            assert server_message(unknown.value) == "No agent named 'nobody'"
+            assert server_message(unknown.value) == (
+                "No agent named 'nobody'; agents: async-example, streaming-example"
+            )
             assert (unknown.value.type, unknown.value.param) == ("not_found_error", "assistant_id")
             assert requests.count("POST", f"/threads/{thread.id}/runs") == 4  # no retry
 

@@ -30,7 +30,10 @@ PLATO_TEXT = simulated_text([PLATO, USER], tokens=10)
 
 
 def cli(
-    *args: str, stdin: str | None = None, script: bool = False
+    *args: str,
+    stdin: str | None = None,
+    script: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     command = [str(AGENTSTREAM)] if script else [sys.executable, "-m", "agent_runtime.cli"]
     return subprocess.run(
@@ -40,6 +43,7 @@ def cli(
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
         timeout=TIMEOUT,
         check=False,
     )
