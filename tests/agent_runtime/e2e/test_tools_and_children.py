@@ -109,6 +109,26 @@ async def run(env):
     async for _chunk in handler:
         pass
 """,
+    # A completion that only calls a tool, added anyway: add_reply adds no message and
+    # returns None; the agent then reports what it got.
+    "tool-only-added": """
+async def run(env):
+    handler = await env.acompletion("go", stream=True, tools=[{"type": "function",
+        "function": {"name": "a"}}])
+    added = await env.aadd_reply(handler)
+    names = [c.function.name for c in handler.tool_calls]
+    await env.aadd_reply(f"added={added!r} calls={names}")
+""",
+    "tool-only-added-sync": """
+from nearai.agents.environment import Environment
+
+if globals().get('env', None):
+    handler = env.completion("go", stream=True, tools=[{"type": "function",
+        "function": {"name": "a"}}])
+    added = env.add_reply(handler)
+    names = [c.function.name for c in handler.tool_calls]
+    env.add_reply(f"added={added!r} calls={names}")
+""",
 }
 
 TOOL_MODEL = "simulated:tokens=12,rate=0"
@@ -241,6 +261,26 @@ async def test_a_tool_only_completion_never_added_leaves_no_message(
     assert trace.run.messages == []
     assert [s.final.name for s in trace.steps] == ["thread.run.step.completed"]
     assert await hub.assistant_texts(thread_id) == []
+
+
+@pytest.mark.parametrize("agent", ["tool-only-added", "tool-only-added-sync"])
+async def test_adding_a_tool_only_completion_adds_no_message(
+    start_scripted: StartScripted, tool_agents: Path, agent: str
+) -> None:
+    """``add_reply`` of a completion without text stores and publishes nothing (no empty
+    assistant message, no blank bubble) and returns None; the tool calls stay on the
+    handler and in the run's steps."""
+    model = ScriptedModel([ScriptedToolCall("a", {"x": 1}, chunks=2)])
+    hub = await start_scripted(model, agents=(tool_agents,))
+    thread_id, run_id = await hub.start(agent, "go")
+    events = await wait_run(hub, thread_id, run_id)
+    trace = check_steps_run(events)
+    assert trace.texts == ["added=None calls=['a']"]
+    assert len([e for e in events if e.name == "thread.message.created"]) == 1
+    [step] = trace.steps
+    assert step.final.name == "thread.run.step.completed"
+    assert step.final_calls()[0]["name"] == "a"
+    assert await hub.assistant_texts(thread_id) == ["added=None calls=['a']"]
 
 
 async def test_cancelling_mid_tool_call_cancels_the_step(
