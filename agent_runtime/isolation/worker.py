@@ -81,6 +81,10 @@ class RemotePort:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         """Calls sent to the hub, awaiting their answers."""
         self._streams: dict[str, StreamHandler] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        """Chunks and ends of streams not registered yet: the hub sends them right after
+        its reply to ``start_stream``, so they may be read before the awaiting call
+        resumes and registers the stream (a short stream can end meanwhile)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.cancelled = False
 
@@ -98,13 +102,16 @@ class RemotePort:
     def chunks(self, message: dict[str, Any]) -> None:
         handler = self._streams.get(str(message["stream"]))
         if handler is None:
+            self._early.setdefault(str(message["stream"]), []).append(message)
             return
         for chunk in message["chunks"]:
             handler.push_chunk(ChatCompletionChunk.model_validate(chunk))
 
     def stream_end(self, message: dict[str, Any]) -> None:
         handler = self._streams.get(str(message["stream"]))
-        if handler is not None:
+        if handler is None:
+            self._early.setdefault(str(message["stream"]), []).append(message)
+        else:
             error = message.get("error")
             handler.end(None if error is None else rebuild_error(error))
 
@@ -177,7 +184,13 @@ class RemotePort:
     ) -> StreamHandler:
         result = await self._call("start_stream", messages=messages, model=model, kwargs=kwargs)
         handler = StreamHandler(Message(**result["message"]), self._loop, self._loop_thread)
-        self._streams[str(result["stream"])] = handler
+        stream = str(result["stream"])
+        self._streams[stream] = handler
+        for early in self._early.pop(stream, []):  # what arrived before this resumed
+            if early["op"] == "chunks":
+                self.chunks(early)
+            else:
+                self.stream_end(early)
         return handler
 
     async def reply_from_stream(self, handler: StreamHandler) -> Message | None:
