@@ -54,6 +54,18 @@ async def test_openai_sdk_parse_and_n_choices(start_hub: StartHub) -> None:
         )
         assert [c.index for c in several.choices] == [0, 1, 2]
         assert all((c.message.content or "").startswith("{") for c in several.choices)
+        stream = await client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "Hello"}],
+            n=2,
+            max_completion_tokens=4,
+            stop=["zzz"],
+            stream=True,
+        )
+        finish = {
+            c.index: c.finish_reason async for k in stream for c in k.choices if c.finish_reason
+        }
+        assert finish == {0: "length", 1: "length"}
 
 
 async def test_langchain_with_structured_output(start_hub: StartHub) -> None:
