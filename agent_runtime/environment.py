@@ -142,16 +142,20 @@ class Environment:
 
     # -- the thread ------------------------------------------------------------------
 
-    def add_reply(self, message: str | StreamHandler, **kwargs: Any) -> dict[str, Any]:
+    def add_reply(self, message: str | StreamHandler, **kwargs: Any) -> dict[str, Any] | None:
         """Write an assistant message to the thread: a text, or a streamed completion
-        (waits for its end). Returns the stored message object."""
+        (waits for its end). Returns the stored message object, or ``None`` for a
+        completion that streamed no text (it only called tools): no message is added."""
         if isinstance(message, StreamHandler):
             message.wait()  # block in this worker thread, not on the loop
         return self._call(self.aadd_reply(message, **kwargs), "add_reply")
 
-    async def aadd_reply(self, message: str | StreamHandler, **kwargs: Any) -> dict[str, Any]:
+    async def aadd_reply(
+        self, message: str | StreamHandler, **kwargs: Any
+    ) -> dict[str, Any] | None:
         if isinstance(message, StreamHandler):
-            return (await self._ctx.reply_from_stream(message)).to_dict()
+            added = await self._ctx.reply_from_stream(message)
+            return None if added is None else added.to_dict()
         if not isinstance(message, str):
             raise AgentRuntimeError(
                 f"add_reply takes a str or a StreamHandler, not {type(message).__name__}"

@@ -90,7 +90,7 @@ class ChatCompletionBody(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:

@@ -53,6 +53,14 @@ def _ms(summary: dict[str, Any]) -> str:
     )
 
 
+def _requested_note(config: dict[str, Any]) -> str:
+    """Says so when the hub ran another model than the one asked for (a forced model)."""
+    requested = config.get("model_requested")
+    if requested and config.get("model") and config["model"] != requested:
+        return f" (asked for {requested}; the hub forces its own)"
+    return ""
+
+
 def text_report(summary: dict[str, Any], *, hub: str, slo_p99_ms: float | None) -> str:
     """The human-readable report of a bench summary."""
     config, runs, subs = summary["config"], summary["runs"], summary["subscribers"]
@@ -61,7 +69,8 @@ def text_report(summary: dict[str, Any], *, hub: str, slo_p99_ms: float | None) 
     statuses = ", ".join(f"{count} {status}" for status, count in runs["by_status"].items())
     lines = [
         f"agentstream bench: {config['runs']} concurrent runs x {config['subscribers']} "
-        f"subscribers of {config['agent']} on {config['model'] or 'the agent model'}",
+        f"subscribers of {config['agent']} on {config['model'] or 'the agent model'}"
+        + _requested_note(config),
         f"hub             {hub}",
         f"time            {config['duration_s']:g} s of load (ramp {config['ramp_s']:g} s), "
         f"{summary['elapsed_s']:.1f} s in all (runs live at the end were awaited)",

@@ -113,6 +113,9 @@ class Bench:
         self.spread = Histogram()
         self.first_delta: list[float] = []
         self.run_lengths: list[float] = []
+        self.models_used: dict[str, int] = {}
+        """Runs per model the hub recorded on them (the run object's ``model``): a hub
+        that forces a model uses it whatever the bench asked for."""
         self.estimate = _initial_estimate(options.model)
         self.timeline: list[dict[str, Any]] = []
         self.live_runs = 0
@@ -312,6 +315,11 @@ class Bench:
         if payload is None:
             return False
         self.totals.runs_started += 1
+        used = payload.get("model")
+        if isinstance(used, str) and used:
+            if not self.models_used and not self.run_lengths and used != self.opt.model:
+                self.estimate = _initial_estimate(used)  # the pace of the model in use
+            self.models_used[used] = self.models_used.get(used, 0) + 1
         self.live_runs += 1
         try:
             await self._follow(RunState(payload["id"], payload["thread_id"], t_post))
@@ -447,6 +455,14 @@ class Bench:
         (t1, n1), (t2, n2) = self._marks[start], self._marks[end]
         return round((n2 - n1) / (t2 - t1), 1) if t2 > t1 else None
 
+    def _model_used(self) -> str | None:
+        """The model the hub ran the runs on (most runs first, if several), else the one
+        asked for (no run started)."""
+        if not self.models_used:
+            return self.opt.model
+        ranked = sorted(self.models_used, key=lambda m: -self.models_used[m])
+        return ", ".join(ranked)
+
     def _summary(self, hub_runs: int | None) -> dict[str, Any]:
         totals = self.totals
         opt = self.opt
@@ -482,7 +498,9 @@ class Bench:
             "config": {
                 "url": opt.url,
                 "agent": opt.agent,
-                "model": opt.model,
+                "model": self._model_used(),
+                "model_requested": opt.model,
+                "models_used": dict(sorted(self.models_used.items())),
                 "runs": opt.runs,
                 "subscribers": opt.subscribers,
                 "duration_s": opt.duration,

@@ -103,7 +103,8 @@ class _Session:
             return {"stream": handler.id, "message": dataclasses.asdict(handler.message)}
         if method == "reply_from_stream":
             handler = self.streams[str(args["stream"])]
-            return dataclasses.asdict(await port.reply_from_stream(handler))
+            message = await port.reply_from_stream(handler)
+            return None if message is None else dataclasses.asdict(message)
         if method == "reply_text":
             return dataclasses.asdict(await port.reply_text(str(args["text"])))
         if method == "add_message":

@@ -196,9 +196,10 @@ class RemotePort:
                 self.stream_end(early)
         return handler
 
-    async def reply_from_stream(self, handler: StreamHandler) -> Message:
+    async def reply_from_stream(self, handler: StreamHandler) -> Message | None:
         await handler.await_text()  # the agent's own view ends first (errors raise here)
-        return Message(**await self._call("reply_from_stream", stream=handler.id))
+        result = await self._call("reply_from_stream", stream=handler.id)
+        return None if result is None else Message(**result)
 
     async def reply_text(self, text: str) -> Message:
         return Message(**await self._call("reply_text", text=text))

@@ -20,8 +20,17 @@ answer (questions, "my friend"), one asking for Plato a Platonic one (the Forms,
 cave), anything else a generic helpful-assistant answer; each mentions the topic of the
 last user message. The text is a pure function of (messages, seed, tokens): the same
 conversation always gets the same words, and a shorter ``tokens`` gives a prefix of the
-same text (ending on a full stop). ``max_tokens`` cuts the reply (``finish_reason``
-``"length"``) and ``stop`` sequences end it early, as a real model would.
+same text (ending on a full stop). ``max_tokens`` (or ``max_completion_tokens``) cuts
+the reply (``finish_reason`` ``"length"``) and ``stop`` sequences end it early, as a real
+model would. ``n`` (1 to 128) gives that many choices, choice ``i`` answering with seed
+``seed + i``.
+
+Structured output (:mod:`.simulated_json`): ``response_format`` ``{"type":
+"json_object"}`` gets a JSON object (``{"answer": "<the reply>"}``), and ``{"type":
+"json_schema", "json_schema": {"schema": …}}`` an instance valid against the schema,
+deterministic from the conversation and the seed, streamed a few characters per token.
+``max_tokens`` and ``stop`` cut it as they cut text (so it may no longer parse, as with a
+real model).
 
 Tool calls: a request with ``tools`` whose ``tool_choice`` is ``"required"`` or names a
 function (``{"type": "function", "function": {"name": …}}``) — or any request with
@@ -63,6 +72,7 @@ from openai.types.chat.chat_completion_chunk import (
 from ..errors import InvalidRequest
 from ..tool_calls import ToolCallFold
 from .base import CompletionRequest
+from .simulated_json import structured_text
 from .simulated_text import (
     apply_stop,
     plan_tool_call,
@@ -93,6 +103,10 @@ MIN_RATE = 0.1
 MAX_RATE = 1_000_000.0
 """Bounds of a non-zero ``rate=`` (tokens per second): at most 10 s between two tokens."""
 MAX_SEED = 2**32 - 1
+MAX_CHOICES = 128
+"""Upper bound of ``n`` (choices per completion), as OpenAI's."""
+_JSON_PIECE = 4
+"""Characters of structured (JSON) output per streamed token."""
 
 _RANGES: dict[str, tuple[float, float, str]] = {
     "tokens": (0, MAX_TOKENS, f"0 to {MAX_TOKENS}"),
@@ -228,11 +242,20 @@ class SimulatedModel:
     def __repr__(self) -> str:
         return f"SimulatedModel({self.config.spec!r})"
 
-    def _plan(self, request: CompletionRequest) -> tuple[list[str], FinishReason]:
+    def _seed(self, request: CompletionRequest) -> int:
         seed = request.extra.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool):
             seed = self.config.seed
-        tokens = reply_tokens(request.messages, seed, self.config.tokens)
+        return seed
+
+    def _plan(self, request: CompletionRequest, seed: int) -> tuple[list[str], FinishReason]:
+        """One choice's tokens: the reply (or the JSON its ``response_format`` asks for),
+        cut by ``stop`` then by ``max_tokens``/``max_completion_tokens``."""
+        structured = structured_text(request.extra.get("response_format"), request.messages, seed)
+        if structured is None:
+            tokens = reply_tokens(request.messages, seed, self.config.tokens)
+        else:
+            tokens = _json_tokens(structured)
         tokens = apply_stop(tokens, request.extra.get("stop"))
         limit = request.max_tokens
         if limit is None:
@@ -243,10 +266,28 @@ class SimulatedModel:
             return tokens[: max(limit, 0)], "length"
         return tokens, "stop"
 
+    @staticmethod
+    def _choices(request: CompletionRequest) -> int:
+        n = request.extra.get("n")
+        if n is None:
+            return 1
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
+            raise InvalidRequest(f"n must be a whole number from 1 to {MAX_CHOICES}", param="n")
+        return n
+
     async def stream(self, request: CompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        """Chunks exactly as OpenAI streams them: role, one per token, finish, usage."""
+        """Chunks exactly as OpenAI streams them: role, one per token, finish, usage.
+
+        With ``n`` choices, each token position yields one chunk per choice (choice ``i``
+        is the reply for seed ``seed + i``), and each choice ends with its own finish chunk.
+        """
+        n = self._choices(request)
         tool = plan_tool_call(request, bool(self.config.tools))
-        tokens, finish = ([], "tool_calls") if tool is not None else self._plan(request)
+        seed = self._seed(request)
+        if tool is not None:
+            plans: list[tuple[list[str], FinishReason]] = [([], "tool_calls")] * n
+        else:
+            plans = [self._plan(request, seed + i) for i in range(n)]
         options = request.extra.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -261,8 +302,12 @@ class SimulatedModel:
         if include_usage:
             common["usage"] = None
 
-        def chunk(delta: ChoiceDelta, finish_reason: FinishReason | None) -> ChatCompletionChunk:
-            choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason, logprobs=None)
+        def chunk(
+            delta: ChoiceDelta, finish_reason: FinishReason | None, index: int = 0
+        ) -> ChatCompletionChunk:
+            choice = ChunkChoice(
+                index=index, delta=delta, finish_reason=finish_reason, logprobs=None
+            )
             return ChatCompletionChunk(choices=[choice], **common)
 
         config = self.config
@@ -270,6 +315,7 @@ class SimulatedModel:
         start = loop.time() + config.delay
         await _sleep_until(loop, start)
         interval = 1.0 / config.rate if config.rate > 0 else 0.0
+        completion_tokens = 0
         if tool is not None:
             head = ChoiceDeltaToolCall(
                 index=0,
@@ -277,55 +323,72 @@ class SimulatedModel:
                 type="function",
                 function=ChoiceDeltaToolCallFunction(name=tool.name, arguments=""),
             )
-            yield chunk(ChoiceDelta(role="assistant", content=None, tool_calls=[head]), None)
-            for index, fragment in enumerate(tool.fragments()):
+            for i in range(n):
+                delta = ChoiceDelta(role="assistant", content=None, tool_calls=[head])
+                yield chunk(delta, None, i)
+            fragments = tool.fragments()
+            for index, fragment in enumerate(fragments):
                 await _sleep_until(loop, start + (index + 1) * interval)
                 piece = ChoiceDeltaToolCall(
                     index=0, function=ChoiceDeltaToolCallFunction(arguments=fragment)
                 )
-                yield chunk(ChoiceDelta(tool_calls=[piece]), None)
-            tokens = tool.fragments()  # counted as completion tokens in the usage
+                for i in range(n):
+                    yield chunk(ChoiceDelta(tool_calls=[piece]), None, i)
+            completion_tokens = len(fragments) * n  # counted as completion tokens
         else:
-            yield chunk(ChoiceDelta(role="assistant", content=""), None)
-        for index, token in enumerate(tokens if tool is None else ()):
-            await _sleep_until(loop, start + index * interval)
-            yield chunk(ChoiceDelta(content=token), None)
+            for i in range(n):
+                yield chunk(ChoiceDelta(role="assistant", content=""), None, i)
+            longest = max(len(tokens) for tokens, _ in plans)
+            for index in range(longest):
+                await _sleep_until(loop, start + index * interval)
+                for i, (tokens, _) in enumerate(plans):
+                    if index < len(tokens):
+                        yield chunk(ChoiceDelta(content=tokens[index]), None, i)
+            completion_tokens = sum(len(tokens) for tokens, _ in plans)
         await asyncio.sleep(0)
-        yield chunk(ChoiceDelta(), finish)
+        for i, (_, finish) in enumerate(plans):
+            yield chunk(ChoiceDelta(), finish, i)
         if include_usage:
-            usage = self._usage(request, len(tokens))
+            usage = self._usage(request, completion_tokens)
             yield ChatCompletionChunk(choices=[], **{**common, "usage": usage})
 
     async def complete(self, request: CompletionRequest) -> ChatCompletion:
-        """The whole reply, after the same pacing as the stream."""
-        parts: list[str] = []
-        finish: FinishReason = "stop"
+        """The whole reply (``n`` choices), after the same pacing as the stream."""
+        n = self._choices(request)
+        parts: list[list[str]] = [[] for _ in range(n)]
+        finishes: list[FinishReason] = ["stop"] * n
         created = int(time.time())
-        calls = ToolCallFold()
+        calls = [ToolCallFold() for _ in range(n)]
+        tokens = 0
         async for chunk in self.stream(request):
             created = chunk.created
             for choice in chunk.choices:
+                i = choice.index
                 if choice.delta.content:
-                    parts.append(choice.delta.content)
-                for entry in calls.add_deltas(choice.delta.tool_calls):
-                    parts.append(entry["function"]["arguments"])  # counted as tokens
+                    parts[i].append(choice.delta.content)
+                    tokens += 1
+                for _entry in calls[i].add_deltas(choice.delta.tool_calls):
+                    tokens += 1  # counted as tokens
                 if choice.finish_reason in ("length", "tool_calls"):
-                    finish = choice.finish_reason
-        if calls:
-            message = ChatCompletionMessage(
-                role="assistant", content=None, tool_calls=calls.message_calls()
+                    finishes[i] = choice.finish_reason
+        choices = []
+        for i in range(n):
+            if calls[i]:
+                message = ChatCompletionMessage(
+                    role="assistant", content=None, tool_calls=calls[i].message_calls()
+                )
+            else:
+                message = ChatCompletionMessage(role="assistant", content="".join(parts[i]))
+            choices.append(
+                CompletionChoice(index=i, message=message, finish_reason=finishes[i], logprobs=None)
             )
-        else:
-            message = ChatCompletionMessage(role="assistant", content="".join(parts))
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
-            choices=[
-                CompletionChoice(index=0, message=message, finish_reason=finish, logprobs=None)
-            ],
+            choices=choices,
             created=created,
             model=request.model or self.spec,
             object="chat.completion",
-            usage=self._usage(request, len(parts)),
+            usage=self._usage(request, tokens),
         )
 
     @staticmethod
@@ -339,6 +402,11 @@ class SimulatedModel:
 
     async def aclose(self) -> None:
         """Nothing to release; present so every provider can be closed alike."""
+
+
+def _json_tokens(text: str) -> list[str]:
+    """Structured output as tokens of a few characters (their concatenation is exact)."""
+    return [text[i : i + _JSON_PIECE] for i in range(0, len(text), _JSON_PIECE)]
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:

@@ -339,12 +339,29 @@ class _ToolPlan:
         return [text[i : i + _ARGUMENT_FRAGMENT] for i in range(0, len(text), _ARGUMENT_FRAGMENT)]
 
 
-def _example(schema: Any, topic: str, depth: int = 0) -> Any:
-    """A deterministic value fitting a JSON schema (the common subset)."""
+def _example(schema: Any, topic: str, depth: int = 0, root: Any = None) -> Any:
+    """A deterministic value fitting a JSON schema (the common subset, with ``$ref`` into
+    the root's ``$defs`` and the first non-null branch of ``anyOf``/``oneOf``)."""
+    root = schema if root is None else root
     if not isinstance(schema, Mapping) or depth > 6:
         return topic
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/") and isinstance(root, Mapping):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, Mapping) else None
+        return _example(target, topic, depth + 1, root)
     if "default" in schema:
         return schema["default"]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            useful = [
+                o for o in options if not (isinstance(o, Mapping) and o.get("type") == "null")
+            ]
+            return _example((useful or options)[0], topic, depth + 1, root)
     enum = schema.get("enum")
     if isinstance(enum, list) and enum:
         return enum[0]
@@ -362,14 +379,14 @@ def _example(schema: Any, topic: str, depth: int = 0) -> Any:
     if kind == "null":
         return None
     if kind == "array":
-        return [_example(schema.get("items"), topic, depth + 1)]
+        return [_example(schema.get("items"), topic, depth + 1, root)]
     if kind == "object":
         properties = schema.get("properties")
         if not isinstance(properties, Mapping):
             return {}
         required = schema.get("required")
         names = [n for n in properties if not isinstance(required, list) or n in required]
-        return {n: _example(properties[n], topic, depth + 1) for n in names}
+        return {n: _example(properties[n], topic, depth + 1, root) for n in names}
     return topic
 
 

@@ -67,7 +67,7 @@ class AgentSide:
     ) -> StreamHandler:
         return await pump.start_stream(self._ctx, messages, model, kwargs)
 
-    async def reply_from_stream(self, handler: StreamHandler) -> Message:
+    async def reply_from_stream(self, handler: StreamHandler) -> Message | None:
         return await replies.reply_from_stream(self._ctx, handler)
 
     async def reply_text(self, text: str) -> Message:

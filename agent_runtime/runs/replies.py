@@ -28,12 +28,20 @@ _INCOMPLETE_REASON = {
 }
 
 
-async def reply_from_stream(ctx: RunContext, handler: StreamHandler) -> Message:
-    """``env.add_reply(handler)``: wait for the completion's end, store its message."""
+async def reply_from_stream(ctx: RunContext, handler: StreamHandler) -> Message | None:
+    """``env.add_reply(handler)``: wait for the completion's end, store its message.
+
+    A completion asked for with ``tools`` creates its message with its first text; one
+    that streamed no text (it only called tools) never created it, so adding it stores
+    and publishes nothing and returns ``None``: no empty assistant message. Its tool
+    calls stay on ``handler.tool_calls`` and in the run's ``tool_calls`` step.
+    """
     text = await handler.await_text()
     if handler.replied:
         raise AgentRuntimeError(f"the completion {handler.id} was already added")
     handler.replied = True
+    if not handler.published:
+        return None
     ctx.publish_created(handler)
     message = handler.message
     message.content = text

@@ -27,6 +27,7 @@
   'use strict';
 
   const API = '/api/v1';
+  const DEFAULT_AGENT = 'streaming-example'; // the agent the docs use, preselected when present
   const TERMINAL_EVENTS = new Set([
     'thread.run.completed',
     'thread.run.failed',
@@ -98,9 +99,11 @@
     }
   }
 
-  // A hub started with API keys answers 401: ask for a key once, keep it for this
-  // browser (localStorage), send it as a bearer token, and as ?token= on the stream
-  // (EventSource cannot send headers).
+  // A hub started with API keys answers 401: ask for a key in the page's key form (never
+  // window.prompt, which blocks the page and headless browsers), keep it for this browser
+  // (localStorage), send it as a bearer token, and as ?token= on the stream (EventSource
+  // cannot send headers). Requests refused at once share one question; a refused key is
+  // forgotten and asked for again, saying why.
   const KEY_STORE = 'agentstream.apiKey';
   let apiKey = null;
   try {
@@ -108,31 +111,59 @@
   } catch (_err) {
     apiKey = null;
   }
+  let keyAsked = null; // the pending question (a Promise), shared by concurrent requests
 
   function askForKey(message) {
-    const entered = window.prompt(`${message}\nThis hub needs an API key:`, '');
-    if (!entered || !entered.trim()) return false;
-    apiKey = entered.trim();
-    try {
-      window.localStorage.setItem(KEY_STORE, apiKey);
-    } catch (_err) {
-      /* private mode: keep it for this page only */
-    }
-    return true;
+    if (keyAsked) return keyAsked;
+    const form = $('key-form');
+    const input = $('key-input');
+    $('key-message').textContent = message;
+    form.hidden = false;
+    input.value = '';
+    input.focus();
+    keyAsked = new Promise((resolve) => {
+      const submitted = (event) => {
+        event.preventDefault();
+        const entered = input.value.trim();
+        if (!entered) return;
+        form.removeEventListener('submit', submitted);
+        form.hidden = true;
+        apiKey = entered;
+        try {
+          window.localStorage.setItem(KEY_STORE, apiKey);
+        } catch (_err) {
+          /* private mode: keep it for this page only */
+        }
+        keyAsked = null;
+        resolve();
+      };
+      form.addEventListener('submit', submitted);
+    });
+    return keyAsked;
   }
 
-  async function api(method, path, body, retried = false) {
+  async function api(method, path, body) {
     const init = { method, headers: { Accept: 'application/json' } };
-    if (apiKey) init.headers.Authorization = `Bearer ${apiKey}`;
     if (body !== undefined) {
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(API + path, init);
-    if (response.status === 401 && !retried) {
+    let response;
+    for (;;) {
+      const sentKey = apiKey;
+      if (sentKey) init.headers.Authorization = `Bearer ${sentKey}`;
+      response = await fetch(API + path, init);
+      if (response.status !== 401) break;
       const refused = await response.json().catch(() => null);
-      if (askForKey(refused?.error?.message || 'Unauthorized.')) {
-        return api(method, path, body, true);
+      if (apiKey === sentKey) {
+        // This key (or none) was refused: forget it and ask.
+        apiKey = null;
+        try {
+          window.localStorage.removeItem(KEY_STORE);
+        } catch (_err) {
+          /* nothing stored */
+        }
+        await askForKey(refused?.error?.message || 'Unauthorized.');
       }
     }
     const raw = await response.text();
@@ -1011,7 +1042,9 @@
     }
     renderAgents();
     const wanted = readUrl();
-    selectAgent(agentByName(wanted.agent) || state.agents[0] || null);
+    // The agent the docs use, when the hub has it; else the first.
+    const fallback = agentByName(DEFAULT_AGENT) || state.agents[0] || null;
+    selectAgent(agentByName(wanted.agent) || fallback);
     if (wanted.thread) await openThread(wanted.thread);
     else writeUrl();
     ui.app.dataset.ready = 'true';

@@ -334,7 +334,7 @@ async def test_request_fields_reach_the_provider(server: Server) -> None:
             "stream",
             "boolean",
         ),
-        (b'{"model": "simulated", "messages": [{"role": "user"}], "n": 2}', "n", "1"),
+        (b'{"model": "simulated", "messages": [{"role": "user"}], "n": 129}', "n", "128"),
     ],
 )
 async def test_bad_bodies(server: Server, raw: bytes, param: str | None, words: str) -> None:

@@ -106,6 +106,23 @@ async def test_bench_counts_exactly_what_the_hub_published(start_hub: StartHub) 
     assert hub.registry.stats().subscribers == 0  # the bench left nothing connected
 
 
+async def test_bench_reports_the_model_a_forcing_hub_used(start_hub: StartHub) -> None:
+    """A hub started with ``--model`` runs every run on it: the bench reports that model
+    (the run objects' ``model``), not the one it asked for."""
+    forced = "simulated:tokens=5,rate=0"
+    client = await start_hub(model=forced)
+    args = ("--url", client.url, "--runs", "1", "--subscribers", "1", "--duration", "0")
+    code, out, err = await bench(*args, "--model", MODEL, "--json")
+    assert code == 0, err
+    config = json.loads(out)["config"]
+    started = json.loads(out)["runs"]["started"]
+    assert config["model"] == forced and config["model_requested"] == MODEL
+    assert config["models_used"] == {forced: started}
+    code, out, err = await bench(*args, "--model", MODEL)
+    assert code == 0, err
+    assert f"subscribers of streaming-example on {forced} (asked for {MODEL};" in out
+
+
 async def test_bench_starts_its_own_hub_and_fails_a_missed_slo() -> None:
     code, out, err = await bench(
         *("--runs", "2", "--subscribers", "3", "--duration", "0", "--model", MODEL),

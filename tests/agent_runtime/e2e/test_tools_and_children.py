@@ -22,7 +22,7 @@ from openai import AssistantEventHandler
 from openai.types.beta.threads import Message
 from openai.types.beta.threads.runs import RunStep, ToolCall, ToolCallDelta
 
-from agent_runtime.config import HubConfig
+from agent_runtime.config import HubConfig, IsolationConfig
 from agent_runtime.models.scripted import Gate, Say, ScriptedModel
 from agent_runtime.models.scripted import ToolCall as ScriptedToolCall
 from agent_runtime.server import Server
@@ -108,6 +108,26 @@ async def run(env):
         "function": {"name": "a"}}])
     async for _chunk in handler:
         pass
+""",
+    # A completion that only calls a tool, added anyway: add_reply adds no message and
+    # returns None; the agent then reports what it got.
+    "tool-only-added": """
+async def run(env):
+    handler = await env.acompletion("go", stream=True, tools=[{"type": "function",
+        "function": {"name": "a"}}])
+    added = await env.aadd_reply(handler)
+    names = [c.function.name for c in handler.tool_calls]
+    await env.aadd_reply(f"added={added!r} calls={names}")
+""",
+    "tool-only-added-sync": """
+from nearai.agents.environment import Environment
+
+if globals().get('env', None):
+    handler = env.completion("go", stream=True, tools=[{"type": "function",
+        "function": {"name": "a"}}])
+    added = env.add_reply(handler)
+    names = [c.function.name for c in handler.tool_calls]
+    env.add_reply(f"added={added!r} calls={names}")
 """,
 }
 
@@ -241,6 +261,36 @@ async def test_a_tool_only_completion_never_added_leaves_no_message(
     assert trace.run.messages == []
     assert [s.final.name for s in trace.steps] == ["thread.run.step.completed"]
     assert await hub.assistant_texts(thread_id) == []
+
+
+@pytest.mark.parametrize(
+    ("agent", "isolation"),
+    [
+        ("tool-only-added", "none"),
+        ("tool-only-added-sync", "none"),
+        ("tool-only-added", "process"),
+    ],
+)
+async def test_adding_a_tool_only_completion_adds_no_message(
+    start_scripted: StartScripted, tool_agents: Path, agent: str, isolation: str
+) -> None:
+    """``add_reply`` of a completion without text stores and publishes nothing (no empty
+    assistant message, no blank bubble) and returns None; the tool calls stay on the
+    handler and in the run's steps."""
+    model = ScriptedModel([ScriptedToolCall("a", {"x": 1}, chunks=2)])
+    hub = await start_scripted(
+        model, agents=(tool_agents,), isolation=IsolationConfig(mode=isolation, workers=1)
+    )
+    thread_id, run_id = await hub.start(agent, "go")
+    # A worker process is slower to run the agent on a busy machine: a longer bound.
+    events = await hub.events(thread_id, run_id, units=5 if isolation == "none" else 10)
+    trace = check_steps_run(events)
+    assert trace.texts == ["added=None calls=['a']"]
+    assert len([e for e in events if e.name == "thread.message.created"]) == 1
+    [step] = trace.steps
+    assert step.final.name == "thread.run.step.completed"
+    assert step.final_calls()[0]["name"] == "a"
+    assert await hub.assistant_texts(thread_id) == ["added=None calls=['a']"]
 
 
 async def test_cancelling_mid_tool_call_cancels_the_step(

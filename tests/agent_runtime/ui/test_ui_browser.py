@@ -28,6 +28,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from agent_runtime.config import HubConfig
 from agent_runtime.server import Server
 
+from ..agent_sources import with_examples
 from .ui_fixtures import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -568,28 +569,41 @@ async def test_a_thread_url_that_does_not_exist(start_ui_hub: StartHub, open_tab
     tab.check_clean((hub.url,), console=False)  # the 404 of the thread is logged
 
 
-async def test_a_hub_with_api_keys_asks_for_one_and_streams_with_it(
+async def test_a_hub_with_api_keys_asks_for_one_in_the_page_and_streams_with_it(
     start_ui_hub: StartHub, browser: Browser, session: aiohttp.ClientSession
 ) -> None:
+    """The key is asked for in an in-page form (no ``window.prompt``, which blocks the
+    page and headless browsers); a refused key is asked for again, saying why."""
     key = "sk-ui-" + "7" * 24
     hub = await start_ui_hub(api_keys=(key,))
     context = await browser.new_context(viewport={"width": 1100, "height": 800})
     context.set_default_timeout(ms(10))
     try:
         page = await context.new_page()
-        prompts: list[str] = []
+        dialogs: list[str] = []
 
-        async def answer(dialog: Any) -> None:
-            prompts.append(dialog.message)
-            await dialog.accept(key)
+        async def dismiss(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            await dialog.dismiss()
 
-        page.on("dialog", answer)
+        page.on("dialog", dismiss)
         tab = Tab(page)
         page.on("request", lambda request: tab.requests.append(request.url))
         page.on("pageerror", lambda exc: tab.page_errors.append(str(exc)))
         await page.goto(f"{hub.url}/?agent=ui-chat")
+        form = page.locator("#key-form")
+        await expect(form).to_be_visible()
+        await expect(tab.app).to_have_attribute("data-ready", "false")  # waits for the key
+        field = page.get_by_label("This hub needs an API key")
+        await expect(field).to_be_focused()
+        await field.fill("sk-wrong")
+        await field.press("Enter")
+        await expect(page.locator("#key-message")).not_to_be_empty()
+        await expect(form).to_be_visible()  # refused: asked again
+        await field.fill(key)
+        await page.get_by_role("button", name="Use key").click()
+        await expect(form).to_be_hidden()
         await expect(tab.app).to_have_attribute("data-ready", "true")
-        assert len(prompts) == 1 and "API key" in prompts[0]
         await tab.send(QUESTION)
         run_id = await tab.run_id()
         await tab.wait_run_end(run_id)
@@ -606,7 +620,21 @@ async def test_a_hub_with_api_keys_asks_for_one_and_streams_with_it(
             if m["role"] == "assistant"
         ]
         assert stored and await tab.assistant_texts() == stored
-        assert len(prompts) == 1  # asked once, then remembered
+        # Remembered: a reload asks nothing.
+        await page.reload()
+        await expect(tab.app).to_have_attribute("data-ready", "true")
+        await expect(form).to_be_hidden()
+        assert dialogs == []
         assert not tab.page_errors
     finally:
         await context.close()
+
+
+async def test_the_default_agent_is_the_streaming_example(
+    start_ui_hub: StartHub, agents_root: Path, open_tab: OpenTab
+) -> None:
+    hub = await start_ui_hub(agents=with_examples(agents_root))
+    tab = await open_tab(f"{hub.url}/")
+    await expect(tab.app).to_have_attribute("data-ready", "true")
+    await expect(tab.page.locator("#agent-select")).to_have_value("streaming-example")
+    await expect(tab.page).to_have_url(re.compile("agent=streaming-example"))
