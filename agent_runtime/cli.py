@@ -28,6 +28,7 @@ from .cli_agent import (
     EXIT_USAGE,
     _follow,
     agent_command,
+    check_forced_model,
     list_agents,
 )
 from .errors import AgentRuntimeError
@@ -196,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
         return list_agents(args, sys.stdout)
     if args.command == "serve":
         config = config_from_flags(args)
+        if config.force_model is not None:
+            check_forced_model(config.force_model, config.default_provider)
         try:
             asyncio.run(serve(config, access_log=not args.no_access_log))
         except OSError as exc:

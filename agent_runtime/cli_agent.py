@@ -23,6 +23,7 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from .agents import Agent, bundled_examples_dir, discover_agents, load_agent
@@ -176,28 +177,40 @@ def check_model(hub: Hub, agent: Agent) -> None:
     router = hub.models
     defaults = agent.defaults
     model = router.model_for_run(None, defaults.model).strip()
-    forced = router.force_model is not None
-    provider = None if forced else defaults.model_provider
-    what = f"--model {model}" if forced else f"agent {agent.id!r} (model {model!r})"
-    known = ", ".join(router.known_providers())
-    offline = "or run offline with --model simulated"
-    if forced and not is_simulated(model) and "::" not in model:
+    if router.force_model is not None:
+        check_forced_model(model, router.default_provider, env=router.env)
+        return
+    _check(router, model, defaults.model_provider, f"agent {agent.id!r} (model {model!r})")
+
+
+def check_forced_model(
+    model: str, default_provider: str, *, env: Mapping[str, str] | None = None
+) -> None:
+    """:func:`check_model` for ``--model MODEL`` (``agent …`` and ``serve``): every
+    completion would use it, so one that cannot be served is refused before anything
+    starts."""
+    router = ModelRouter(default_provider=default_provider, env=env)
+    if not is_simulated(model) and "::" not in model:
         info = PROVIDERS.get(router.default_provider)
         if info is not None and not info.is_configured(router.env):
+            known = ", ".join(router.known_providers())
             raise ConfigError(
                 f"unknown model {model!r}: name its provider as PROVIDER::MODEL "
-                f"(providers: {known}), {offline}"
+                f"(providers: {known}), {_OFFLINE}"
             )
-    # ModelRouter.check skips a forced model: check it as a name a client picked.
-    checker = router
-    if forced:
-        checker = ModelRouter(default_provider=router.default_provider, env=router.env)
+    _check(router, model, None, f"--model {model}")
+
+
+_OFFLINE = "or run offline with --model simulated"
+
+
+def _check(router: ModelRouter, model: str, provider: str | None, what: str) -> None:
     try:
-        checker.check(model, provider)
+        router.check(model, provider)
     except InvalidRequest as exc:
         if exc.code == "model_not_found":
             needed = str(exc).rpartition(": set ")[2]
-            raise ConfigError(f"{what} needs an API key: set {needed}, {offline}") from None
+            raise ConfigError(f"{what} needs an API key: set {needed}, {_OFFLINE}") from None
         raise ConfigError(f"{what}: {exc}") from None
 
 

@@ -74,6 +74,26 @@ def test_an_unknown_model_names_the_providers(model: str) -> None:
     assert all(name in line for name in ("simulated", "fireworks", "openai", "together"))
 
 
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("simulated:tokns=3", "tokens, rate, delay, seed, tools"),
+        ("gpt-4o", "providers: "),
+        ("nope::x", "known providers: "),
+        ("fireworks::llama-v3p3-70b-instruct", "FIREWORKS_API_KEY"),
+    ],
+)
+def test_serve_refuses_a_forced_model_it_cannot_serve(model: str, said: str) -> None:
+    """Every completion would use it: refused at start (before, serve started and each
+    run failed)."""
+    result = cli(
+        "serve", "--port", "0", "--store", "memory", "--model", model, env=no_provider_keys()
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = short_error(result.stderr)
+    assert said in line and "--model" in line, line
+
+
 def test_an_agent_failure_has_no_traceback_unless_debug(tmp_path: Path) -> None:
     agent = str(write_agent(tmp_path, "raiser", TEST_AGENTS["raiser"]))
     quiet = cli("agent", "task", agent, QUESTION, "--model", MODEL)
