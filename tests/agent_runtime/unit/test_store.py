@@ -24,6 +24,7 @@ import pytest
 from agent_runtime.api.errors import error_kind
 from agent_runtime.errors import AgentRuntimeError, InvalidRequest, NotFound, StorageUnavailable
 from agent_runtime.objects import Message, Run, RunStep, Thread, new_id, now
+from agent_runtime.protocol import step_object
 from agent_runtime.store import MemoryStore, RedisStore, SQLiteStore, Store
 from agent_runtime.store.memory import paginate
 from agent_runtime.store.sqlite import MIGRATIONS, SCHEMA_VERSION
@@ -120,24 +121,13 @@ def a_step(run: Run, kind: str = "tool_calls", **fields_: Any) -> RunStep:
     details: dict[str, Any] = {"type": "tool_calls", "tool_calls": []}
     if kind == "child_run":
         details = {"type": "child_run", "child_run": {"run_id": new_id("run"), "status": "queued"}}
-    body: dict[str, Any] = {
-        "id": new_id("step"),
-        "object": "thread.run.step",
-        "created_at": now(),
-        "run_id": run.id,
-        "assistant_id": run.assistant_id,
-        "thread_id": run.thread_id,
-        "type": kind,
-        "status": "in_progress",
-        "cancelled_at": None,
-        "completed_at": None,
-        "expired_at": None,
-        "failed_at": None,
-        "last_error": None,
-        "metadata": {},
-        "usage": None,
-        "step_details": details,
-    }
+    body = step_object(
+        run_id=run.id,
+        thread_id=run.thread_id,
+        assistant_id=run.assistant_id,
+        kind=kind,
+        details=details,
+    )
     return RunStep.of(body | fields_)
 
 
