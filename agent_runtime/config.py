@@ -120,6 +120,10 @@ class IsolationConfig:
     """CPU seconds a run may use in its worker (``None``: no limit)."""
     run_memory_mb: int | None = None
     """Memory a run may add to its worker, in MiB (``None``: no limit)."""
+    worker_nice: int = 10
+    """Niceness added to each worker process (0 to 19): an agent that spins competes for
+    the CPU with less weight than the hub, whose event loop serves every stream, so a
+    machine with fewer free cores than busy agents still streams on time."""
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 0:
@@ -128,6 +132,8 @@ class IsolationConfig:
             raise ValueError("max_workers must be at least 1")
         if self.cancel_grace < 0:
             raise ValueError("cancel_grace must not be negative")
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError("worker_nice must be from 0 to 19")
         for name in ("run_cpu_seconds", "run_memory_mb"):
             value = getattr(self, name)
             if value is not None and value <= 0:

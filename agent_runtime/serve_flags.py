@@ -153,6 +153,14 @@ SERVE_FLAGS: tuple[Flag, ...] = (
         "SECONDS",
     ),
     Flag(
+        "--worker-nice",
+        "isolation.worker_nice",
+        "with --isolation process: niceness added to worker processes (0-19), so agents "
+        "that spin yield the CPU to the hub's event loop",
+        int,
+        "N",
+    ),
+    Flag(
         "--run-cpu-seconds",
         "isolation.run_cpu_seconds",
         "with --isolation process: CPU seconds a run may use",

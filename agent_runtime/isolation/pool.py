@@ -195,6 +195,7 @@ class WorkerPool:
                 "-m",
                 "agent_runtime.isolation.worker",
                 str(child.fileno()),
+                str(self.config.worker_nice),
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,

@@ -369,9 +369,12 @@ def _die_with_parent() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m agent_runtime.isolation.worker FD``: serve the hub on socket ``FD``."""
+    """``python -m agent_runtime.isolation.worker FD [NICE]``: serve the hub on socket
+    ``FD``, with ``NICE`` added to this process's niceness."""
     args = list(sys.argv[1:] if argv is None else argv)
     _die_with_parent()
+    if len(args) > 1 and int(args[1]):
+        os.nice(int(args[1]))
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=int(args[0]))
     try:

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 FAST = "simulated:tokens=12,rate=0"
 WITNESS = "simulated:tokens=150,rate=100"
 """1.5 s per message, a delta every 10 ms: the witness streams for about 3 s."""
-PAUSE_BOUND = 0.5 * UNIT
+PAUSE_BOUND = 0.75 * UNIT
 """The witness's largest pause between two events, in process mode."""
 HEALTH_TIMEOUT = 1.0 * UNIT
 """Each ``/healthz`` poll must answer within this."""

@@ -40,3 +40,27 @@ async def test_workers_start_at_most_one_per_core_at_a_time(
         assert max(starting_at_once) <= cores - 1, starting_at_once
     finally:
         await pool.aclose()
+
+
+def niceness(pid: int) -> int:
+    """The niceness of process ``pid`` (field 19 of ``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+async def test_workers_run_with_the_configured_niceness(nice: int) -> None:
+    pool = WorkerPool(IsolationConfig(mode="process", workers=1, worker_nice=nice))
+    try:
+        async with within(30):
+            await pool.start()
+        (worker,) = pool._all
+        assert niceness(worker.process.pid) == niceness(os.getpid()) + nice
+    finally:
+        await pool.aclose()
+
+
+def test_worker_nice_is_bounded() -> None:
+    with pytest.raises(ValueError, match="worker_nice"):
+        IsolationConfig(mode="process", worker_nice=20)
