@@ -1,6 +1,6 @@
 """Testing a streaming client or UI against agentstream, with its pytest plugin.
 
-Copy this file into your tests. It needs ``pip install agentstream pytest pytest-asyncio``;
+Copy this file into your tests. It needs agentstream, pytest and pytest-asyncio (from a checkout: ``pip install -e '.[test]'``);
 the plugin installed with agentstream provides the fixtures ``agentstream_hub`` (the
 bundled example agents on the fast simulated model), ``agentstream_hub_factory`` (hubs
 with your agents and models) and ``scripted_model``. It works with pytest-asyncio in
