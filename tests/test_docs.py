@@ -259,7 +259,8 @@ class DocRunner:
             return True
         # Jobs the blocks leave in the background (a redis-server, hubs) are stopped at
         # the end: they hold the output pipe open otherwise.
-        script = "set -euxo pipefail\n" + "".join(parts) + "\nkill $(jobs -p) 2>/dev/null || true\nwait\n"
+        end = "\nkill $(jobs -p) 2>/dev/null || true\nwait\n"
+        script = "set -euxo pipefail\n" + "".join(parts) + end
         proc = self.popen(script)
         try:
             out, _ = proc.communicate(timeout=self.left())
@@ -329,7 +330,7 @@ def test_the_classifier_refuses_an_unmarked_block(tmp_path: Path) -> None:
     found = blocks(doc)
     found[0].path = found[1].path = ROOT / "x.md"
     with pytest.raises(ValueError, match="neither run nor marked"):
-        found[0].kind
+        _ = found[0].kind
     assert found[1].kind == "skipped"
 
 
