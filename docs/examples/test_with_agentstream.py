@@ -1,9 +1,10 @@
 """Testing a streaming client or UI against agentstream, with its pytest plugin.
 
-Copy this file into your tests. It needs ``pip install agentstream pytest pytest-asyncio``;
-the plugin installed with agentstream provides the fixtures ``agentstream_hub`` (the
-bundled example agents on the fast simulated model), ``agentstream_hub_factory`` (hubs
-with your agents and models) and ``scripted_model``. It works with pytest-asyncio in
+Copy this file into your tests. It needs agentstream, pytest and pytest-asyncio (from a
+checkout: ``pip install -e '.[test]'``); the plugin installed with agentstream provides
+the fixtures ``agentstream_hub`` (the bundled example agents on the fast simulated
+model), ``agentstream_hub_factory`` (hubs with your agents and models) and
+``scripted_model``. It works with pytest-asyncio in
 strict mode (its default) and in auto mode.
 
 Every hub here is a real one on 127.0.0.1 and a free port (``hub.url``), started on the
