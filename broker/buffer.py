@@ -5,7 +5,16 @@ Pure and synchronous: no asyncio, no I/O, no locks (only the event loop touches 
 Events carry consecutive ids ``1, 2, 3, …``. The buffer keeps the newest ones, bounded by
 a number of events and a number of bytes; older ones are evicted. ``since(cursor)``
 returns the events after ``cursor`` in O(1) + O(result), or a :class:`Gap` when the
-cursor reaches back before what is still buffered.
+cursor reaches back before what is still buffered; ``frames(cursor, framing)`` returns
+their SSE frames, encoded once per event and framing and cached.
+
+Garbage collection: the buffer keeps no object per event that the collector tracks. An
+event is stored as its fields in parallel lists (names, payload bytes, encoded frames;
+ids are implicit), which hold only ``str``, ``bytes`` and ``None``: a full collection
+visits each list as one object and never follows its items, so a process holding a
+million buffered events pauses for a collection about as long as one holding none
+(``benchmarks/gc_pause.py``). :class:`~broker.events.Event` objects are made only when
+the API hands events out.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .cursor import check_cursor
-from .events import Event
+from .events import Event, Framing, encode_frame, event_size
 
 __all__ = ["ByteBudget", "Gap", "ReplayBuffer"]
 
@@ -51,10 +60,23 @@ class ReplayBuffer:
     """The newest events of one stream, bounded by count and by bytes.
 
     At least the newest event is always kept, whatever the byte cap, so a subscriber
-    that is caught up can always be served.
+    that is caught up can always be served. See the module docstring for the storage
+    layout (nothing per event is tracked by the garbage collector).
     """
 
-    __slots__ = ("max_events", "max_bytes", "_events", "_start", "_first_id", "_bytes", "_budget")
+    __slots__ = (
+        "max_events",
+        "max_bytes",
+        "_names",
+        "_data",
+        "_default",
+        "_openai",
+        "_encoded",
+        "_start",
+        "_first_id",
+        "_bytes",
+        "_budget",
+    )
 
     def __init__(
         self,
@@ -66,11 +88,19 @@ class ReplayBuffer:
             raise ValueError("a replay buffer holds at least one event and one byte")
         self.max_events = max_events
         self.max_bytes = max_bytes
-        # A list with a moving start index: O(1) append, evict and index; compacted
-        # once the dead prefix dominates, so memory stays proportional to what is kept.
-        self._events: list[Event] = []
+        # Parallel lists with a moving start index: O(1) append, evict and index;
+        # compacted once the dead prefix dominates, so memory stays proportional to what
+        # is kept. Item i of each is one event: its name, its payload, and its frame in
+        # each framing (None until first encoded).
+        self._names: list[str] = []
+        self._data: list[bytes] = []
+        self._default: list[bytes | None] = []
+        self._openai: list[bytes | None] = []
+        self._encoded: dict[Framing, tuple[int, int]] = {}
+        """Per framing, ids ``[lo, hi)`` whose frames are known to be encoded, so that a
+        flush encodes only what is new without scanning what it sends."""
         self._start = 0
-        self._first_id = 1  # id of self._events[self._start] when not empty
+        self._first_id = 1  # id of item self._start when not empty
         self._bytes = 0
         self._budget = budget
 
@@ -79,7 +109,7 @@ class ReplayBuffer:
     @property
     def head(self) -> int:
         """Id of the newest event ever appended (0 before the first)."""
-        return self._first_id + len(self._events) - self._start - 1
+        return self._first_id + len(self._names) - self._start - 1
 
     @property
     def first_id(self) -> int:
@@ -87,7 +117,7 @@ class ReplayBuffer:
         return self._first_id
 
     def __len__(self) -> int:
-        return len(self._events) - self._start
+        return len(self._names) - self._start
 
     @property
     def nbytes(self) -> int:
@@ -96,11 +126,18 @@ class ReplayBuffer:
     # -- writing ---------------------------------------------------------------------
 
     def append(self, event: Event) -> None:
-        """Append the next event; its id must be ``head + 1``. Evicts to stay in bounds."""
+        """Append the next event; its id must be ``head + 1``. Evicts to stay in bounds.
+
+        The buffer keeps the event's fields and any frame already encoded for it, not
+        the object."""
         if event.id != self.head + 1:
             raise ValueError(f"expected event id {self.head + 1}, got {event.id}")
-        self._events.append(event)
-        size = event.size
+        name, data = event.name, event.data
+        self._names.append(name)
+        self._data.append(data)
+        self._default.append(event._default)
+        self._openai.append(event._openai)
+        size = event_size(name, data)
         self._bytes += size
         if self._budget is not None:
             self._budget.used += size
@@ -115,17 +152,20 @@ class ReplayBuffer:
         count = min(count, len(self) - 1)
         if count <= 0:
             return 0
+        start = self._start
+        stop = start + count
+        names, data = self._names, self._data
         freed = 0
-        events = self._events
-        for i in range(self._start, self._start + count):
-            freed += events[i].size
-        self._start += count
+        for i in range(start, stop):
+            freed += event_size(names[i], data[i])
+        self._start = stop
         self._first_id += count
         self._bytes -= freed
         if self._budget is not None:
             self._budget.used -= freed
-        if self._start > 1024 and self._start * 2 > len(events):
-            del events[: self._start]
+        if stop > 1024 and stop * 2 > len(names):
+            for column in (self._names, self._data, self._default, self._openai):
+                del column[:stop]
             self._start = 0
         return freed
 
@@ -134,7 +174,8 @@ class ReplayBuffer:
         if self._budget is not None:
             self._budget.used -= self._bytes
         self._first_id = self.head + 1
-        self._events = []
+        self._names, self._data, self._default, self._openai = [], [], [], []
+        self._encoded = {}
         self._start = 0
         self._bytes = 0
 
@@ -142,7 +183,7 @@ class ReplayBuffer:
         """Make an empty buffer continue after event ``head`` (a mirror that joins a
         stream whose earlier events are gone): the next event appended must be
         ``head + 1``, and every cursor before it is a :class:`Gap`."""
-        if len(self) or self._events:
+        if len(self) or self._names:
             raise ValueError("only an empty buffer can be restarted")
         if head < 0:
             raise ValueError(f"head must be >= 0, got {head}")
@@ -154,22 +195,57 @@ class ReplayBuffer:
         """Raise :class:`InvalidCursor` if ``cursor`` is not an id of this stream so far."""
         check_cursor(cursor, self.head)
 
+    def reaches(self, cursor: int) -> bool:
+        """Whether every event after ``cursor`` is still buffered (no :class:`Gap`)."""
+        return cursor + 1 >= self._first_id
+
+    def _event(self, index: int) -> Event:
+        return Event.trusted(
+            self._first_id + index - self._start,
+            self._names[index],
+            self._data[index],
+            self._default[index],
+            self._openai[index],
+        )
+
     def since(self, cursor: int) -> Sequence[Event] | Gap:
         """Events with ids greater than ``cursor``, oldest first; or a :class:`Gap`.
 
         ``cursor`` must satisfy :meth:`check_cursor`. An empty sequence means the caller
-        is caught up.
+        is caught up. The events are new objects (equal to those appended).
         """
         if cursor + 1 < self._first_id:
             return Gap(cursor, self._first_id)
         offset = self._start + cursor + 1 - self._first_id
-        events = self._events
-        if offset >= len(events):
-            return ()
-        return events[offset:]
+        return [self._event(i) for i in range(offset, len(self._names))]
+
+    def frames(self, cursor: int, framing: Framing) -> list[bytes] | Gap:
+        """The SSE frames (in ``framing``) of the events after ``cursor``, oldest first;
+        or a :class:`Gap`. Each frame is encoded on first use and then cached.
+
+        ``cursor`` must satisfy :meth:`check_cursor`. The hot path of delivery: one slice
+        when every frame is already encoded.
+        """
+        if cursor + 1 < self._first_id:
+            return Gap(cursor, self._first_id)
+        first, end = cursor + 1, self.head + 1
+        lo, hi = self._encoded.get(framing, (0, 0))
+        if lo <= first <= hi:
+            start = hi  # everything from first to hi is encoded already
+        else:
+            lo = start = first
+        base = self._first_id - self._start  # the id of item 0
+        column = self._default if framing is Framing.DEFAULT else self._openai
+        if start < end:
+            names, data = self._names, self._data
+            for i in range(start - base, end - base):
+                if column[i] is None:
+                    column[i] = encode_frame(framing, base + i, names[i], data[i])
+        self._encoded[framing] = (lo, end)
+        return column[first - base :]  # type: ignore[return-value]  # no None left in it
 
     def get(self, event_id: int) -> Event | None:
-        """The buffered event with this id, if it is still buffered."""
+        """The buffered event with this id, if it is still buffered (a new object)."""
         if event_id < self._first_id or event_id > self.head:
             return None
-        return self._events[self._start + event_id - self._first_id]
+        return self._event(self._start + event_id - self._first_id)

@@ -35,6 +35,7 @@ __all__ = [
     "Framing",
     "check_name",
     "encode_frame",
+    "event_size",
 ]
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,200}\Z")
@@ -86,11 +87,21 @@ def encode_frame(framing: Framing, event_id: int | None, name: str, data: bytes)
     return b"%sevent: %s\ndata: %s\n\n" % (id_line, name.encode(), data)
 
 
+def event_size(name: str, data: bytes) -> int:
+    """Bytes an event accounts for in a replay buffer (see :attr:`Event.size`)."""
+    return 2 * (len(data) + len(name)) + 120
+
+
 class Event:
     """One event of a stream: its id (``None`` for synthetic events), name and JSON payload.
 
     Immutable by convention. Frames are computed lazily and cached per framing; the cache
     is not thread-safe, which is fine because only the event loop touches events.
+
+    An :class:`Event` is the value handed to and from the broker's API (``publish``,
+    ``follow``, ``ReplayBuffer.since``); a replay buffer does not keep these objects (it
+    keeps their fields in plain lists, which the garbage collector does not traverse
+    item by item), so an ``Event`` read back from a buffer is a new, equal object.
     """
 
     __slots__ = ("id", "name", "data", "_default", "_openai")
@@ -110,6 +121,25 @@ class Event:
         self.data = data
         self._default: bytes | None = None
         self._openai: bytes | None = None
+
+    @classmethod
+    def trusted(
+        cls,
+        id: int | None,
+        name: str,
+        data: bytes,
+        default: bytes | None = None,
+        openai: bytes | None = None,
+    ) -> Event:
+        """An event from fields already checked (read back from a replay buffer), with
+        whatever frames were already encoded for it."""
+        event = cls.__new__(cls)
+        event.id = id
+        event.name = name
+        event.data = data
+        event._default = default
+        event._openai = openai
+        return event
 
     @classmethod
     def create(cls, id: int | None, name: str, payload: Any) -> Event:
@@ -150,7 +180,7 @@ class Event:
         A fixed estimate of the payload plus one cached frame and the object overhead, so
         that it does not change when frames are encoded later.
         """
-        return 2 * (len(self.data) + len(self.name)) + 120
+        return event_size(self.name, self.data)
 
     def __repr__(self) -> str:
         return f"Event(id={self.id!r}, name={self.name!r}, data={self.data[:60]!r})"

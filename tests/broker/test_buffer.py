@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from broker import BrokerConfig
 from broker.buffer import ByteBudget, Gap, ReplayBuffer
 from broker.errors import InvalidCursor
-from broker.events import Event
+from broker.events import Event, Framing
 
 EVENTS = BrokerConfig().max_events_per_stream
 BYTES = BrokerConfig().max_bytes_per_stream
@@ -184,7 +186,7 @@ def test_compaction_keeps_correctness_after_many_evictions() -> None:
     assert [buf.get(i) for i in range(4991, 5001)] == events[4990:]
     assert buf.nbytes == sum(e.size for e in events[4990:]) == budget.used
     # Memory stays proportional to what is kept (white-box: the dead prefix is compacted).
-    assert len(buf._events) <= 2 * 1024 + 10
+    assert all(len(column) <= 2 * 1024 + 10 for column in (buf._names, buf._data))
 
 
 def test_compaction_with_large_explicit_evictions() -> None:
@@ -207,6 +209,7 @@ OPS = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(0, 300)),
         st.tuples(st.just("evict"), st.integers(0, 6)),
+        st.tuples(st.just("frames"), st.integers(0, 12)),
     ),
     max_size=60,
 )
@@ -240,6 +243,9 @@ def test_since_is_an_exact_tail_or_a_gap(
             kept = min(kept + 1, max_events)
             while kept > 1 and sum(x.size for x in published[-kept:]) > max_bytes:
                 kept -= 1
+        elif op == "frames":
+            check_frames(buf, published, arg)
+            continue
         else:
             freed = buf.evict(arg)
             dropped = max(0, min(arg, kept - 1))
@@ -260,7 +266,7 @@ def check_buffer(buf: ReplayBuffer, budget: ByteBudget, published: list[Event], 
     assert buf.nbytes <= buf.max_bytes or len(buf) <= 1
     assert buf.nbytes == sum(e.size for e in published[head - kept :]) == budget.used
     if head and kept:
-        assert buf.get(head) is published[-1]
+        assert buf.get(head) == published[-1]
     for c in range(head + 1):
         buf.check_cursor(c)
         found = buf.since(c)
@@ -270,6 +276,66 @@ def check_buffer(buf: ReplayBuffer, budget: ByteBudget, published: list[Event], 
         else:
             assert c + 1 >= buf.first_id
             assert list(found) == published[c:]
+
     for c in (-1, head + 1):
         with pytest.raises(InvalidCursor):
             buf.check_cursor(c)
+
+
+def check_frames(buf: ReplayBuffer, published: list[Event], arg: int) -> None:
+    """``frames`` from one cursor: the events' frames exactly, or the same gap as ``since``.
+    Frames encoded earlier for other cursors (the buffer remembers which) must neither be
+    encoded twice nor hide one still missing."""
+    cursor = max(0, buf.head - arg)
+    framing = Framing.OPENAI if arg % 3 == 0 else Framing.DEFAULT
+    got = buf.frames(cursor, framing)
+    if isinstance(got, Gap):
+        assert got == buf.since(cursor)
+    else:
+        assert got == [
+            Event.create(e.id, e.name, e.payload()).frame(framing) for e in published[cursor:]
+        ]
+
+
+# -- garbage collection ---------------------------------------------------------------------
+
+
+def tracked_items(buf: ReplayBuffer) -> int:
+    """Objects held in the buffer's per-event containers that the garbage collector tracks
+    (white-box: every list among its slots)."""
+    count = 0
+    for slot in type(buf).__slots__:
+        value = getattr(buf, slot, None)
+        if isinstance(value, list):
+            count += sum(1 for item in value if gc.is_tracked(item))
+    return count
+
+
+def test_buffered_events_are_not_tracked_by_the_garbage_collector() -> None:
+    buf = ReplayBuffer(max_events=5000, max_bytes=BYTES)
+    events = fill(buf, 3000, pad=20)
+    assert tracked_items(buf) == 0  # at once, not only after a collection
+    for framing in Framing:
+        assert len(buf.frames(1000, framing)) == 2000  # frames encoded and cached too
+    assert tracked_items(buf) == 0
+    gc.collect()
+    assert tracked_items(buf) == 0
+    buf.evict(2500)  # compacts
+    fill(buf, 10)
+    assert tracked_items(buf) == 0
+    # What the API hands out is unchanged: equal events, frames as an Event encodes them.
+    assert list(buf.since(2990)) == events[2990:] + list(buf.since(3000))
+    assert buf.frames(2999, Framing.OPENAI)[0] == events[-1].frame(Framing.OPENAI)
+
+
+def test_a_full_collection_does_not_visit_buffered_events() -> None:
+    """Allocation-count view of the same guarantee: buffering more events adds no object
+    the collector tracks (so a full collection's work does not grow with them)."""
+    buf = ReplayBuffer(max_events=100_000, max_bytes=1 << 30)
+    fill(buf, 10)
+    gc.collect()
+    before = len(gc.get_objects())
+    events = fill(buf, 5000, pad=5)
+    del events
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
