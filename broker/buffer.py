@@ -5,25 +5,26 @@ Pure and synchronous: no asyncio, no I/O, no locks (only the event loop touches 
 Events carry consecutive ids ``1, 2, 3, …``. The buffer keeps the newest ones, bounded by
 a number of events and a number of bytes; older ones are evicted. ``since(cursor)``
 returns the events after ``cursor`` in O(1) + O(result), or a :class:`Gap` when the
-cursor reaches back before what is still buffered; ``frames(cursor, framing)`` returns
-their SSE frames, encoded once per event and framing and cached.
+cursor reaches back before what is still buffered; ``encoded(cursor, framing)`` returns
+their SSE frames as one ``bytes``, each frame encoded once per framing and kept.
 
-Garbage collection: the buffer keeps no object per event that the collector tracks. An
-event is stored as its fields in parallel lists (names, payload bytes, encoded frames;
-ids are implicit), which hold only ``str``, ``bytes`` and ``None``: a full collection
-visits each list as one object and never follows its items, so a process holding a
-million buffered events pauses for a collection about as long as one holding none
-(``benchmarks/gc_pause.py``). :class:`~broker.events.Event` objects are made only when
-the API hands events out.
+Garbage collection: the buffer holds no object per event, so a full collection does not
+grow with what is buffered (``benchmarks/gc_pause.py``: a million buffered events). Names,
+payloads and encoded frames are each kept end to end in a ``bytearray``, with the items'
+offsets in an ``array``; neither type is tracked by the collector. Ids are implicit.
+:class:`~broker.events.Event` objects are made only when the API hands events out.
+(A list of ``bytes`` is not enough: the collector visits every item of a list, and at a
+million items those visits alone, scattered through memory, cost ~100 ms.)
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .cursor import check_cursor
-from .events import Event, Framing, encode_frame, event_size
+from .events import Event, Framing, encode_frame
 
 __all__ = ["ByteBudget", "Gap", "ReplayBuffer"]
 
@@ -56,6 +57,73 @@ class ByteBudget:
         return self.limit is not None and self.used > self.limit
 
 
+class _Column:
+    """Byte strings of consecutive ids ``first … end - 1``, end to end in one bytearray.
+
+    ``_offs[k]`` is the logical offset where item ``_offs_first + k`` starts (one more
+    entry marks the end); logical offsets never change, ``_base`` is the logical offset
+    of ``_buf[0]``. Dropping a prefix is O(1); the dead prefix is compacted once it
+    dominates, so memory stays proportional to what is kept.
+    """
+
+    __slots__ = ("first", "_offs_first", "_offs", "_buf", "_base")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self._offs_first = first
+        self._offs = array("q", [0])
+        self._buf = bytearray()
+        self._base = 0
+
+    @property
+    def end(self) -> int:
+        return self._offs_first + len(self._offs) - 1
+
+    def append(self, data: bytes) -> None:
+        self._buf += data
+        self._offs.append(self._offs[-1] + len(data))
+
+    def extend(self, items: list[bytes]) -> None:
+        offs = self._offs
+        end = offs[-1]
+        for item in items:
+            end += len(item)
+            offs.append(end)
+        self._buf += b"".join(items)
+
+    def items(self, lo: int, hi: int) -> list[bytes]:
+        """Items ``lo … hi - 1``, each as its own ``bytes``."""
+        k, base, offs = self._offs_first, self._base, self._offs
+        with memoryview(self._buf) as view:
+            return [
+                view[offs[i] - base : offs[i + 1] - base].tobytes() for i in range(lo - k, hi - k)
+            ]
+
+    def nbytes(self, lo: int, hi: int) -> int:
+        """Bytes of items ``lo … hi - 1`` together."""
+        k = self._offs_first
+        return self._offs[hi - k] - self._offs[lo - k]
+
+    def span(self, lo: int, hi: int) -> bytes:
+        """Items ``lo … hi - 1`` end to end, as one ``bytes`` (one copy)."""
+        k, base = self._offs_first, self._base
+        with memoryview(self._buf) as view:
+            return view[self._offs[lo - k] - base : self._offs[hi - k] - base].tobytes()
+
+    def drop_before(self, first: int) -> None:
+        """Forget the items before ``first``."""
+        if first <= self.first:
+            return
+        self.first = first
+        dead = first - self._offs_first
+        if dead > 1024 and dead * 2 > len(self._offs):
+            cut = self._offs[dead] - self._base
+            del self._buf[:cut]
+            del self._offs[:dead]
+            self._base += cut
+            self._offs_first = first
+
+
 class ReplayBuffer:
     """The newest events of one stream, bounded by count and by bytes.
 
@@ -64,19 +132,7 @@ class ReplayBuffer:
     layout (nothing per event is tracked by the garbage collector).
     """
 
-    __slots__ = (
-        "max_events",
-        "max_bytes",
-        "_names",
-        "_data",
-        "_default",
-        "_openai",
-        "_encoded",
-        "_start",
-        "_first_id",
-        "_bytes",
-        "_budget",
-    )
+    __slots__ = ("max_events", "max_bytes", "_names", "_data", "_frames", "_bytes", "_budget")
 
     def __init__(
         self,
@@ -88,19 +144,11 @@ class ReplayBuffer:
             raise ValueError("a replay buffer holds at least one event and one byte")
         self.max_events = max_events
         self.max_bytes = max_bytes
-        # Parallel lists with a moving start index: O(1) append, evict and index;
-        # compacted once the dead prefix dominates, so memory stays proportional to what
-        # is kept. Item i of each is one event: its name, its payload, and its frame in
-        # each framing (None until first encoded).
-        self._names: list[str] = []
-        self._data: list[bytes] = []
-        self._default: list[bytes | None] = []
-        self._openai: list[bytes | None] = []
-        self._encoded: dict[Framing, tuple[int, int]] = {}
-        """Per framing, ids ``[lo, hi)`` whose frames are known to be encoded, so that a
-        flush encodes only what is new without scanning what it sends."""
-        self._start = 0
-        self._first_id = 1  # id of item self._start when not empty
+        self._names = _Column(1)
+        self._data = _Column(1)
+        self._frames: dict[Framing, _Column] = {}
+        """Per framing, the frames of the events ``first … end - 1`` of that column (a
+        contiguous run up to the head once asked for; absent until then)."""
         self._bytes = 0
         self._budget = budget
 
@@ -109,35 +157,36 @@ class ReplayBuffer:
     @property
     def head(self) -> int:
         """Id of the newest event ever appended (0 before the first)."""
-        return self._first_id + len(self._names) - self._start - 1
+        return self._data.end - 1
 
     @property
     def first_id(self) -> int:
         """Id of the oldest buffered event (``head + 1`` when nothing is buffered)."""
-        return self._first_id
+        return self._data.first
 
     def __len__(self) -> int:
-        return len(self._names) - self._start
+        return self._data.end - self._data.first
 
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+    def _size(self, lo: int, hi: int) -> int:
+        """What events ``lo … hi - 1`` account for (the sum of their ``Event.size``)."""
+        return 2 * (self._data.nbytes(lo, hi) + self._names.nbytes(lo, hi)) + 120 * (hi - lo)
 
     # -- writing ---------------------------------------------------------------------
 
     def append(self, event: Event) -> None:
         """Append the next event; its id must be ``head + 1``. Evicts to stay in bounds.
 
-        The buffer keeps the event's fields and any frame already encoded for it, not
-        the object."""
+        The buffer copies the event's name and payload; frames are encoded when asked for.
+        """
         if event.id != self.head + 1:
             raise ValueError(f"expected event id {self.head + 1}, got {event.id}")
-        name, data = event.name, event.data
-        self._names.append(name)
-        self._data.append(data)
-        self._default.append(event._default)
-        self._openai.append(event._openai)
-        size = event_size(name, data)
+        self._names.append(event.name.encode())
+        self._data.append(event.data)
+        size = event.size
         self._bytes += size
         if self._budget is not None:
             self._budget.used += size
@@ -152,42 +201,36 @@ class ReplayBuffer:
         count = min(count, len(self) - 1)
         if count <= 0:
             return 0
-        start = self._start
-        stop = start + count
-        names, data = self._names, self._data
-        freed = 0
-        for i in range(start, stop):
-            freed += event_size(names[i], data[i])
-        self._start = stop
-        self._first_id += count
+        first = self._data.first
+        freed = self._size(first, first + count)
+        for column in (self._names, self._data, *self._frames.values()):
+            column.drop_before(first + count)
         self._bytes -= freed
         if self._budget is not None:
             self._budget.used -= freed
-        if stop > 1024 and stop * 2 > len(names):
-            for column in (self._names, self._data, self._default, self._openai):
-                del column[:stop]
-            self._start = 0
         return freed
 
     def release(self) -> None:
         """Drop everything and refund the budget (the stream is being discarded)."""
         if self._budget is not None:
             self._budget.used -= self._bytes
-        self._first_id = self.head + 1
-        self._names, self._data, self._default, self._openai = [], [], [], []
-        self._encoded = {}
-        self._start = 0
+        self._restart(self.head + 1)
         self._bytes = 0
+
+    def _restart(self, first: int) -> None:
+        self._names = _Column(first)
+        self._data = _Column(first)
+        self._frames = {}
 
     def restart_after(self, head: int) -> None:
         """Make an empty buffer continue after event ``head`` (a mirror that joins a
         stream whose earlier events are gone): the next event appended must be
         ``head + 1``, and every cursor before it is a :class:`Gap`."""
-        if len(self) or self._names:
+        if len(self):
             raise ValueError("only an empty buffer can be restarted")
         if head < 0:
             raise ValueError(f"head must be >= 0, got {head}")
-        self._first_id = head + 1
+        self._restart(head + 1)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -197,16 +240,11 @@ class ReplayBuffer:
 
     def reaches(self, cursor: int) -> bool:
         """Whether every event after ``cursor`` is still buffered (no :class:`Gap`)."""
-        return cursor + 1 >= self._first_id
+        return cursor + 1 >= self._data.first
 
-    def _event(self, index: int) -> Event:
-        return Event.trusted(
-            self._first_id + index - self._start,
-            self._names[index],
-            self._data[index],
-            self._default[index],
-            self._openai[index],
-        )
+    def _event(self, event_id: int) -> Event:
+        name = self._names.span(event_id, event_id + 1).decode()
+        return Event.trusted(event_id, name, self._data.span(event_id, event_id + 1))
 
     def since(self, cursor: int) -> Sequence[Event] | Gap:
         """Events with ids greater than ``cursor``, oldest first; or a :class:`Gap`.
@@ -214,38 +252,41 @@ class ReplayBuffer:
         ``cursor`` must satisfy :meth:`check_cursor`. An empty sequence means the caller
         is caught up. The events are new objects (equal to those appended).
         """
-        if cursor + 1 < self._first_id:
-            return Gap(cursor, self._first_id)
-        offset = self._start + cursor + 1 - self._first_id
-        return [self._event(i) for i in range(offset, len(self._names))]
+        if cursor + 1 < self._data.first:
+            return Gap(cursor, self._data.first)
+        return [self._event(i) for i in range(cursor + 1, self._data.end)]
 
-    def frames(self, cursor: int, framing: Framing) -> list[bytes] | Gap:
-        """The SSE frames (in ``framing``) of the events after ``cursor``, oldest first;
-        or a :class:`Gap`. Each frame is encoded on first use and then cached.
+    def encoded(self, cursor: int, framing: Framing) -> tuple[bytes, int] | Gap:
+        """The SSE frames (in ``framing``) of the events after ``cursor`` end to end, and
+        how many events they are; or a :class:`Gap`.
 
-        ``cursor`` must satisfy :meth:`check_cursor`. The hot path of delivery: one slice
-        when every frame is already encoded.
+        ``cursor`` must satisfy :meth:`check_cursor`. The hot path of delivery: each frame
+        is encoded once per framing (the events appended since the last call), then the
+        batch is one copy out of the column.
         """
-        if cursor + 1 < self._first_id:
-            return Gap(cursor, self._first_id)
-        first, end = cursor + 1, self.head + 1
-        lo, hi = self._encoded.get(framing, (0, 0))
-        if lo <= first <= hi:
-            start = hi  # everything from first to hi is encoded already
-        else:
-            lo = start = first
-        base = self._first_id - self._start  # the id of item 0
-        column = self._default if framing is Framing.DEFAULT else self._openai
-        if start < end:
-            names, data = self._names, self._data
-            for i in range(start - base, end - base):
-                if column[i] is None:
-                    column[i] = encode_frame(framing, base + i, names[i], data[i])
-        self._encoded[framing] = (lo, end)
-        return column[first - base :]  # type: ignore[return-value]  # no None left in it
+        first, end = cursor + 1, self._data.end
+        if first < self._data.first:
+            return Gap(cursor, self._data.first)
+        if first >= end:
+            return b"", 0
+        column = self._frames.get(framing)
+        if column is None or first < column.first:
+            # First use of this framing, or a cursor further back than it was ever used
+            # from (rare): encode from the cursor on.
+            column = self._frames[framing] = _Column(first)
+        lo = column.end
+        if lo < end:
+            names, data = self._names.items(lo, end), self._data.items(lo, end)
+            column.extend(
+                [
+                    encode_frame(framing, lo + k, n, d)
+                    for k, (n, d) in enumerate(zip(names, data, strict=True))
+                ]
+            )
+        return column.span(first, end), end - first
 
     def get(self, event_id: int) -> Event | None:
         """The buffered event with this id, if it is still buffered (a new object)."""
-        if event_id < self._first_id or event_id > self.head:
+        if event_id < self._data.first or event_id > self.head:
             return None
-        return self._event(self._start + event_id - self._first_id)
+        return self._event(event_id)

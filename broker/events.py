@@ -79,12 +79,14 @@ def check_name(name: str) -> None:
         )
 
 
-def encode_frame(framing: Framing, event_id: int | None, name: str, data: bytes) -> bytes:
-    """Encode one SSE frame. ``data`` is a single line of JSON; ``name`` is already checked."""
+def encode_frame(framing: Framing, event_id: int | None, name: str | bytes, data: bytes) -> bytes:
+    """Encode one SSE frame. ``data`` is a single line of JSON; ``name`` is already checked
+    (``bytes``: its ASCII encoding)."""
     id_line = b"" if event_id is None else b"id: %d\n" % event_id
+    raw = name.encode() if isinstance(name, str) else name
     if framing is Framing.DEFAULT:
-        return b'%sdata: {"event":"%s","data":%s}\n\n' % (id_line, name.encode(), data)
-    return b"%sevent: %s\ndata: %s\n\n" % (id_line, name.encode(), data)
+        return b'%sdata: {"event":"%s","data":%s}\n\n' % (id_line, raw, data)
+    return b"%sevent: %s\ndata: %s\n\n" % (id_line, raw, data)
 
 
 def event_size(name: str, data: bytes) -> int:

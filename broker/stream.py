@@ -345,15 +345,12 @@ class Stream:
     def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int, bool]:
         """SSE bytes that take a subscriber from ``cursor`` to the head, the new cursor,
         and whether they begin with a gap."""
-        found = self.buffer.frames(cursor, framing)
+        found = self.buffer.encoded(cursor, framing)
         if isinstance(found, Gap):
             events, head = self._catch_up(cursor)
             return b"".join([e.frame(framing) for e in events]), head, True
-        if not found:
-            return b"", cursor, False
-        if len(found) == 1:
-            return found[0], cursor + 1, False
-        return b"".join(found), cursor + len(found), False
+        data, count = found
+        return data, cursor + count, False
 
     def _count_gaps(self, served: int) -> None:
         self.counters.gaps += served
