@@ -9,9 +9,10 @@ cursor reaches back before what is still buffered; ``encoded(cursor, framing)`` 
 their SSE frames as one ``bytes``, each frame encoded once per framing and kept.
 
 Garbage collection: the buffer holds no object per event, so a full collection does not
-grow with what is buffered (``benchmarks/gc_pause.py``: a million buffered events). Names,
-payloads and encoded frames are each kept end to end in a ``bytearray``, with the items'
-offsets in an ``array``; neither type is tracked by the collector. Ids are implicit.
+grow with what is buffered (``benchmarks/gc_pause.py``: a million buffered events). The
+events (``name SP payload`` each) and their encoded frames (one column per framing asked
+for) are kept end to end in ``bytearray`` columns, with the items' offsets in an
+``array``; neither type is tracked by the collector. Ids are implicit.
 :class:`~broker.events.Event` objects are made only when the API hands events out.
 (A list of ``bytes`` is not enough: the collector visits every item of a list, and at a
 million items those visits alone, scattered through memory, cost ~100 ms.)
@@ -66,22 +67,21 @@ class _Column:
     dominates, so memory stays proportional to what is kept.
     """
 
-    __slots__ = ("first", "_offs_first", "_offs", "_buf", "_base")
+    __slots__ = ("first", "end", "_offs_first", "_offs", "_buf", "_base")
 
     def __init__(self, first: int) -> None:
         self.first = first
+        self.end = first
         self._offs_first = first
         self._offs = array("q", [0])
         self._buf = bytearray()
         self._base = 0
 
-    @property
-    def end(self) -> int:
-        return self._offs_first + len(self._offs) - 1
-
     def append(self, data: bytes) -> None:
+        offs = self._offs
+        offs.append(offs[-1] + len(data))
         self._buf += data
-        self._offs.append(self._offs[-1] + len(data))
+        self.end += 1
 
     def extend(self, items: list[bytes]) -> None:
         offs = self._offs
@@ -90,14 +90,12 @@ class _Column:
             end += len(item)
             offs.append(end)
         self._buf += b"".join(items)
+        self.end += len(items)
 
     def items(self, lo: int, hi: int) -> list[bytes]:
         """Items ``lo … hi - 1``, each as its own ``bytes``."""
-        k, base, offs = self._offs_first, self._base, self._offs
-        with memoryview(self._buf) as view:
-            return [
-                view[offs[i] - base : offs[i + 1] - base].tobytes() for i in range(lo - k, hi - k)
-            ]
+        k, base, offs, buf = self._offs_first, self._base, self._offs, self._buf
+        return [bytes(buf[offs[i] - base : offs[i + 1] - base]) for i in range(lo - k, hi - k)]
 
     def nbytes(self, lo: int, hi: int) -> int:
         """Bytes of items ``lo … hi - 1`` together."""
@@ -105,10 +103,12 @@ class _Column:
         return self._offs[hi - k] - self._offs[lo - k]
 
     def span(self, lo: int, hi: int) -> bytes:
-        """Items ``lo … hi - 1`` end to end, as one ``bytes`` (one copy)."""
+        """Items ``lo … hi - 1`` end to end, as one ``bytes``."""
         k, base = self._offs_first, self._base
-        with memoryview(self._buf) as view:
-            return view[self._offs[lo - k] - base : self._offs[hi - k] - base].tobytes()
+        start, stop = self._offs[lo - k] - base, self._offs[hi - k] - base
+        if stop - start < 65536:
+            return bytes(self._buf[start:stop])  # two small copies beat a memoryview's set-up
+        return bytes(memoryview(self._buf)[start:stop])  # one copy (the view is released at once)
 
     def drop_before(self, first: int) -> None:
         """Forget the items before ``first``."""
@@ -132,7 +132,7 @@ class ReplayBuffer:
     layout (nothing per event is tracked by the garbage collector).
     """
 
-    __slots__ = ("max_events", "max_bytes", "_names", "_data", "_frames", "_bytes", "_budget")
+    __slots__ = ("max_events", "max_bytes", "_data", "_frames", "_bytes", "_budget")
 
     def __init__(
         self,
@@ -144,8 +144,8 @@ class ReplayBuffer:
             raise ValueError("a replay buffer holds at least one event and one byte")
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._names = _Column(1)
         self._data = _Column(1)
+        """Each event as ``name SP payload`` (a name has no space, so the first one splits)."""
         self._frames: dict[Framing, _Column] = {}
         """Per framing, the frames of the events ``first … end - 1`` of that column (a
         contiguous run up to the head once asked for; absent until then)."""
@@ -173,38 +173,47 @@ class ReplayBuffer:
 
     def _size(self, lo: int, hi: int) -> int:
         """What events ``lo … hi - 1`` account for (the sum of their ``Event.size``)."""
-        return 2 * (self._data.nbytes(lo, hi) + self._names.nbytes(lo, hi)) + 120 * (hi - lo)
+        return 2 * (self._data.nbytes(lo, hi) - (hi - lo)) + 120 * (hi - lo)
 
     # -- writing ---------------------------------------------------------------------
 
     def append(self, event: Event) -> None:
         """Append the next event; its id must be ``head + 1``. Evicts to stay in bounds.
 
-        The buffer copies the event's name and payload; frames are encoded when asked for.
+        The buffer copies the event's name and payload, and its frame in each framing a
+        subscriber has asked for (encoded now if the event does not carry it yet).
         """
-        if event.id != self.head + 1:
-            raise ValueError(f"expected event id {self.head + 1}, got {event.id}")
-        self._names.append(event.name.encode())
-        self._data.append(event.data)
-        size = event.size
+        event_id, name, data = event.id, event.name, event.data
+        data_col = self._data
+        end = data_col.end
+        if event_id != end:
+            raise ValueError(f"expected event id {end}, got {event_id}")
+        data_col.append(b" ".join((name.encode(), data)))
+        if self._frames:
+            for framing, column in self._frames.items():
+                if column.end == event_id:
+                    column.append(event.frame(framing))
+        size = 2 * (len(data) + len(name)) + 120  # Event.size
         self._bytes += size
         if self._budget is not None:
             self._budget.used += size
-        excess = len(self) - self.max_events
+        excess = event_id + 1 - data_col.first - self.max_events
         if excess > 0:
             self.evict(excess)
-        while self._bytes > self.max_bytes and len(self) > 1:
+        while self._bytes > self.max_bytes and event_id > data_col.first:
             self.evict(1)
 
     def evict(self, count: int) -> int:
         """Drop up to ``count`` oldest events, always keeping the newest. Returns bytes freed."""
-        count = min(count, len(self) - 1)
+        first = self._data.first
+        count = min(count, self._data.end - first - 1)
         if count <= 0:
             return 0
-        first = self._data.first
         freed = self._size(first, first + count)
-        for column in (self._names, self._data, *self._frames.values()):
-            column.drop_before(first + count)
+        self._data.drop_before(first + count)
+        if self._frames:
+            for column in self._frames.values():
+                column.drop_before(first + count)
         self._bytes -= freed
         if self._budget is not None:
             self._budget.used -= freed
@@ -218,7 +227,6 @@ class ReplayBuffer:
         self._bytes = 0
 
     def _restart(self, first: int) -> None:
-        self._names = _Column(first)
         self._data = _Column(first)
         self._frames = {}
 
@@ -243,8 +251,8 @@ class ReplayBuffer:
         return cursor + 1 >= self._data.first
 
     def _event(self, event_id: int) -> Event:
-        name = self._names.span(event_id, event_id + 1).decode()
-        return Event.trusted(event_id, name, self._data.span(event_id, event_id + 1))
+        name, data = self._data.span(event_id, event_id + 1).split(b" ", 1)
+        return Event.trusted(event_id, name.decode(), data)
 
     def since(self, cursor: int) -> Sequence[Event] | Gap:
         """Events with ids greater than ``cursor``, oldest first; or a :class:`Gap`.
@@ -276,13 +284,8 @@ class ReplayBuffer:
             column = self._frames[framing] = _Column(first)
         lo = column.end
         if lo < end:
-            names, data = self._names.items(lo, end), self._data.items(lo, end)
-            column.extend(
-                [
-                    encode_frame(framing, lo + k, n, d)
-                    for k, (n, d) in enumerate(zip(names, data, strict=True))
-                ]
-            )
+            records = [record.split(b" ", 1) for record in self._data.items(lo, end)]
+            column.extend([encode_frame(framing, lo + k, n, d) for k, (n, d) in enumerate(records)])
         return column.span(first, end), end - first
 
     def get(self, event_id: int) -> Event | None:
