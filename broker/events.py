@@ -1,8 +1,9 @@
 """The event record and its Server-Sent-Events framings.
 
-Pure and synchronous. An :class:`Event` is encoded to SSE frame bytes at most once per
-framing; the bytes are cached on the event and shared by every subscriber that uses that
-framing ("encode once").
+Pure and synchronous. An event is encoded to SSE frame bytes at most once per framing
+("encode once"): an :class:`Event` caches its frames, and a replay buffer keeps each
+frame it has encoded (see :mod:`broker.buffer`), shared by every subscriber that uses
+that framing.
 
 Two framings exist (see ``docs/protocol.md``, "Framings"):
 
@@ -102,8 +103,8 @@ class Event:
 
     An :class:`Event` is the value handed to and from the broker's API (``publish``,
     ``follow``, ``ReplayBuffer.since``); a replay buffer does not keep these objects (it
-    keeps their fields in plain lists, which the garbage collector does not traverse
-    item by item), so an ``Event`` read back from a buffer is a new, equal object.
+    copies their bytes into columns the garbage collector never visits item by item), so
+    an ``Event`` read back from a buffer is a new, equal object.
     """
 
     __slots__ = ("id", "name", "data", "_default", "_openai")
@@ -148,8 +149,8 @@ class Event:
         """Build an event from a JSON-serialisable payload (encoded once, with ``orjson``)."""
         try:
             # orjson's result keeps its whole output buffer (4 KiB for a 200-byte delta);
-            # an exact-size copy is what a replay buffer should hold (measured: 4.0 KiB
-            # against 0.26 KiB of RSS per buffered event).
+            # an exact-size copy is what anything holding events should hold (measured
+            # when buffers held Event objects: 4.0 KiB against 0.26 KiB of RSS per event).
             data = bytes(memoryview(orjson.dumps(payload)))
         except TypeError as exc:
             raise InvalidEvent(f"payload of {name!r} is not JSON-serialisable: {exc}") from exc
