@@ -448,6 +448,19 @@ async def paced(
 # control channel
 
 
+def _objects_by_type() -> dict[str, tuple[int, int]]:
+    """Live GC-tracked objects by type: how many, and their shallow size (``sys.getsizeof``)."""
+    import sys
+
+    out: dict[str, list[int]] = {}
+    for obj in gc.get_objects():
+        t = type(obj)
+        entry = out.setdefault(f"{t.__module__}.{t.__qualname__}", [0, 0])
+        entry[0] += 1
+        entry[1] += sys.getsizeof(obj)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 async def control(backend: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while line := await reader.readline():
         cmd = json.loads(line)
@@ -483,6 +496,19 @@ async def control(backend: Any, reader: asyncio.StreamReader, writer: asyncio.St
                         for d in diff[: cmd.get("n", 25)]
                     ]
                 }
+            elif op == "types_mark":  # count live GC-tracked objects by type now
+                gc.collect()
+                backend.types_snapshot = _objects_by_type()
+                reply = {"ok": True}
+            elif op == "types_diff":  # ... and report the types that grew since types_mark
+                gc.collect()
+                now, then = _objects_by_type(), backend.types_snapshot
+                grew = []
+                for t, (n, b) in now.items():
+                    n0, b0 = then.get(t, (0, 0))
+                    grew.append({"type": t, "count": n - n0, "kib": (b - b0) / 1024})
+                grew.sort(key=lambda g: -g["kib"])
+                reply = {"top": grew[: cmd.get("n", 25)]}
             elif op == "quit":
                 writer.write(b'{"ok": true}\n')
                 await writer.drain()

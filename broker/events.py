@@ -1,8 +1,9 @@
 """The event record and its Server-Sent-Events framings.
 
-Pure and synchronous. An :class:`Event` is encoded to SSE frame bytes at most once per
-framing; the bytes are cached on the event and shared by every subscriber that uses that
-framing ("encode once").
+Pure and synchronous. An event is encoded to SSE frame bytes at most once per framing
+("encode once"): an :class:`Event` caches its frames, and a replay buffer keeps each
+frame it has encoded (see :mod:`broker.buffer`), shared by every subscriber that uses
+that framing.
 
 Two framings exist (see ``docs/protocol.md``, "Framings"):
 
@@ -35,6 +36,7 @@ __all__ = [
     "Framing",
     "check_name",
     "encode_frame",
+    "event_size",
 ]
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,200}\Z")
@@ -78,12 +80,19 @@ def check_name(name: str) -> None:
         )
 
 
-def encode_frame(framing: Framing, event_id: int | None, name: str, data: bytes) -> bytes:
-    """Encode one SSE frame. ``data`` is a single line of JSON; ``name`` is already checked."""
+def encode_frame(framing: Framing, event_id: int | None, name: str | bytes, data: bytes) -> bytes:
+    """Encode one SSE frame. ``data`` is a single line of JSON; ``name`` is already checked
+    (``bytes``: its ASCII encoding)."""
     id_line = b"" if event_id is None else b"id: %d\n" % event_id
+    raw = name.encode() if isinstance(name, str) else name
     if framing is Framing.DEFAULT:
-        return b'%sdata: {"event":"%s","data":%s}\n\n' % (id_line, name.encode(), data)
-    return b"%sevent: %s\ndata: %s\n\n" % (id_line, name.encode(), data)
+        return b'%sdata: {"event":"%s","data":%s}\n\n' % (id_line, raw, data)
+    return b"%sevent: %s\ndata: %s\n\n" % (id_line, raw, data)
+
+
+def event_size(name: str, data: bytes) -> int:
+    """Bytes an event accounts for in a replay buffer (see :attr:`Event.size`)."""
+    return 2 * (len(data) + len(name)) + 120
 
 
 class Event:
@@ -91,6 +100,11 @@ class Event:
 
     Immutable by convention. Frames are computed lazily and cached per framing; the cache
     is not thread-safe, which is fine because only the event loop touches events.
+
+    An :class:`Event` is the value handed to and from the broker's API (``publish``,
+    ``follow``, ``ReplayBuffer.since``); a replay buffer does not keep these objects (it
+    copies their bytes into columns the garbage collector never visits item by item), so
+    an ``Event`` read back from a buffer is a new, equal object.
     """
 
     __slots__ = ("id", "name", "data", "_default", "_openai")
@@ -112,12 +126,31 @@ class Event:
         self._openai: bytes | None = None
 
     @classmethod
+    def trusted(
+        cls,
+        id: int | None,
+        name: str,
+        data: bytes,
+        default: bytes | None = None,
+        openai: bytes | None = None,
+    ) -> Event:
+        """An event from fields already checked (read back from a replay buffer), with
+        whatever frames were already encoded for it."""
+        event = cls.__new__(cls)
+        event.id = id
+        event.name = name
+        event.data = data
+        event._default = default
+        event._openai = openai
+        return event
+
+    @classmethod
     def create(cls, id: int | None, name: str, payload: Any) -> Event:
         """Build an event from a JSON-serialisable payload (encoded once, with ``orjson``)."""
         try:
             # orjson's result keeps its whole output buffer (4 KiB for a 200-byte delta);
-            # an exact-size copy is what a replay buffer should hold (measured: 4.0 KiB
-            # against 0.26 KiB of RSS per buffered event).
+            # an exact-size copy is what anything holding events should hold (measured
+            # when buffers held Event objects: 4.0 KiB against 0.26 KiB of RSS per event).
             data = bytes(memoryview(orjson.dumps(payload)))
         except TypeError as exc:
             raise InvalidEvent(f"payload of {name!r} is not JSON-serialisable: {exc}") from exc
@@ -150,7 +183,7 @@ class Event:
         A fixed estimate of the payload plus one cached frame and the object overhead, so
         that it does not change when frames are encoded later.
         """
-        return 2 * (len(self.data) + len(self.name)) + 120
+        return event_size(self.name, self.data)
 
     def __repr__(self) -> str:
         return f"Event(id={self.id!r}, name={self.name!r}, data={self.data[:60]!r})"

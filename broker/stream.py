@@ -290,7 +290,7 @@ class Stream:
         if self._total is not None:
             self._total.add()
         prefix = preamble
-        if snapshot and start > 0 and not isinstance(self.buffer.since(start), Gap):
+        if snapshot and start > 0 and self.buffer.reaches(start):
             events = self._snapshot_events(self._resume_snapshot, start, [])
             prefix += b"".join([e.frame(framing) for e in events])
             self.counters.snapshots += 1
@@ -345,15 +345,12 @@ class Stream:
     def _batch(self, cursor: int, framing: Framing) -> tuple[bytes, int, bool]:
         """SSE bytes that take a subscriber from ``cursor`` to the head, the new cursor,
         and whether they begin with a gap."""
-        found = self.buffer.since(cursor)
+        found = self.buffer.encoded(cursor, framing)
         if isinstance(found, Gap):
             events, head = self._catch_up(cursor)
             return b"".join([e.frame(framing) for e in events]), head, True
-        if not found:
-            return b"", cursor, False
-        if len(found) == 1:
-            return found[0].frame(framing), cursor + 1, False
-        return b"".join([e.frame(framing) for e in found]), cursor + len(found), False
+        data, count = found
+        return data, cursor + count, False
 
     def _count_gaps(self, served: int) -> None:
         self.counters.gaps += served

@@ -4,6 +4,7 @@ client, and a checker of what a subscriber received against what was published."
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,23 @@ def norm(payload: Any) -> Any:
 
 
 # -- a sink that collects bytes -------------------------------------------------------------
+
+
+def tracked_held(root: object) -> int:
+    """How many objects tracked by the garbage collector ``root``'s slots reach (types
+    and what they hold left out): what a full collection has to visit for it."""
+    stack = [getattr(root, slot, None) for slot in getattr(type(root), "__slots__", ())]
+    seen: set[int] = set()
+    count = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        if gc.is_tracked(obj):
+            count += 1
+            stack.extend(gc.get_referents(obj))
+    return count
 
 
 class CollectingSink:

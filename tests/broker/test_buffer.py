@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,9 @@ from hypothesis import strategies as st
 from broker import BrokerConfig
 from broker.buffer import ByteBudget, Gap, ReplayBuffer
 from broker.errors import InvalidCursor
-from broker.events import Event
+from broker.events import Event, Framing
+
+from .helpers import tracked_held
 
 EVENTS = BrokerConfig().max_events_per_stream
 BYTES = BrokerConfig().max_bytes_per_stream
@@ -184,7 +188,7 @@ def test_compaction_keeps_correctness_after_many_evictions() -> None:
     assert [buf.get(i) for i in range(4991, 5001)] == events[4990:]
     assert buf.nbytes == sum(e.size for e in events[4990:]) == budget.used
     # Memory stays proportional to what is kept (white-box: the dead prefix is compacted).
-    assert len(buf._events) <= 2 * 1024 + 10
+    assert len(buf._data._offs) <= 2 * 1024 + 10
 
 
 def test_compaction_with_large_explicit_evictions() -> None:
@@ -207,6 +211,7 @@ OPS = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(0, 300)),
         st.tuples(st.just("evict"), st.integers(0, 6)),
+        st.tuples(st.just("frames"), st.integers(0, 12)),
     ),
     max_size=60,
 )
@@ -240,6 +245,9 @@ def test_since_is_an_exact_tail_or_a_gap(
             kept = min(kept + 1, max_events)
             while kept > 1 and sum(x.size for x in published[-kept:]) > max_bytes:
                 kept -= 1
+        elif op == "frames":
+            check_frames(buf, published, arg)
+            continue
         else:
             freed = buf.evict(arg)
             dropped = max(0, min(arg, kept - 1))
@@ -260,7 +268,7 @@ def check_buffer(buf: ReplayBuffer, budget: ByteBudget, published: list[Event], 
     assert buf.nbytes <= buf.max_bytes or len(buf) <= 1
     assert buf.nbytes == sum(e.size for e in published[head - kept :]) == budget.used
     if head and kept:
-        assert buf.get(head) is published[-1]
+        assert buf.get(head) == published[-1]
     for c in range(head + 1):
         buf.check_cursor(c)
         found = buf.since(c)
@@ -270,6 +278,57 @@ def check_buffer(buf: ReplayBuffer, budget: ByteBudget, published: list[Event], 
         else:
             assert c + 1 >= buf.first_id
             assert list(found) == published[c:]
+
     for c in (-1, head + 1):
         with pytest.raises(InvalidCursor):
             buf.check_cursor(c)
+
+
+def check_frames(buf: ReplayBuffer, published: list[Event], arg: int) -> None:
+    """``frames`` from one cursor: the events' frames exactly, or the same gap as ``since``.
+    Frames encoded earlier for other cursors (the buffer remembers which) must neither be
+    encoded twice nor hide one still missing."""
+    cursor = max(0, buf.head - arg)
+    framing = Framing.OPENAI if arg % 3 == 0 else Framing.DEFAULT
+    got = buf.encoded(cursor, framing)
+    if isinstance(got, Gap):
+        assert got == buf.since(cursor)
+    else:
+        assert got[1] == len(published) - cursor
+        assert got[0] == b"".join(
+            Event.create(e.id, e.name, e.payload()).frame(framing) for e in published[cursor:]
+        )
+
+
+# -- garbage collection ---------------------------------------------------------------------
+
+
+def test_buffered_events_are_not_tracked_by_the_garbage_collector() -> None:
+    buf = ReplayBuffer(max_events=5000, max_bytes=BYTES)
+    events = fill(buf, 3000, pad=20)
+    assert tracked_held(buf) < 20  # at once, not only after a collection
+    for framing in Framing:
+        assert buf.encoded(1000, framing)[1] == 2000  # frames encoded and kept too
+    assert tracked_held(buf) < 20
+    gc.collect()
+    assert tracked_held(buf) < 20
+    buf.evict(2500)  # compacts
+    fill(buf, 10)
+    assert tracked_held(buf) < 20
+    # What the API hands out is unchanged: equal events, frames as an Event encodes them.
+    assert list(buf.since(2990)) == events[2990:] + list(buf.since(3000))
+    data, count = buf.encoded(2999, Framing.OPENAI)  # type: ignore[misc]
+    assert count == 11 and data.startswith(events[-1].frame(Framing.OPENAI))
+
+
+def test_a_full_collection_does_not_visit_buffered_events() -> None:
+    """Allocation-count view of the same guarantee: buffering more events adds no object
+    the collector tracks (so a full collection's work does not grow with them)."""
+    buf = ReplayBuffer(max_events=100_000, max_bytes=1 << 30)
+    fill(buf, 10)
+    gc.collect()
+    before = len(gc.get_objects())
+    events = fill(buf, 5000, pad=5)
+    del events
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from typing import Any
 
@@ -22,7 +23,7 @@ from broker.registry import Registry
 from broker.stream import Stream, SubscriberTotal, SubState
 from broker.types import StreamStats
 
-from .helpers import GAP, CollectingSink, Rec, check_sequence, records_of, within
+from .helpers import GAP, CollectingSink, Rec, check_sequence, records_of, tracked_held, within
 
 DEFAULT = Framing.DEFAULT
 OPENAI = Framing.OPENAI
@@ -764,3 +765,21 @@ async def test_subscriber_total_wait_zero() -> None:
     async with within():
         await waiter
     assert total.n == 0
+
+
+async def test_buffered_events_stay_untracked_by_the_garbage_collector() -> None:
+    """Published, appended (a mirror's), delivered in both framings: what the buffer keeps
+    is nothing the collector tracks (issue 18: a full collection at 1M buffered events)."""
+    stream = Stream("k")
+    sinks = [CollectingSink(), CollectingSink()]
+    stream.subscribe(sinks[0], framing=DEFAULT)
+    stream.subscribe(sinks[1], framing=OPENAI)
+    publish_n(stream, 500, pad=10)
+    mirrored = Event.create(stream.head + 1, "e", {"mirrored": True})
+    mirrored.frame(OPENAI)  # an appended event may come with a frame already encoded
+    stream.append(mirrored)
+    await turn()
+    gc.collect()
+    assert tracked_held(stream.buffer) < 20
+    assert stream.buffer.get(501) == mirrored and list(stream.buffer.since(500)) == [mirrored]
+    assert sinks[1].data.endswith(mirrored.frame(OPENAI))
