@@ -34,7 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import AgentRuntimeError, InvalidRequest
 from ..models.base import CompletionRequest
 from ..models.router import ModelRouter
+from ..responses.objects import agent_models
 from .errors import error_payload
+from .keys import HUB
 from .validation import param_path
 
 __all__ = ["ChatCompletionBody", "routes"]
@@ -198,7 +200,9 @@ def routes(models: ModelRouter) -> list[tuple[str, str, Handler]]:
         )
 
     async def list_models(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"object": "list", "data": models.list_models()})
+        agents = request.app[HUB].catalog.list()
+        data = models.list_models() + agent_models(agents)
+        return web.json_response({"object": "list", "data": data})
 
     return [
         ("POST", "/chat/completions", create_chat_completion),

@@ -1,0 +1,180 @@
+"""The Responses API through the official openai SDK against a real hub: streamed
+responses of an agent and of a plain model, every event parsed as the SDK's typed events,
+the deltas adding up to the output text, ``responses.stream``'s final response,
+background responses resumed with ``starting_after`` (exactly the rest, by several
+readers at once), cancel, delete, input items, continuing a conversation, and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import BaseModel
+
+from ..clients_helpers import async_sdk, platonic, socratic
+from ..conftest import FAST_MODEL, PACED_MODEL, QUESTION, SLOW_MODEL, UNIT, StartHub, within
+
+
+def _event_classes() -> dict[str, type[BaseModel]]:
+    union = typing.get_args(ResponseStreamEvent)[0]  # Annotated[Union[...], discriminator]
+    return {
+        typing.get_args(cls.model_fields["type"].annotation)[0]: cls
+        for cls in typing.get_args(union)
+    }
+
+
+EVENT_CLASSES = _event_classes()
+
+
+def check_events(events: list[Any], *, first: int = 0) -> None:
+    """Consecutive sequence numbers from ``first``; every standard event validates as the
+    SDK's typed union (strictly, not only constructed)."""
+    assert [e.sequence_number for e in events] == list(range(first, first + len(events)))
+    for event in events:
+        if not event.type.startswith("response.agent."):
+            EVENT_CLASSES[event.type].model_validate(event.to_dict())
+
+
+def text_from_deltas(events: list[Any]) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+async def test_agent_response_streams_with_typed_events(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL)
+    async with async_sdk(hub) as (client, _), within(10):
+        stream = await client.responses.create(
+            model="agent:streaming-example", input=QUESTION, stream=True
+        )
+        events = [event async for event in stream]
+    check_events(events)
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert kinds.count("response.output_item.added") == 2  # Socrates, then Plato
+    final = Response.model_validate(events[-1].response.to_dict())
+    assert final.status == "completed"
+    texts = [item.content[0].text for item in final.output if item.type == "message"]
+    assert socratic(texts[0]) and platonic(texts[1])
+    assert text_from_deltas(events) == final.output_text == "".join(texts)
+
+
+async def test_plain_model_response_and_stream_helper(start_hub: StartHub) -> None:
+    hub = await start_hub(model=None)
+    async with async_sdk(hub) as (client, _), within(10):
+        stream = await client.responses.create(model=FAST_MODEL, input=QUESTION, stream=True)
+        events = [event async for event in stream]
+        check_events(events)
+        assert events[-1].type == "response.completed"
+        assert text_from_deltas(events) == events[-1].response.output_text != ""
+        async with client.responses.stream(
+            model=FAST_MODEL, input=QUESTION, instructions="be brief"
+        ) as helper:
+            seen = [event async for event in helper]
+            final = await helper.get_final_response()
+        assert final.status == "completed"
+        assert text_from_deltas(seen) == final.output_text != ""
+        plain = await client.responses.create(model=FAST_MODEL, input=QUESTION)
+        assert plain.status == "completed" and plain.output_text
+        again = await client.responses.retrieve(plain.id)
+        assert again.output_text == plain.output_text
+
+
+async def test_background_resume_exactly_the_rest(start_hub: StartHub) -> None:
+    hub = await start_hub(model=PACED_MODEL)
+    async with async_sdk(hub) as (client, _), within(20):
+        created = await client.responses.create(
+            model="agent:streaming-example", input=QUESTION, background=True, stream=True
+        )
+        head: list[Any] = []
+        async for event in created:
+            head.append(event)
+            if event.type == "response.output_text.delta" and len(head) > 6:
+                break
+        await created.close()
+        response_id = head[0].response.id
+        cut = head[-1].sequence_number
+
+        async def resume() -> list[Any]:
+            stream = await client.responses.retrieve(response_id, stream=True, starting_after=cut)
+            return [event async for event in stream]
+
+        tails = await asyncio.gather(resume(), resume(), resume())
+        assert [e.to_dict() for e in tails[0]] == [e.to_dict() for e in tails[1]]
+        assert [e.to_dict() for e in tails[0]] == [e.to_dict() for e in tails[2]]
+        everything = head + tails[0]
+        check_events(everything)
+        final = everything[-1]
+        assert final.type == "response.completed"
+        assert text_from_deltas(everything) == final.response.output_text
+        polled = await client.responses.retrieve(response_id)
+        assert polled.status == "completed" and polled.output_text == final.response.output_text
+        # The whole stream again, from the start, while it is retained.
+        replay = await client.responses.retrieve(response_id, stream=True)
+        assert [e.to_dict() for e in [event async for event in replay]] == [
+            e.to_dict() for e in everything
+        ]
+
+
+async def test_cancel_a_background_response(start_hub: StartHub) -> None:
+    hub = await start_hub(model=SLOW_MODEL)
+    async with async_sdk(hub) as (client, _), within(10):
+        created = await client.responses.create(
+            model="agent:streaming-example", input=QUESTION, background=True
+        )
+        assert created.status in ("queued", "in_progress") and created.background
+        stream = await client.responses.retrieve(created.id, stream=True)
+        events = []
+        async for event in stream:
+            events.append(event)
+            if event.type == "response.output_text.delta":
+                cancelled = await client.responses.cancel(created.id)
+                assert cancelled.status == "cancelled"
+        check_events(events)
+        assert events[-1].type == "response.failed"
+        assert events[-1].response.status == "cancelled"
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.cancel(created.id)
+
+
+async def test_continue_delete_and_input_items(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL)
+    async with async_sdk(hub) as (client, _), within(10):
+        first = await client.responses.create(model="simulated", input=QUESTION)
+        second = await client.responses.create(
+            model="simulated", input="And courage?", previous_response_id=first.id
+        )
+        assert second.previous_response_id == first.id
+        assert second.conversation is not None and first.conversation is not None
+        assert second.conversation.id == first.conversation.id
+        items = await client.responses.input_items.list(second.id)
+        assert [item.content[0].text for item in items.data] == ["And courage?"]
+        third = await client.responses.create(
+            model="simulated",
+            input=[{"role": "user", "content": "And justice?"}],
+            conversation=first.conversation.id,
+        )
+        assert third.conversation.id == first.conversation.id
+        deleted = await client.responses.delete(first.id)
+        assert deleted is None
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(first.id)
+
+
+async def test_errors_are_openai_style(start_hub: StartHub) -> None:
+    hub = await start_hub(model=None)
+    async with async_sdk(hub) as (client, _), within(10):
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.create(model="agent:no-such-agent", input=QUESTION)
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.responses.create(model="nosuchprovider::x", input=QUESTION)
+        assert bad.value.param == "model"
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve("resp_" + "0" * 48)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve("resp_nonsense")
+        models = await client.models.list()
+        assert "agent:streaming-example" in [m.id async for m in models]
