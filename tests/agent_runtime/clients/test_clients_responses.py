@@ -16,7 +16,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
 from ..clients_helpers import async_sdk, platonic, socratic
-from ..conftest import FAST_MODEL, PACED_MODEL, QUESTION, SLOW_MODEL, UNIT, StartHub, within
+from ..conftest import FAST_MODEL, PACED_MODEL, QUESTION, SLOW_MODEL, StartHub, within
 
 
 def _event_classes() -> dict[str, type[BaseModel]]:
