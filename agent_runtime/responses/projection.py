@@ -109,7 +109,7 @@ class Projector:
     """
 
     def __init__(self, response: dict[str, Any]) -> None:
-        self.fold = ResponseFold()
+        self.fold = ResponseFold(response)
         self._base = response
         self._messages: dict[str, _Message] = {}
         self._steps: dict[str, _Step] = {}

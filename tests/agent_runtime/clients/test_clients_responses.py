@@ -16,7 +16,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
 from ..clients_helpers import async_sdk, platonic, socratic
-from ..conftest import FAST_MODEL, PACED_MODEL, QUESTION, SLOW_MODEL, StartHub, within
+from ..conftest import FAST_MODEL, PACED_MODEL, QUESTION, SLOW_MODEL, StartHub, eventually, within
 
 
 def _event_classes() -> dict[str, type[BaseModel]]:
@@ -178,3 +178,86 @@ async def test_errors_are_openai_style(start_hub: StartHub) -> None:
             await client.responses.retrieve("resp_nonsense")
         models = await client.models.list()
         assert "agent:streaming-example" in [m.id async for m in models]
+
+
+async def test_a_reader_behind_the_buffer_gets_a_gap_and_the_response(
+    start_hub: StartHub,
+) -> None:
+    """A cursor older than the replay buffer: the gap event, then one lifecycle event
+    holding the whole response so far, stamped with the head's sequence number; the
+    stream goes on exactly from there."""
+    hub = await start_hub(model=PACED_MODEL, broker={"max_events_per_stream": 16})
+    async with async_sdk(hub) as (client, _), within(20):
+        created = await client.responses.create(
+            model="agent:streaming-example", input=QUESTION, background=True
+        )
+        live = hub.hub.registry.get(created.id)
+        assert live is not None
+        await eventually(lambda: live.head > 40, what="the response is well past the buffer")
+        stream = await client.responses.retrieve(created.id, stream=True, starting_after=0)
+        events = [event async for event in stream]
+    gap, snapshot, *rest = events
+    assert gap.to_dict()["data"]["from"] == 1  # the cursor: starting_after + 1
+    assert snapshot.type in ("response.in_progress", "response.completed")
+    check_events(rest, first=snapshot.sequence_number + 1)
+    final = rest[-1] if rest else snapshot
+    assert final.type == "response.completed"
+    assert final.response.output_text.startswith(snapshot.response.output_text)
+
+
+async def test_resume_from_the_store_after_retention(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL, broker={"retention": 0.01})
+    async with async_sdk(hub) as (client, _), within(10):
+        done = await client.responses.create(model="agent:streaming-example", input=QUESTION)
+        while done.id in [s.key for s in hub.hub.registry]:
+            await asyncio.sleep(0.01)  # noqa: ASYNC110 - the retention timer signals nothing
+        stream = await client.responses.retrieve(done.id, stream=True, starting_after=3)
+        gap, final = [event async for event in stream]
+        assert gap.to_dict()["data"]["from"] == 4
+        assert final.type == "response.completed"
+        assert final.response.output_text == done.output_text
+        everything = await client.responses.retrieve(done.id, stream=True)
+        assert [event.type async for event in everything][-1] == "response.completed"
+        last = final.sequence_number
+        empty = await client.responses.retrieve(done.id, stream=True, starting_after=last)
+        assert [event async for event in empty] == []
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.retrieve(done.id, stream=True, starting_after=last + 5)
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_redis_created_on_one_node_resumed_on_another(start_hub: StartHub) -> None:
+    hub = await start_hub(model=PACED_MODEL)
+    async with (
+        async_sdk(hub) as (client, _),
+        async_sdk(hub.stream_url) as (other, _),
+        within(20),
+    ):
+        created = await client.responses.create(
+            model="agent:streaming-example", input=QUESTION, stream=True
+        )
+        head = []
+        async for event in created:
+            head.append(event)
+            if event.type == "response.output_text.delta":
+                break
+        await created.close()
+        rid = head[0].response.id
+        polled = await other.responses.retrieve(rid)
+        assert polled.id == rid and polled.status in ("in_progress", "completed")
+
+        async def resume() -> list[Any]:
+            stream = await other.responses.retrieve(
+                rid, stream=True, starting_after=head[-1].sequence_number
+            )
+            return [event async for event in stream]
+
+        tails = await asyncio.gather(resume(), resume())
+        assert [e.to_dict() for e in tails[0]] == [e.to_dict() for e in tails[1]]
+        everything = head + tails[0]
+        check_events(everything)
+        assert everything[-1].type == "response.completed"
+        assert text_from_deltas(everything) == everything[-1].response.output_text
+        final = await other.responses.retrieve(rid)
+        assert final.status == "completed"
+        assert final.output_text == everything[-1].response.output_text
