@@ -209,8 +209,8 @@ async def test_resume_from_the_store_after_retention(start_hub: StartHub) -> Non
     hub = await start_hub(model=FAST_MODEL, broker={"retention": 0.01})
     async with async_sdk(hub) as (client, _), within(10):
         done = await client.responses.create(model="agent:streaming-example", input=QUESTION)
-        while done.id in [s.key for s in hub.hub.registry]:
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - the retention timer signals nothing
+        registry = hub.hub.registry
+        await eventually(lambda: done.id not in registry, what="the stream's retention ended")
         stream = await client.responses.retrieve(done.id, stream=True, starting_after=3)
         gap, final = [event async for event in stream]
         assert gap.to_dict()["data"]["from"] == 4
