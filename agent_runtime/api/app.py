@@ -52,6 +52,7 @@ def create_app(hub: Hub) -> web.Application:
             app.router.add_route(method, prefix + path, handler)
     app.router.add_get("/healthz", meta.healthz)
     metrics.install(app, hub)
+    responses.install_metrics(app)
     app.router.add_get("/metrics", metrics.metrics)
     app.router.add_get("/", _ui_index)
     app.router.add_static("/ui/", UI_DIR, name="ui")

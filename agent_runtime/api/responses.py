@@ -13,9 +13,12 @@ a response that does not exist. Creating one never retries itself (errors carry
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker import (
@@ -44,10 +47,11 @@ from ..responses.objects import (
 from ..responses.service import LiveResponse, PlainRequest, Responses, input_with_ids
 from .auth import owned_thread
 from .keys import HUB
+from .metrics import METRICS_REGISTRY
 from .threads import ThreadIn, check_content, create_thread_from
 from .validation import Instructions, Metadata, json_response, parse_query, read_json
 
-__all__ = ["RESPONSES", "install", "routes"]
+__all__ = ["RESPONSES", "install", "install_metrics", "routes"]
 
 RESPONSES = web.AppKey("agentstream.responses", Responses)
 
@@ -92,6 +96,31 @@ class ItemsQuery(BaseModel):
 def install(app: web.Application, hub: Hub) -> None:
     """Make the hub's responses service (it wraps the hub's agent runner)."""
     app[RESPONSES] = Responses(hub)
+
+
+class ResponsesCollector(Collector):
+    """``agentstream_responses_created`` and ``agentstream_responses_live`` (a response's
+    run and streams are counted with the runs and streams too)."""
+
+    def __init__(self, service: Responses) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        created = CounterMetricFamily(
+            "agentstream_responses_created", "Responses created (POST /responses)."
+        )
+        created.add_metric([], self._service.created)
+        yield created
+        live = GaugeMetricFamily(
+            "agentstream_responses_live", "Responses whose run is live on this node."
+        )
+        live.add_metric([], len(self._service.live))
+        yield live
+
+
+def install_metrics(app: web.Application) -> None:
+    """Add the responses' figures to ``/metrics`` (after :func:`metrics.install`)."""
+    app[METRICS_REGISTRY].register(ResponsesCollector(app[RESPONSES]))
 
 
 async def _owned(request: web.Request, rid: str) -> tuple[str, str]:

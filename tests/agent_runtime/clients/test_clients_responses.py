@@ -36,7 +36,7 @@ def check_events(events: list[Any], *, first: int = 0) -> None:
     assert [e.sequence_number for e in events] == list(range(first, first + len(events)))
     for event in events:
         if not event.type.startswith("response.agent."):
-            EVENT_CLASSES[event.type].model_validate(event.to_dict())
+            EVENT_CLASSES[event.type].model_validate(event.to_dict(warnings=False))
 
 
 def text_from_deltas(events: list[Any]) -> str:
@@ -261,3 +261,50 @@ async def test_redis_created_on_one_node_resumed_on_another(start_hub: StartHub)
         final = await other.responses.retrieve(rid)
         assert final.status == "completed"
         assert final.output_text == everything[-1].response.output_text
+
+
+async def test_a_response_is_readable_only_by_its_key(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL, api_keys=["key-one", "key-two"])
+    async with (
+        async_sdk(hub, api_key="key-one") as (owner, _),
+        async_sdk(hub, api_key="key-two") as (other, _),
+        within(10),
+    ):
+        mine = await owner.responses.create(model="simulated", input=QUESTION)
+        assert (await owner.responses.retrieve(mine.id)).output_text == mine.output_text
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.retrieve(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.retrieve(mine.id, stream=True, starting_after=0)
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.input_items.list(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.delete(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.create(
+                model="simulated", input=QUESTION, previous_response_id=mine.id
+            )
+        with pytest.raises(openai.AuthenticationError):
+            async with async_sdk(hub, api_key="wrong") as (stranger, _):
+                await stranger.responses.retrieve(mine.id)
+    metrics = await hub.request("GET", "/metrics", headers={"Authorization": "Bearer key-one"})
+    assert b"agentstream_responses_created_total 1.0" in metrics.body
+
+
+@pytest.mark.parametrize("isolation", ["process"], indirect=True)
+async def test_agents_in_worker_processes_and_the_stream_helper_resume(
+    start_hub: StartHub,
+) -> None:
+    hub = await start_hub(model=PACED_MODEL)
+    async with async_sdk(hub) as (client, _), within(20):
+        created = await client.responses.create(
+            model="agent:streaming-example", input=QUESTION, background=True
+        )
+        plain = await client.responses.create(model="simulated", input=QUESTION)
+        assert plain.status == "completed" and plain.output_text
+        async with client.responses.stream(response_id=created.id) as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_response()
+    check_events(events)
+    assert final.status == "completed"
+    assert text_from_deltas(events) == final.output_text
