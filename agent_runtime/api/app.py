@@ -44,7 +44,7 @@ def create_app(hub: Hub) -> web.Application:
         *meta.routes(),
         *threads.routes(),
         *runs.routes(),
-        *chat_api.routes(hub.models),
+        *chat_api.routes(hub.models, hub.catalog),
         *responses.routes(),
     ]
     for prefix in PREFIXES:

@@ -88,8 +88,11 @@ class _Step:
     calls: dict[int, _Call] = field(default_factory=dict)
 
 
-def _usage(run: dict[str, Any]) -> dict[str, Any]:
-    usage = run.get("usage") or {}
+def _usage(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's token usage in the Responses shape (``None`` when the run has none)."""
+    usage = run.get("usage")
+    if not usage:
+        return None
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     return {
