@@ -42,6 +42,7 @@ from ..responses.objects import (
     chat_tools,
     input_items,
     item_text,
+    message_item,
     parse_response_id,
 )
 from ..responses.service import LiveResponse, PlainRequest, Responses, input_with_ids
@@ -188,13 +189,15 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     thread_id, continued = await _thread_for(request, body)
     plain: PlainRequest | None = None
     if agent_name is None:
-        history = []
-        if continued:
-            history = [
-                {"role": m.role, "content": m.content}
-                for m in await hub.runs.thread_messages(thread_id)
-            ]
-        plain = PlainRequest(chat_messages(body.instructions, history, items), _model_kwargs(body))
+        history: list[dict[str, Any]] = []
+        if body.previous_response_id is not None:  # OpenAI's chain: inputs and outputs
+            history = await service.chain(thread_id, body.previous_response_id)
+        elif continued:
+            messages_so_far = await hub.runs.thread_messages(thread_id)
+            history = [message_item(m.role, m.content) for m in messages_so_far]
+        plain = PlainRequest(
+            chat_messages(body.instructions, [*history, *items]), _model_kwargs(body)
+        )
     base = base_response(
         response_id="", thread_id=thread_id, created_at=0, model=body.model, body=data
     )
@@ -316,8 +319,9 @@ async def cancel_response(request: web.Request) -> web.Response:
 async def delete_response(request: web.Request) -> web.Response:
     service = request.app[RESPONSES]
     rid = request.match_info["response_id"]
-    thread_id, _run_id = await _owned(request, rid)
-    if rid in service.live:
+    thread_id, run_id = await _owned(request, rid)
+    run = await request.app[HUB].runs.get_run(thread_id, run_id)
+    if rid in service.live or not run.terminal:  # live here or on another node
         raise InvalidRequest(
             "Cannot delete a response that is in progress; cancel it first.",
             param="response_id",

@@ -141,18 +141,13 @@ def item_text(item: dict[str, Any]) -> str:
     return "".join(str(p.get("text", "")) for p in item.get("content") or [])
 
 
-def chat_messages(
-    instructions: str | None,
-    history: list[dict[str, Any]],
-    items: list[dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """Chat-completions messages for a plain model: the instructions, the thread's
-    messages before this response (``history``: role and text), then this response's
-    input items, tool calls and their outputs included."""
+def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat-completions messages for a plain model: the instructions, then the items
+    (the conversation so far, then this response's input: messages, tool calls and
+    their outputs)."""
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
-    messages.extend({"role": m["role"], "content": m["content"]} for m in history)
     for item in items:
         kind = item.get("type", "message")
         if kind == "function_call":
@@ -174,10 +169,16 @@ def chat_messages(
                     "content": output if isinstance(output, str) else str(output),
                 }
             )
-        else:
-            role = "system" if item["role"] == "developer" else item["role"]
+        elif kind == "message":
+            role = "system" if item.get("role") == "developer" else str(item.get("role"))
             messages.append({"role": role, "content": item_text(item)})
     return messages
+
+
+def message_item(role: str, text: str) -> dict[str, Any]:
+    """A thread message as a (completed) message item."""
+    part = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": part, "text": text}]}
 
 
 def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from ..runs import RunContext
 from ..runs.agent_side import AgentSide
 from ..runs.ports import AgentRunner
 from .fold import TERMINAL_STATUSES, ResponseFold
-from .objects import response_id
+from .objects import parse_response_id, response_id
 from .projection import Projector
 
 if TYPE_CHECKING:
@@ -246,6 +246,20 @@ class Responses:
         if not run.terminal:
             response["status"] = "queued" if run.status == "queued" else "in_progress"
         return response
+
+    async def chain(self, thread_id: str, rid: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The conversation a response continuing ``rid`` has (OpenAI's
+        ``previous_response_id``): each response's input items then output items, from
+        the first of the chain (at most ``limit`` responses back)."""
+        parts: list[list[dict[str, Any]]] = []
+        current: str | None = rid
+        while current is not None and len(parts) < limit:
+            record = await self.record(thread_id, current)
+            response = await self.current(thread_id, parse_response_id(current)[1], current)
+            parts.append([*(record.get("input") or []), *(response.get("output") or [])])
+            previous = response.get("previous_response_id")
+            current = str(previous) if previous else None
+        return [item for part in reversed(parts) for item in part]
 
     def fold_of(self, rid: str) -> ResponseFold | None:
         live = self.live.get(rid)

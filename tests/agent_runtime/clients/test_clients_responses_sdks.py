@@ -11,6 +11,8 @@ import agents
 import langchain_openai
 from openai import AsyncOpenAI
 
+from agent_runtime.api.responses import RESPONSES
+
 from ..clients_helpers import async_sdk, platonic, socratic
 from ..conftest import FAST_MODEL, QUESTION, StartHub, within
 
@@ -124,3 +126,32 @@ async def test_langchain_use_responses_api(start_hub: StartHub) -> None:
     texts = [block["text"] for block in reply.content if isinstance(block, dict)]
     assert len(texts) == 2 and socratic(texts[0]) and platonic(texts[1])
     assert "".join(chunk.text for chunk in chunks) == "".join(texts)  # the model is seeded
+
+
+async def test_previous_response_id_carries_tool_calls_and_outputs(start_hub: StartHub) -> None:
+    """A plain model continued with ``previous_response_id`` gets the chain's inputs and
+    outputs, its function calls included, then the new input (OpenAI's semantics)."""
+    hub = await start_hub(model=None)
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+    model = "simulated:tokens=20,rate=0,tools=1"
+    async with async_sdk(hub) as (client, _), within(10):
+        first = await client.responses.create(model=model, input=QUESTION, tools=[tool])
+        [call] = [item for item in first.output if item.type == "function_call"]
+        second = await client.responses.create(
+            model=model,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "42"}],
+            tools=[tool],
+        )
+        assert second.status == "completed" and second.output_text  # answered the result
+        service = hub.server.app[RESPONSES] if hub.server.app is not None else None
+        assert service is not None
+        thread_id = second.conversation.id if second.conversation else ""
+        chain = await service.chain(thread_id, second.id)
+    kinds = [(item.get("type"), item.get("role")) for item in chain]
+    assert kinds == [
+        ("message", "user"),
+        ("function_call", None),
+        ("function_call_output", None),
+        ("message", "assistant"),
+    ]

@@ -225,7 +225,12 @@ def test_ids_and_input_items() -> None:
             {"type": "function_call_output", "call_id": "c1", "output": "42"},
         ]
     )
-    messages = chat_messages("sys", [{"role": "assistant", "content": "before"}], items)
+    before = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "before"}],
+    }
+    messages = chat_messages("sys", [before, *items])
     assert [m["role"] for m in messages] == [
         "system",
         "assistant",
