@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import typing
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,7 +17,16 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
 from ..clients_helpers import async_sdk, platonic, socratic
-from ..conftest import FAST_MODEL, PACED_MODEL, QUESTION, SLOW_MODEL, StartHub, eventually, within
+from ..conftest import (
+    FAST_MODEL,
+    PACED_MODEL,
+    QUESTION,
+    SLOW_MODEL,
+    StartHub,
+    eventually,
+    with_examples,
+    within,
+)
 
 
 def _event_classes() -> dict[str, type[BaseModel]]:
@@ -310,3 +320,43 @@ async def test_agents_in_worker_processes_and_the_stream_helper_resume(
     check_events(events)
     assert final.status == "completed"
     assert text_from_deltas(events) == final.output_text
+
+
+async def test_a_failing_agent_and_replies_added_whole(
+    start_hub: StartHub, agents_dir: Path
+) -> None:
+    hub = await start_hub(model=FAST_MODEL, agents=with_examples(agents_dir))
+    async with async_sdk(hub) as (client, _), within(10):
+        stream = await client.responses.create(model="agent:raiser", input=QUESTION, stream=True)
+        events = [event async for event in stream]
+        check_events(events)
+        assert events[-1].type == "response.failed"
+        failed = events[-1].response
+        assert failed.status == "failed" and failed.error is not None
+        assert "the oracle is silent 42" in failed.error.message
+        assert failed.output_text == "Let me think."  # the reply it added before failing
+        polled = await client.responses.retrieve(failed.id)
+        assert polled.status == "failed" and polled.error == failed.error
+        stream = await client.responses.create(
+            model="agent:plain-replies", input=QUESTION, stream=True
+        )
+        events = [event async for event in stream]
+        check_events(events)
+        final = events[-1].response
+        texts = [item.content[0].text for item in final.output if item.type == "message"]
+        assert texts[:2] == ["First, plainly.", ""] and len(texts) == 3
+        assert text_from_deltas(events) == final.output_text
+
+
+async def test_a_live_response_cannot_be_deleted(start_hub: StartHub) -> None:
+    hub = await start_hub(model=SLOW_MODEL)
+    async with async_sdk(hub) as (client, _), within(10):
+        live = await client.responses.create(model="simulated", input=QUESTION, background=True)
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.delete(live.id)
+        with pytest.raises(openai.ConflictError):  # one live run per thread
+            await client.responses.create(
+                model="simulated", input=QUESTION, previous_response_id=live.id
+            )
+        await client.responses.cancel(live.id)
+        await client.responses.delete(live.id)
