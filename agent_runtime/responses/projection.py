@@ -128,6 +128,11 @@ class Projector:
     def ended(self) -> bool:
         return self._ended
 
+    def abandon(self) -> None:
+        """Produce nothing more (the response's stream is ended without its terminal
+        event: only after a failure of the projection itself)."""
+        self._ended = True
+
     # -- producing -----------------------------------------------------------------------
 
     def _emit(self, out: list[tuple[str, dict[str, Any]]], kind: str, /, **fields: Any) -> None:

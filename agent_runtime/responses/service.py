@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker import LimitExceeded, Stream
+from broker.buffer import Gap
 
 from .. import protocol
 from ..agents import Agent, AgentMetadata
@@ -160,8 +161,8 @@ class Responses:
         self.live[rid] = live
         if plain is not None:
             self.plain[ctx.run.id] = plain
-        found = ctx.stream.buffer.since(0)
-        for event in found if isinstance(found, (list, tuple)) else ():
+        found = ctx.stream.buffer.since(0)  # what the run published while being created
+        for event in () if isinstance(found, Gap) else found:
             self._observe(live, event.name, event.payload())
         ctx.observer = lambda name, payload: self._observe(live, name, payload)
         self.created += 1
@@ -177,9 +178,9 @@ class Responses:
             events = live.projector.feed(name, payload)
             for event_name, event in events:
                 live.stream.publish(event_name, event)
-        except Exception:
+        except Exception:  # a bug: end the response's stream rather than leave it open
             logger.exception("response %s: projecting %s failed", live.id, name)
-            return
+            live.projector.abandon()
         if live.projector.ended:
             live.stream.close()
             task = asyncio.get_running_loop().create_task(self._finish(live))

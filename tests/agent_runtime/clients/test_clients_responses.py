@@ -26,6 +26,7 @@ from ..conftest import (
     eventually,
     with_examples,
     within,
+    write_agent,
 )
 
 
@@ -360,3 +361,33 @@ async def test_a_live_response_cannot_be_deleted(start_hub: StartHub) -> None:
             )
         await client.responses.cancel(live.id)
         await client.responses.delete(live.id)
+
+
+ORCHESTRATOR = """
+async def run(env):
+    await env.astream_text("thinking")
+    await env.aemit("score", {"x": 1})
+    await env.arun_agent("streaming-example", "What is virtue?", relay=True)
+    await env.aadd_reply("Done.")
+"""
+
+
+async def test_child_runs_progress_and_custom_events(start_hub: StartHub, agents_dir: Path) -> None:
+    """The ``response.agent.*`` events come through every client untouched and never
+    change the output; the SDK's stream helper passes them by."""
+    write_agent(agents_dir, "orchestrator", ORCHESTRATOR)
+    hub = await start_hub(model=FAST_MODEL, agents=with_examples(agents_dir))
+    async with async_sdk(hub) as (client, _), within(10):
+        async with client.responses.stream(model="agent:orchestrator", input=QUESTION) as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_response()
+    check_events(events)
+    kinds = [e.type for e in events]
+    progress = events[kinds.index("response.agent.progress")]
+    assert progress.to_dict()["text"] == "thinking"
+    custom = events[kinds.index("response.agent.event")].to_dict()
+    assert custom["name"] == "score" and custom["data"] == {"x": 1}
+    assert kinds.count("response.agent.child_run") == 2  # the step created, then ended
+    relayed = "".join(e.to_dict()["text"] for e in events if e.type == "response.agent.child_delta")
+    assert socratic(relayed)
+    assert final.status == "completed" and final.output_text == "Done."
