@@ -39,11 +39,11 @@ async def stream_agent(agent: agents.Agent[Any], text: str) -> tuple[str, Any]:
 
 
 async def test_openai_agents_on_a_plain_model_streamed(start_hub: StartHub) -> None:
-    hub = await start_hub(model=None)
+    hub = await start_hub(model=FAST_MODEL)  # "simulated", at full speed
     client = AsyncOpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
     try:
         async with within(10):
-            text, result = await stream_agent(responses_agent(client, FAST_MODEL), QUESTION)
+            text, result = await stream_agent(responses_agent(client, "simulated"), QUESTION)
     finally:
         await client.close()
     assert text and result.final_output == text
