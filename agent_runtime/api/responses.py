@@ -281,7 +281,9 @@ def _from_store(
         check_cursor(cursor, head, param="starting_after")
         if cursor >= head:
             return at_end_response()
-    name = terminal_event_for(str(response.get("status")))
+    status = str(response.get("status"))
+    # Not ended (its stream lost with a node that died): its state as far as stored.
+    name = terminal_event_for(status) if status in TERMINAL_STATUSES else "response.in_progress"
     seq = max(head - 1, 0)
     events = [
         Event.create(None, gap_event, {"from": cursor or 0, "to": head + 1 if head else None}),
