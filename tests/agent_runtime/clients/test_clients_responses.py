@@ -391,3 +391,16 @@ async def test_child_runs_progress_and_custom_events(start_hub: StartHub, agents
     relayed = "".join(e.to_dict()["text"] for e in events if e.type == "response.agent.child_delta")
     assert socratic(relayed)
     assert final.status == "completed" and final.output_text == "Done."
+
+
+async def test_run_limits_apply(start_hub: StartHub) -> None:
+    hub = await start_hub(model=SLOW_MODEL, runs={"max_concurrent_runs": 1, "max_queued_runs": 1})
+    async with async_sdk(hub) as (client, requests), within(10):
+        first = await client.responses.create(model="simulated", input=QUESTION, background=True)
+        queued = await client.responses.create(model="simulated", input=QUESTION, background=True)
+        assert queued.status == "queued"
+        with pytest.raises(openai.RateLimitError):
+            await client.responses.create(model="simulated", input=QUESTION, background=True)
+        assert requests.count("POST", "/responses") == 3  # the refusal is never retried
+        for response in (queued, first):
+            await client.responses.cancel(response.id)
