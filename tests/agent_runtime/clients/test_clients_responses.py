@@ -92,6 +92,8 @@ async def test_plain_model_response_and_stream_helper(start_hub: StartHub) -> No
         assert plain.status == "completed" and plain.output_text
         again = await client.responses.retrieve(plain.id)
         assert again.output_text == plain.output_text
+    async with async_sdk(hub, "/api/v1") as (mirrored, _), within(10):  # the same routes
+        assert (await mirrored.responses.retrieve(plain.id)).output_text == plain.output_text
 
 
 async def test_background_resume_exactly_the_rest(start_hub: StartHub) -> None:
