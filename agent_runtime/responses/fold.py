@@ -53,12 +53,30 @@ def terminal_event_for(status: str) -> str:
 class ResponseFold:
     """The response as of the last recorded event (see the module docstring)."""
 
-    __slots__ = ("response", "head")
+    __slots__ = ("_response", "head", "_pending")
 
     def __init__(self, response: dict[str, Any] | None = None) -> None:
-        self.response: dict[str, Any] = copy.deepcopy(response) if response else {}
+        self._response: dict[str, Any] = copy.deepcopy(response) if response else {}
         self.head = 0
         """The id (``sequence_number + 1``) of the last event recorded."""
+        self._pending: dict[tuple[int, int], list[str]] = {}
+        """Text deltas not yet joined into their part, by (output, content) index: a
+        delta costs an append, not a copy of the text so far."""
+
+    @property
+    def response(self) -> dict[str, Any]:
+        """The response as of the last event (the fold's own object: do not modify)."""
+        if self._pending:
+            self._flush()
+        return self._response
+
+    def _flush(self) -> None:
+        output = self._response.get("output") or []
+        for (index, at), texts in self._pending.items():
+            parts = output[index].get("content") or [] if index < len(output) else []
+            if at < len(parts):
+                parts[at]["text"] = str(parts[at].get("text", "")) + "".join(texts)
+        self._pending.clear()
 
     @property
     def status(self) -> str:
@@ -76,12 +94,17 @@ class ResponseFold:
         if name in LIFECYCLE_EVENTS:
             response = payload.get("response")
             if isinstance(response, dict):
-                self.response = copy.deepcopy(response)
+                self._pending.clear()
+                self._response = copy.deepcopy(response)
             return
-        output: list[dict[str, Any]] = self.response.setdefault("output", [])
         index = payload.get("output_index")
         if not isinstance(index, int):
             return
+        if name == "response.output_text.delta":
+            key = (index, int(payload.get("content_index", 0)))
+            self._pending.setdefault(key, []).append(str(payload.get("delta", "")))
+            return
+        output: list[dict[str, Any]] = self.response.setdefault("output", [])
         if name == "response.output_item.added":
             item = copy.deepcopy(payload.get("item") or {})
             if index < len(output):
@@ -101,11 +124,6 @@ class ResponseFold:
             at = int(payload.get("content_index", 0))
             if at < len(parts):
                 parts[at] = copy.deepcopy(payload.get("part") or parts[at])
-        elif name == "response.output_text.delta":
-            parts = item.get("content") or []
-            at = int(payload.get("content_index", 0))
-            if at < len(parts):
-                parts[at]["text"] = str(parts[at].get("text", "")) + str(payload.get("delta", ""))
         elif name == "response.function_call_arguments.delta":
             item["arguments"] = str(item.get("arguments", "")) + str(payload.get("delta", ""))
         elif name == "response.function_call_arguments.done":

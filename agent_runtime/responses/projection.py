@@ -69,8 +69,15 @@ def message_text(message: dict[str, Any]) -> str:
 @dataclass(slots=True)
 class _Message:
     index: int
-    text: str = ""
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
     done: bool = False
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
 
 
 @dataclass(slots=True)
@@ -218,7 +225,8 @@ class Projector:
     def _delta(
         self, out: list[tuple[str, dict[str, Any]]], message_id: str, track: _Message, text: str
     ) -> None:
-        track.text += text
+        track.parts.append(text)
+        track.length += len(text)
         self._emit(
             out,
             "response.output_text.delta",
@@ -239,8 +247,8 @@ class Projector:
         if track.done:
             return
         final = message_text(message)
-        if final.startswith(track.text) and len(final) > len(track.text):
-            self._delta(out, message_id, track, final[len(track.text) :])
+        if len(final) > track.length and final.startswith(track.text):
+            self._delta(out, message_id, track, final[track.length :])
         self._close_message(out, message_id, track, name == protocol.MESSAGE_COMPLETED)
 
     def _close_message(
