@@ -38,6 +38,7 @@ from ..responses.objects import (
     AGENT_PREFIX,
     base_response,
     chat_messages,
+    chat_response_format,
     chat_tool_choice,
     chat_tools,
     input_items,
@@ -237,6 +238,9 @@ def _model_kwargs(body: ResponseIn) -> dict[str, Any]:
         kwargs["top_p"] = body.top_p
     if body.max_output_tokens is not None:
         kwargs["max_tokens"] = body.max_output_tokens
+    response_format = chat_response_format((body.model_extra or {}).get("text"))
+    if response_format is not None:
+        kwargs["response_format"] = response_format
     return kwargs
 
 

@@ -212,3 +212,19 @@ def agent_models(agents: Iterable[Any]) -> list[dict[str, Any]]:
         {"id": AGENT_PREFIX + name, "object": "model", "created": 0, "owned_by": "agentstream"}
         for name in names
     ]
+
+
+def chat_response_format(text: Any) -> dict[str, Any] | None:
+    """A Responses ``text.format`` (``json_schema`` or ``json_object``) as
+    chat-completions' ``response_format`` (``None``: plain text)."""
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") != "json_schema":
+        return None
+    schema = {"name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
+    if fmt.get("strict") is not None:
+        schema["strict"] = fmt["strict"]
+    return {"type": "json_schema", "json_schema": schema}

@@ -10,6 +10,7 @@ from typing import Any
 import agents
 import langchain_openai
 from openai import AsyncOpenAI
+from pydantic import BaseModel
 
 from agent_runtime.api.responses import RESPONSES
 
@@ -155,3 +156,32 @@ async def test_previous_response_id_carries_tool_calls_and_outputs(start_hub: St
         ("function_call_output", None),
         ("message", "assistant"),
     ]
+
+
+class Trip(BaseModel):
+    city: str
+    days: int
+
+
+async def test_structured_output_through_text_format(start_hub: StartHub) -> None:
+    """``text.format`` (a JSON schema) reaches a plain model as ``response_format``: the
+    Agents SDK's ``output_type`` and LangChain's structured output parse the answer."""
+    hub = await start_hub(model=FAST_MODEL)
+    client = AsyncOpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
+    llm = langchain_openai.ChatOpenAI(
+        model="simulated",
+        base_url=hub.url + "/v1",
+        api_key="unused",
+        max_retries=0,
+        use_responses_api=True,
+    )
+    try:
+        async with within(10):
+            agent = responses_agent(client, "simulated", output_type=Trip)
+            result = await agents.Runner.run(agent, "Plan a trip", run_config=RUN_CONFIG)
+            trip = await llm.with_structured_output(Trip).ainvoke("Plan a trip")
+    finally:
+        await client.close()
+        await llm.root_async_client.close()
+    assert isinstance(result.final_output, Trip)
+    assert isinstance(trip, Trip)
