@@ -14,6 +14,7 @@ a response that does not exist. Creating one never retries itself (errors carry
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any, Literal
 
 from aiohttp import web
@@ -31,7 +32,7 @@ from broker import (
     serve_stream,
 )
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import AgentRuntimeError, InvalidRequest, NotFound
 from ..hub import Hub
 from ..responses.fold import TERMINAL_STATUSES, terminal_event_for
 from ..responses.objects import (
@@ -202,17 +203,23 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     base = base_response(
         response_id="", thread_id=thread_id, created_at=0, model=body.model, body=data
     )
-    live = await service.start(
-        thread_id=thread_id,
-        agent=agent,
-        model=run_model,
-        instructions=instructions,
-        messages=messages,
-        metadata=body.metadata,
-        base=base,
-        items=input_with_ids(items),
-        plain=plain,
-    )
+    try:
+        live = await service.start(
+            thread_id=thread_id,
+            agent=agent,
+            model=run_model,
+            instructions=instructions,
+            messages=messages,
+            metadata=body.metadata,
+            base=base,
+            items=input_with_ids(items),
+            plain=plain,
+        )
+    except AgentRuntimeError:  # no run was started (a limit, a conflict, shutdown…)
+        if not continued:  # the thread made for this response holds nothing: drop it
+            with suppress(AgentRuntimeError):
+                await hub.store.delete_thread(thread_id)
+        raise
     if body.stream:
         query = StreamQuery(None, "starting_after", Framing.OPENAI, False)
         return await serve_stream(
