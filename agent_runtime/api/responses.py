@@ -66,7 +66,7 @@ class ResponseIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    input: str | list[Any] | None = None
+    input: Any = None  # checked by input_items (naming the item at fault)
     instructions: Instructions | None = None
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
