@@ -30,12 +30,19 @@ from .isolation.pool import WorkerPool
 from .models.base import ModelProvider
 from .models.router import ModelRouter
 from .objects import key_digest
+from .responses.fold import ResponseFold
 from .run_log import RunLog
 from .runs import RunManager
 from .store import MemoryStore, RedisStore, SQLiteStore, Store
 from .watchdog import LoopWatchdog
 
 __all__ = ["Hub"]
+
+
+def _projection(key: str) -> RunLog | ResponseFold:
+    """What a mirror folds a stream into: a response's stream (``resp_…``) or a run's."""
+    return ResponseFold() if key.startswith("resp_") else RunLog()
+
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +74,7 @@ class Hub:
         redis_registry: RedisRegistry | None = None
         redis = config.redis
         if redis is not None:
-            redis_registry = RedisRegistry(config.broker, redis, projection=lambda _key: RunLog())
+            redis_registry = RedisRegistry(config.broker, redis, projection=_projection)
             self.registry: Registry = redis_registry
             if store is None:
                 store = RedisStore(redis.url, prefix=redis.prefix)

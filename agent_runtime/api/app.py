@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..hub import Hub
 from . import chat as chat_api
-from . import meta, metrics, runs, threads
+from . import meta, metrics, responses, runs, threads
 from .auth import auth_middleware, cors_middleware, prepare_cors
 from .errors import error_middleware
 from .keys import HUB, TOKEN_ROUTES
@@ -38,18 +38,21 @@ def create_app(hub: Hub) -> web.Application:
     )
     app.on_response_prepare.append(prepare_cors)
     app[HUB] = hub
+    responses.install(app, hub)
     app[TOKEN_ROUTES] = frozenset(prefix + runs.STREAM_PATH for prefix in PREFIXES)
     table = [
         *meta.routes(),
         *threads.routes(),
         *runs.routes(),
-        *chat_api.routes(hub.models),
+        *chat_api.routes(hub.models, hub.catalog),
+        *responses.routes(),
     ]
     for prefix in PREFIXES:
         for method, path, handler in table:
             app.router.add_route(method, prefix + path, handler)
     app.router.add_get("/healthz", meta.healthz)
     metrics.install(app, hub)
+    responses.install_metrics(app)
     app.router.add_get("/metrics", metrics.metrics)
     app.router.add_get("/", _ui_index)
     app.router.add_static("/ui/", UI_DIR, name="ui")

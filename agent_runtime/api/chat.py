@@ -31,9 +31,11 @@ from aiohttp import web
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..agents import AgentCatalog
 from ..errors import AgentRuntimeError, InvalidRequest
 from ..models.base import CompletionRequest
 from ..models.router import ModelRouter
+from ..responses.objects import agent_models
 from .errors import error_payload
 from .validation import param_path
 
@@ -181,8 +183,12 @@ async def _stream(
     return response
 
 
-def routes(models: ModelRouter) -> list[tuple[str, str, Handler]]:
-    """``POST /chat/completions`` and ``GET /models``, paths relative to the API root."""
+def routes(
+    models: ModelRouter, catalog: AgentCatalog | None = None
+) -> list[tuple[str, str, Handler]]:
+    """``POST /chat/completions`` and ``GET /models``, paths relative to the API root.
+    ``GET /models`` lists the ``catalog``'s agents too, as ``agent:NAME`` (the Responses
+    API's models for them)."""
 
     async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         body, data = await _parse(request)
@@ -198,7 +204,8 @@ def routes(models: ModelRouter) -> list[tuple[str, str, Handler]]:
         )
 
     async def list_models(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"object": "list", "data": models.list_models()})
+        data = models.list_models() + agent_models(catalog.list() if catalog else [])
+        return web.json_response({"object": "list", "data": data})
 
     return [
         ("POST", "/chat/completions", create_chat_completion),

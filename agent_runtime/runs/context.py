@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -90,6 +91,9 @@ class RunContext:
         """Store writes of steps not yet done (awaited before the run's end)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.done = asyncio.Event()
+        self.observer: Callable[[str, dict[str, Any]], None] | None = None
+        """Called with every event the run publishes, in the same loop step (the
+        Responses projection, :mod:`agent_runtime.responses`); must not await or raise."""
 
     @property
     def depth(self) -> int:
@@ -115,6 +119,8 @@ class RunContext:
         event = self.stream.publish(name, payload)
         assert event.id is not None
         self.runlog.record(event.id, name, payload, text)
+        if self.observer is not None:
+            self.observer(name, payload)
         if self.relay is not None and name == protocol.MESSAGE_DELTA:
             self._relay(payload["id"], protocol.delta_text(payload) if text is None else text)
         return event.id

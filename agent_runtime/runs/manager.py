@@ -154,13 +154,15 @@ class RunManager:
         additional_messages: Sequence[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
         parent: RunContext | None = None,
+        agent: Agent | None = None,
     ) -> RunContext:
         """Start a run. Raises NotFound (thread, agent), Conflict (a live run).
-        ``parent``: the run starting this one as its child (``env.run_agent``)."""
+        ``parent``: the run starting this one as its child (``env.run_agent``).
+        ``agent``: the agent itself, when it is not the catalog's (a plain-model response)."""
         if self._closing:
             raise ServiceUnavailable("the hub is shutting down; retry on another instance")
         await self.store.get_thread(thread_id)
-        agent = self.catalog.get(assistant_id)
+        agent = agent or self.catalog.get(assistant_id)
         if thread_id in self._deleting:
             raise Conflict(f"Thread {thread_id} is being deleted.", param="thread_id")
         if thread_id in self._live_by_thread:
