@@ -67,7 +67,9 @@ class Hub:
     def __init__(self, python: str, store: str, cpu: int) -> None:
         self.port = free_port()
         self.data = tempfile.mkdtemp(prefix="bench-replies-")
-        tree = Path(python).resolve().parent.parent.parent
+        # "PYTHON@TREE" runs TREE's code with PYTHON; else the tree that holds its venv.
+        python, _, where = python.partition("@")
+        tree = Path(where) if where else Path(python).resolve().parent.parent.parent
         cmd = [
             "taskset", "-c", str(cpu), python, "-m", "agent_runtime.cli",
             "--log-level", "WARNING",
@@ -156,7 +158,8 @@ def main() -> None:
     ap.add_argument(
         "--trees",
         default=f"before=/work/wt/before/.venv/bin/python,after={sys.executable}",
-        help="label=python,... : each tree's Python (its agent_runtime is the code run)",
+        help="label=python[@tree],... : each tree's Python and the tree whose code it runs "
+        "(default: the tree holding the venv)",
     )
     ap.add_argument("--configs", default="sync-sqlite,sync-memory,async-emit")
     ap.add_argument("--repeats", type=int, default=3)
