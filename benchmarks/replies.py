@@ -134,18 +134,24 @@ def one_run(python: str, config: str, args: argparse.Namespace) -> dict[str, Any
         writes0, cpu0 = _writes(hub.port), cpu_seconds([hub.proc.pid])
         result = json.loads(load.stdout.readline())
         load.wait()
-        replies = result["replies_received"] / max(1, result["connected"])
-        result["writes_per_reply"] = (_writes(hub.port) - writes0) / max(
-            1, result["connected"] * replies
-        )
-        result["hub_cpu_ms_per_reply"] = (
-            (cpu_seconds([hub.proc.pid]) - cpu0) * 1000 / max(1, replies)
-        )
+        result["writes"] = _writes(hub.port) - writes0
+        result["hub_cpu_s"] = cpu_seconds([hub.proc.pid]) - cpu0
         result["other_cpu"] = other.cores()
         result["connected_in_warmup"] = connected["connected"]
         return result
     finally:
         hub.close()
+
+
+def _per_tick(run: dict[str, Any]) -> tuple[float, float]:
+    """(writes per subscriber, hub CPU ms) per stamped event (reply or tick) of a run."""
+    stamped = run["latency_ms"]["n"]  # over all subscribers
+    per_sub = stamped / max(1, run["connected"])
+    if "writes" not in run:  # a first version of this file: recover the raw figures
+        divisor = max(1, run["replies_received"])
+        run["writes"] = run["writes_per_reply"] * divisor
+        run["hub_cpu_s"] = run["hub_cpu_ms_per_reply"] * max(1, divisor / run["connected"]) / 1000
+    return run["writes"] / max(1, stamped), run["hub_cpu_s"] * 1000 / max(1, per_sub)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -169,8 +175,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=6.0)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
-    ap.add_argument("--json", help="write every run's figures and the medians here")
+    ap.add_argument("--json", help="write every run's figures here")
+    ap.add_argument("--report", metavar="FILE", help="print the table of a --json FILE")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        report(saved["runs"], saved["settings"])
+        return
     trees = dict(item.split("=", 1) for item in args.trees.split(","))
     configs = args.configs.split(",")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {t: [] for t in trees} for c in configs}
@@ -184,35 +195,39 @@ def main() -> None:
                     f"[{repeat + 1}/{args.repeats}] {config:12} {tree:7} p50 {lat['p50']:.2f} "
                     f"p99 {lat['p99']:.2f} ms n={lat['n']} one_read="
                     f"{got['one_read']}/{got['replies_received']} "
-                    f"writes/reply={got['writes_per_reply']:.2f} "
+                    f"writes/tick={_per_tick(got)[0]:.2f} "
                     f"other_cpu={got['other_cpu']:.2f} errors={got['n_errors']}"
                 )
+    report(runs, vars(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "runs": runs}, indent=1))
+
+
+def report(runs: dict[str, dict[str, list[dict[str, Any]]]], settings: dict[str, Any]) -> None:
+    """Print the table: per configuration and tree, medians over the repeats."""
+    configs = list(runs)
+    trees = list(next(iter(runs.values())))
     rows: list[tuple[str, list[float | None]]] = []
+
+    def row(label: str, figure: Any) -> None:
+        rows.append((label, [_median([figure(r) for r in runs[config][t]]) for t in trees]))
+
     for config in configs:
-        for figure in ("p50", "p99"):
-            medians = [_median([r["latency_ms"][figure] for r in runs[config][t]]) for t in trees]
-            rows.append((f"{config}: stamp->receipt {figure} ms", medians))
-        share = [
-            _median([r["one_read"] / max(1, r["replies_received"]) for r in runs[config][t]])
-            for t in trees
-        ]
+        row(f"{config}: stamp->receipt p50 ms", lambda r: r["latency_ms"]["p50"])
+        row(f"{config}: stamp->receipt p99 ms", lambda r: r["latency_ms"]["p99"])
         if config.startswith("sync") or config == "async-reply":
-            rows.append((f"{config}: replies whose created+completed came in one read", share))
-            writes = [_median([r["writes_per_reply"] for r in runs[config][t]]) for t in trees]
-            rows.append((f"{config}: writes per subscriber per reply", writes))
-        rows.append(
-            (f"{config}: hub CPU ms per reply",
-             [_median([r["hub_cpu_ms_per_reply"] for r in runs[config][t]]) for t in trees])
-        )  # fmt: skip
-        rows.append(
-            (f"{config}: other processes' CPU, cores",
-             [_median([r["other_cpu"] for r in runs[config][t]]) for t in trees])
-        )  # fmt: skip
-    names = list(trees)
+            row(
+                f"{config}: replies whose created+completed came in one read",
+                lambda r: r["one_read"] / max(1, r["replies_received"]),
+            )
+        row(f"{config}: writes per subscriber per reply (tick)", lambda r: _per_tick(r)[0])
+        row(f"{config}: hub CPU ms per reply (tick)", lambda r: _per_tick(r)[1])
+        row(f"{config}: other processes' CPU, cores", lambda r: r["other_cpu"])
+    names = trees
     print(
-        f"\nreplies at fan-out ({args.subscribers} subscribers, {args.rate:g}/s, "
-        f"{args.seconds:g} s, {args.repeats} repeats, medians; hub core {args.server_cpu}, "
-        f"subscribers core {args.load_cpu})"
+        f"\nreplies at fan-out ({settings['subscribers']} subscribers, {settings['rate']:g}/s, "
+        f"{settings['seconds']:g} s, {settings['repeats']} repeats, medians; hub core "
+        f"{settings['server_cpu']}, subscribers core {settings['load_cpu']})"
     )
     header = f"{'figure':58}" + "".join(f"{n:>10}" for n in names)
     if len(names) == 2:
@@ -220,11 +235,9 @@ def main() -> None:
     print(header)
     for label, values in rows:
         line = f"{label:58}" + "".join(f"{'-' if v is None else f'{v:.2f}':>10}" for v in values)
-        if len(values) == 2 and values[0] and values[1] is not None and "CPU" not in label:
+        if len(values) == 2 and values[0] and values[1] is not None and "CPU, cores" not in label:
             line += f"{values[1] / values[0]:>15.2f}x"
         print(line)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

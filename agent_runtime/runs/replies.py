@@ -3,7 +3,9 @@
 Ordering: a message is stored before its ``thread.message.completed`` is published, so a
 client that reads the thread after the event finds it; a message the store refuses is
 never shown as completed (it ends ``incomplete``, and the write is queued for repair
-when the run ends).
+when the run ends). A whole text reply is stored first and then published in one step,
+so its events reach each subscriber in one write (one flush of the stream), not one
+flush before the store write and one after it.
 """
 
 from __future__ import annotations
