@@ -45,13 +45,20 @@ async def read_chunk(reader: asyncio.StreamReader) -> list[tuple[str, dict[str, 
     ]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "memory"])
+@pytest.mark.parametrize(
+    ("store", "mode"),
+    [("sqlite", "none"), ("memory", "none"), ("sqlite", "process")],
+    ids=["sqlite", "memory", "sqlite-process"],
+)
 async def test_each_reply_of_a_sync_agent_arrives_in_one_chunk_after_it_is_stored(
-    start_hub: StartHub, tmp_path: Path, store: str
+    start_hub: StartHub, tmp_path: Path, store: str, mode: str
 ) -> None:
     write_agent(tmp_path / "agents", "gated-replies", GATED_REPLIES)
     hub = await start_hub(
-        agents=with_examples(tmp_path / "agents"), store=store, data_dir=tmp_path / "data"
+        agents=with_examples(tmp_path / "agents"),
+        store=store,
+        data_dir=tmp_path / "data",
+        isolation={"mode": mode, "workers": 1} if mode == "process" else {},
     )
     gate = tmp_path / "gate"
     thread_id, run_id = await hub.start("gated-replies", str(gate))
