@@ -182,3 +182,32 @@ async def test_a_reply_the_store_refuses_is_shown_incomplete_never_completed(
     ctx.end("cancelled")
     async with within(5):
         await ctx.done.wait()
+
+
+async def test_a_reply_cancelled_during_its_store_write_is_shown_incomplete(
+    hub: tuple[RunManager, GatedStore],
+) -> None:
+    manager, store = hub
+    ctx, subscriber = await a_run(manager)
+    store.gate.clear()
+    reply = asyncio.create_task(replies.reply_text(ctx, "Interrupted"))
+    async with within(5):
+        await store.writing.wait()
+    reply.cancel()  # as the run's cancel does to a thread's pending call
+    with pytest.raises(asyncio.CancelledError):
+        await reply
+    store.gate.set()
+    async with within(5):
+        while not subscriber.writes:  # noqa: ASYNC110 - the next flush
+            await asyncio.sleep(0)
+    names = [n for write in subscriber.writes for n, _ in write]
+    assert names == [
+        protocol.MESSAGE_CREATED,
+        protocol.MESSAGE_IN_PROGRESS,
+        protocol.MESSAGE_DELTA,
+        protocol.MESSAGE_INCOMPLETE,
+    ]
+    assert len(manager.repairs) == 1  # to be stored incomplete, as it was shown
+    ctx.end("cancelled")
+    async with within(5):
+        await ctx.done.wait()
