@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import free_port
-from .procs import OtherCpu, cpu_seconds, log
+from .procs import OtherCpu, cpu_seconds, log, wait_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = ROOT / "benchmarks" / "agents"
@@ -175,6 +175,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=6.0)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECS",
+        help="before each run, wait up to SECS for other processes to leave the CPUs",
+    )
     ap.add_argument("--json", help="write every run's figures here")
     ap.add_argument("--report", metavar="FILE", help="print the table of a --json FILE")
     args = ap.parse_args()
@@ -188,6 +195,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for config in configs:
             for tree, python in trees.items():
+                if args.wait_quiet:
+                    wait_quiet(args.wait_quiet)
                 got = one_run(python, config, args)
                 runs[config][tree].append(got)
                 lat = got["latency_ms"]
