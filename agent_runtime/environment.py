@@ -4,8 +4,9 @@ Two faces over one run:
 
 * synchronous methods (``completion``, ``add_reply``, ``list_messages``…) for agents
   written as the bundled ``examples/streaming-example`` shows. They run in the agent's
-  worker thread and hand every operation to the event loop
-  (``asyncio.run_coroutine_threadsafe``), which owns every socket, buffer and store.
+  worker thread and hand every operation to the event loop (:func:`.hops.submit`: the
+  calls of all agent threads waiting for the loop are taken in one loop turn), which owns
+  every socket, buffer and store.
   Calling one on the loop thread is an error that points to its ``a…`` twin.
 * awaitable twins (``acompletion``, ``aadd_reply``, ``alist_messages``…) for asynchronous
   agents, which run as tasks on the loop.
@@ -21,7 +22,6 @@ not support raises :class:`~agent_runtime.errors.UnsupportedOperation` naming it
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import threading
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from openai.types.chat import ChatCompletion
 
+from . import hops
 from .errors import AgentRuntimeError, RunCancelled, UnsupportedOperation
 from .stream_handler import StreamHandler
 
@@ -63,7 +64,7 @@ class Environment:
         if ctx.cancel_requested:
             coro.close()
             raise RunCancelled("the run was cancelled")
-        future = asyncio.run_coroutine_threadsafe(coro, ctx.loop)
+        future = hops.submit(coro, ctx.loop)
         ctx.track_thread_future(future)
         try:
             return future.result()

@@ -41,7 +41,7 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from .. import errors
+from .. import errors, hops
 from ..agents import Agent, load_agent
 from ..environment import Environment
 from ..objects import Message, Run, RunStatus
@@ -172,7 +172,7 @@ class RemotePort:
         if threading.get_ident() == self._loop_thread:
             self._channel.send(message)
         else:
-            self._loop.call_soon_threadsafe(self._channel.send, message)
+            hops.inbox(self._loop).call(self._channel.send, message)
 
     async def complete(
         self, messages: list[dict[str, Any]] | str, model: str | None, kwargs: dict[str, Any]

@@ -3,12 +3,15 @@
 Ordering: a message is stored before its ``thread.message.completed`` is published, so a
 client that reads the thread after the event finds it; a message the store refuses is
 never shown as completed (it ends ``incomplete``, and the write is queued for repair
-when the run ends).
+when the run ends). A whole text reply is stored first and then published in one step,
+so its events reach each subscriber in one write (one flush of the stream), not one
+flush before the store write and one after it.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .. import protocol
 from ..errors import AgentRuntimeError, InvalidRequest
@@ -59,26 +62,44 @@ async def reply_from_stream(ctx: RunContext, handler: StreamHandler) -> Message 
 
 
 async def reply_text(ctx: RunContext, text: str) -> Message:
-    """``env.add_reply(text)``: one message, published as one delta holding its text."""
+    """``env.add_reply(text)``: one message, published as one delta holding its text.
+
+    The message is stored first; then its four events (``created``, ``in_progress``,
+    its ``delta``, ``completed``) are published together, without an await between
+    them, so they reach every subscriber in one flush (one write each). A store that
+    refuses it: the same first three events and ``incomplete`` instead of
+    ``completed`` (the stream never shows as completed what the store does not have),
+    and the message is queued for repair when the run ends.
+    """
     message = new_message(ctx)
-    ctx.publish(protocol.MESSAGE_CREATED, message.to_dict())
-    ctx.publish(protocol.MESSAGE_IN_PROGRESS, message.to_dict())
-    if text:
-        ctx.publish_delta(message.id, text)
+    streaming = message.to_dict()  # as it is created: in_progress, no text yet
     message.content = text
     message.status = "completed"
     message.completed_at = now()
     try:
         await ctx.manager.store.add_message(message)
     except BaseException:
-        # The stream never shows as completed what the store does not have.
         message.status, message.completed_at = "incomplete", None
         message.incomplete_at, message.incomplete_reason = now(), "run_failed"
-        ctx.publish(protocol.MESSAGE_INCOMPLETE, message.to_dict())
         ctx.manager.repairs.add(ctx.run.thread_id, ctx.run.id, messages=[message])
+        if not ctx.stream.closed:  # (a run that ended meanwhile shows nothing more)
+            _publish_reply(ctx, streaming, message, protocol.MESSAGE_INCOMPLETE)
         raise
-    ctx.publish(protocol.MESSAGE_COMPLETED, message.to_dict())
+    _publish_reply(ctx, streaming, message, protocol.MESSAGE_COMPLETED)
     return message
+
+
+def _publish_reply(
+    ctx: RunContext, streaming: dict[str, Any], message: Message, final: str
+) -> None:
+    """Publish a whole reply's events in one step (no await between them): ``created``
+    and ``in_progress`` (``streaming``: the message as it was created), its text as one
+    delta, and its final event ``final`` (the message as it ends)."""
+    ctx.publish(protocol.MESSAGE_CREATED, streaming)
+    ctx.publish(protocol.MESSAGE_IN_PROGRESS, dict(streaming))
+    if message.content:
+        ctx.publish_delta(message.id, message.content)
+    ctx.publish(final, message.to_dict())
 
 
 async def add_message(ctx: RunContext, role: str, content: str) -> Message:
