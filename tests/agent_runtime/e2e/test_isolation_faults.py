@@ -52,8 +52,9 @@ WITNESS = "simulated:tokens=150,rate=100"
 """1.5 s per message, a delta every 10 ms: the witness streams for about 3 s."""
 PAUSE_BOUND = 0.75 * UNIT
 """The witness's largest pause between two events, in process mode."""
-HEALTH_TIMEOUT = 1.0 * UNIT
-"""Each ``/healthz`` poll must answer within this."""
+HEALTH_TIMEOUT = 2.0 * UNIT
+"""Each ``/healthz`` poll must answer within this (the witness's pauses are the finer check;
+an allocating worker on a loaded machine once held a poll for 1.7 s)."""
 GRACE = 1.0
 """``--cancel-grace`` of the cancel tests."""
 BLOCK = 2.0
