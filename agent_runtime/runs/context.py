@@ -31,6 +31,7 @@ from ..run_log import RunLog
 from ..stream_handler import StreamHandler
 from .agent_thread import describe
 from .ports import RunHost
+from .timings import RunTimings
 
 __all__ = ["RunContext"]
 
@@ -90,6 +91,9 @@ class RunContext:
         """Store writes of steps not yet done (awaited before the run's end)."""
         self._thread_futures: set[concurrent.futures.Future[Any]] = set()
         self.done = asyncio.Event()
+        self.timings = RunTimings()
+        """Where its start spent its time (:mod:`.timings`)."""
+        self._delta_published = False
 
     @property
     def depth(self) -> int:
@@ -139,9 +143,13 @@ class RunContext:
 
     def publish_delta(self, message_id: str, text: str) -> int:
         """Publish a ``thread.message.delta`` carrying ``text``."""
-        return self.publish(
+        event_id = self.publish(
             protocol.MESSAGE_DELTA, protocol.delta_payload(message_id, text), text=text
         )
+        if not self._delta_published:
+            self._delta_published = True
+            self.timings.stamp("first_delta_published")
+        return event_id
 
     def publish_created(self, handler: StreamHandler) -> None:
         """Publish a streamed message's ``created`` and ``in_progress``, once."""
