@@ -97,7 +97,13 @@ class Breakdown:
         phases: dict[str, Any] = {}
         for name, start, end, what in PHASES:
             values = [v for _t, p in self.runs if (v := p[name]) is not None]
-            phases[name] = {"from": start, "to": end, "what": what, **summary_ms(values)}
+            phases[name] = {
+                "from": start,
+                "to": end,
+                "what": what,
+                **summary_ms(max(v, 0.0) for v in values),
+                "negative": sum(1 for v in values if v < 0),
+            }
         tail = _slowest(self.runs)
         return {
             "definition": "time to first delta cut into consecutive phases by the bench's "

@@ -89,9 +89,7 @@ def test_lazy_tokens_on_random_budgets() -> None:
     for _ in range(200):
         messages = rng.choice(CONVERSATIONS)
         seed, count = rng.randrange(1000), rng.randrange(0, 400)
-        assert list(iter_reply_tokens(messages, seed, count)) == whole_reply(
-            messages, seed, count
-        )
+        assert list(iter_reply_tokens(messages, seed, count)) == whole_reply(messages, seed, count)
 
 
 def _request(spec: str, messages: list[dict[str, Any]], **extra: Any) -> CompletionRequest:
