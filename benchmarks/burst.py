@@ -90,6 +90,7 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
         "bench_cpu": generator.get("cpu_avg"),
         "hub_cpu": (summary.get("hub_process") or {}).get("cpu_avg"),
         "others_cpu": summary.get("other_processes", {}).get("cpu_avg"),
+        "cpu_pressure": summary.get("other_processes", {}).get("cpu_pressure"),
         "phases": phases,
     }
 
@@ -116,7 +117,15 @@ def report(results: dict[str, dict[int, list[dict[str, Any]]]], args: argparse.N
         mine = results[label]
         m: dict[str, Any] = {}
         for runs in (small, large):
-            for key in ("p50", "p99", "bench_lag_p99", "bench_cpu", "hub_cpu", "others_cpu"):
+            for key in (
+                "p50",
+                "p99",
+                "bench_lag_p99",
+                "bench_cpu",
+                "hub_cpu",
+                "others_cpu",
+                "cpu_pressure",
+            ):
                 m[f"{key}@{runs}"] = median([f[key] for f in mine[runs]])
             m[f"bottleneck@{runs}"] = sum(bool(f["bench_bottleneck"]) for f in mine[runs])
             m[f"correct@{runs}"] = all(f["correct"] for f in mine[runs])
@@ -150,6 +159,8 @@ def report(results: dict[str, dict[int, list[dict[str, Any]]]], args: argparse.N
         (f"hub cpu, {large}", f"hub_cpu@{large}"),
         (f"other processes' cores, {small}", f"others_cpu@{small}"),
         (f"other processes' cores, {large}", f"others_cpu@{large}"),
+        (f"machine's CPU pressure, {small}", f"cpu_pressure@{small}"),
+        (f"machine's CPU pressure, {large}", f"cpu_pressure@{large}"),
         ("every subscriber exact", f"correct@{large}"),
     ]
     phase_keys = sorted(

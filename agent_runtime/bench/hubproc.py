@@ -31,7 +31,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuMeter", "HubProcess", "HubStartError", "MachineMeter", "pin", "raise_nofile"]
+__all__ = [
+    "CpuMeter",
+    "CpuPressure",
+    "HubProcess",
+    "HubStartError",
+    "MachineMeter",
+    "pin",
+    "raise_nofile",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +131,41 @@ class MachineMeter:
         if busy is None or last is None or spent <= 0:
             return None
         return max(0.0, (busy - last) / self._ticks / spent)
+
+
+class CpuPressure:
+    """The fraction of wall-clock time some runnable task of the machine waited for a CPU
+    between :meth:`start` and :meth:`stop` (Linux's ``/proc/pressure/cpu``, "some"): how
+    much the machine's other work delayed everyone's, the bench and its hub included.
+    None where the kernel does not report it."""
+
+    def __init__(self) -> None:
+        self._start: tuple[int, float] | None = None
+        self.fraction: float | None = None
+
+    @staticmethod
+    def _total() -> int | None:
+        try:
+            with open("/proc/pressure/cpu") as stat:
+                line = stat.readline()
+        except OSError:
+            return None
+        for field in line.split():
+            if field.startswith("total="):
+                return int(field[6:])
+        return None
+
+    def start(self) -> None:
+        total = self._total()
+        self._start = None if total is None else (total, time.monotonic())
+
+    def stop(self) -> float | None:
+        total = self._total()
+        if self._start is not None and total is not None:
+            spent = time.monotonic() - self._start[1]
+            if spent > 0:
+                self.fraction = round(min(1.0, (total - self._start[0]) / 1e6 / spent), 3)
+        return self.fraction
 
 
 class HubProcess:

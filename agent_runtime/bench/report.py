@@ -167,6 +167,11 @@ def text_report(summary: dict[str, Any], *, hub: str, slo_p99_ms: float | None) 
         lines.append(
             f"other processes {others['cpu_avg']:.2f} cores busy on average"
             + (
+                f"; some task waited for a CPU {others['cpu_pressure']:.0%} of the time"
+                if others.get("cpu_pressure") is not None
+                else ""
+            )
+            + (
                 ": the machine was shared, so the figures are disturbed"
                 if others["disturbed"]
                 else ""

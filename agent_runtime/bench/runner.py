@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from .breakdown import Breakdown, ClientStamps
-from .hubproc import CpuMeter, MachineMeter
+from .hubproc import CpuMeter, CpuPressure, MachineMeter
 from .selfcheck import LoopLag, verdict
 from .sse_client import BenchCounters, Endpoint, RunState, Subscriber, describe
 from .stats import Histogram, summary_ms
@@ -130,6 +130,7 @@ class Bench:
         self._cpu = CpuMeter()
         self._hub_cpu = CpuMeter(options.hub_pid) if options.hub_pid else None
         self._machine = MachineMeter()
+        self._pressure = CpuPressure()
         self._t0 = 0.0
         self._marks: dict[str, tuple[float, int]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -153,6 +154,7 @@ class Bench:
             if self._hub_cpu is not None:
                 self._hub_cpu.sample()
             self._machine.sample()
+            self._pressure.start()
             self._wall = time.time() - time.monotonic()
             self.loop_lag.start()
             self._mark("start")
@@ -166,6 +168,7 @@ class Bench:
             finally:  # on an error (or a cancellation) stop every slot before leaving
                 ticker.cancel()
                 self.loop_lag.stop()
+                self._pressure.stop()
                 for slot in slots:
                     slot.cancel()
                 await asyncio.gather(*slots, return_exceptions=True)
@@ -593,7 +596,11 @@ class Bench:
                 "definition": "cores the rest of the machine kept busy (all CPU time in "
                 "/proc/stat minus the bench's and its hub's)",
                 "cpu_avg": None if others_avg is None else round(others_avg, 3),
-                "disturbed": others_avg is not None and others_avg > 0.2,
+                "cpu_pressure": self._pressure.fraction,
+                "cpu_pressure_definition": "fraction of the bench's time some runnable task "
+                "of the machine waited for a CPU (/proc/pressure/cpu, 'some')",
+                "disturbed": (others_avg is not None and others_avg > 0.2)
+                or (self._pressure.fraction or 0.0) > 0.2,
             },
             "hub_process": None
             if not hub_cpu

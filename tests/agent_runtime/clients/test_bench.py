@@ -71,6 +71,8 @@ def check_schema(summary: dict[str, Any]) -> None:
     generator = summary["load_generator"]
     assert isinstance(generator["bottleneck"], bool) and generator["loop_lag_ms"]["n"] > 0
     assert (generator["warning"] is None) == (not generator["bottleneck"])
+    pressure = summary["other_processes"]["cpu_pressure"]
+    assert pressure is None or 0.0 <= pressure <= 1.0
 
 
 async def test_bench_counts_exactly_what_the_hub_published(start_hub: StartHub) -> None:

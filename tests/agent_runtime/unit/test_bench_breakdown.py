@@ -9,6 +9,7 @@ import itertools
 import time
 
 from agent_runtime.bench.breakdown import PHASES, Breakdown, ClientStamps, run_phases
+from agent_runtime.bench.hubproc import CpuPressure
 from agent_runtime.bench.selfcheck import LAG_P99_MAX, LoopLag, verdict
 from agent_runtime.bench.stats import Histogram
 from agent_runtime.runs.timings import STAMPS
@@ -98,3 +99,12 @@ async def test_the_loop_lag_probe_sees_a_blocked_loop() -> None:
     assert probe.lag.n >= 2
     assert probe.lag.max >= 0.09
     assert verdict([0.1], probe.lag)["loop_lag_ms"]["max"] >= 90
+
+
+def test_cpu_pressure_is_a_fraction_of_the_time_or_unknown() -> None:
+    pressure = CpuPressure()
+    pressure.start()
+    sum(range(100_000))  # some time passes
+    fraction = pressure.stop()
+    assert fraction is None or 0.0 <= fraction <= 1.0
+    assert pressure.fraction == fraction
