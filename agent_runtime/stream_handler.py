@@ -47,6 +47,9 @@ class StreamHandler:
         self._interrupted = False
         self._position = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._chunk_readers = 0
+        """Threads blocked in ``__next__`` (a thread blocked in :meth:`wait` needs no
+        wake-up per chunk: only the end, or an interruption, ends its wait)."""
         self.replied = False
         self.finish_reason: str | None = None
         self.published = False
@@ -57,8 +60,12 @@ class StreamHandler:
 
     # -- loop side (the pump) --------------------------------------------------------
 
-    def _wake(self) -> None:
-        self._cond.notify_all()
+    def _wake(self, *, chunk: bool = False) -> None:
+        # A chunk wakes only the threads waiting for one: waking a thread that waits for
+        # the end (add_reply) at every token cost a thread switch and two hand-overs of
+        # the GIL per token, taken from the event loop.
+        if not chunk or self._chunk_readers:
+            self._cond.notify_all()
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if not fut.done():
@@ -83,7 +90,7 @@ class StreamHandler:
             self._chunks.append(chunk)
             if text:
                 self._parts.append(text)
-            self._wake()
+            self._wake(chunk=True)
         return text, entries
 
     def end(self, error: BaseException | None = None) -> None:
@@ -167,7 +174,11 @@ class StreamHandler:
                 if self._done:
                     self._raise_if_failed()
                     raise StopIteration
-                self._cond.wait()
+                self._chunk_readers += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._chunk_readers -= 1
 
     def wait(self) -> str:
         """Block until the stream ends; the full text. Raises if it failed or was cancelled."""

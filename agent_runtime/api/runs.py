@@ -7,6 +7,7 @@ so the openai SDK's automatic retries cannot start duplicate runs.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from aiohttp import web
@@ -24,11 +25,12 @@ from broker import (
 )
 
 from .. import protocol
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..objects import Message, Run, RunStep
 from ..protocol import GAP, delta_payload
 from ..run_log import replay_compacted
 from ..runs import RunContext
+from ..runs.timings import timings_body
 from .keys import HUB
 from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
 from .validation import (
@@ -82,7 +84,9 @@ class RunListQuery(BaseModel):
     before: str | None = None
 
 
-async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.StreamResponse:
+async def _start(
+    request: web.Request, thread_id: str, body: RunIn, accepted_at: float
+) -> web.StreamResponse:
     hub = request.app[HUB]
     extra = [(m.role, str(m.content)) for m in body.additional_messages or []]
     for index, (_role, content) in enumerate(extra):
@@ -104,6 +108,7 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
         instructions=instructions,
         additional_messages=extra,
         metadata=body.metadata,
+        accepted_at=accepted_at,
     )
     if body.stream:
         query = parse_stream_query(request, framing=Framing.OPENAI)
@@ -123,18 +128,20 @@ def _check_model(request: web.Request, body: RunIn) -> None:
 
 
 async def create_run(request: web.Request) -> web.StreamResponse:
+    accepted_at = time.time()
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, RunIn)
     await request.app[HUB].store.get_thread(thread_id)
     _check_model(request, body)
-    return await _start(request, thread_id, body)
+    return await _start(request, thread_id, body, accepted_at)
 
 
 async def create_thread_and_run(request: web.Request) -> web.StreamResponse:
+    accepted_at = time.time()
     body = await read_json(request, ThreadAndRunIn)
     _check_model(request, body)  # 404 or 400 before creating anything
     thread = await create_thread_from(request, body.thread or ThreadIn())
-    return await _start(request, thread.id, body)
+    return await _start(request, thread.id, body, accepted_at)
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -154,6 +161,22 @@ async def get_run(request: web.Request) -> web.Response:
         request.match_info["thread_id"], request.match_info["run_id"]
     )
     return json_response(run.to_dict())
+
+
+async def get_run_timings(request: web.Request) -> web.Response:
+    """Where the run's start spent its time (:mod:`agent_runtime.runs.timings`): kept in
+    memory by the node that started the run, for its last few thousand runs; 404 for a
+    run this node did not start (or has forgotten)."""
+    hub = request.app[HUB]
+    thread_id, run_id = request.match_info["thread_id"], request.match_info["run_id"]
+    await hub.store.get_run(thread_id, run_id)  # 404 for an unknown run or another thread's
+    timings = hub.runs.timings.get(run_id)
+    if timings is None:
+        raise NotFound(
+            f"No timings for run {run_id} on this node: it started elsewhere or too long ago.",
+            param="run_id",
+        )
+    return json_response(timings_body(run_id, thread_id, timings))
 
 
 async def list_run_steps(request: web.Request) -> web.Response:
@@ -314,6 +337,7 @@ def routes() -> list[tuple[str, str, Any]]:
         ("POST", "/threads/{thread_id}/runs", create_run),
         ("GET", "/threads/{thread_id}/runs", list_runs),
         ("GET", "/threads/{thread_id}/runs/{run_id}", get_run),
+        ("GET", "/threads/{thread_id}/runs/{run_id}/timings", get_run_timings),
         ("POST", "/threads/{thread_id}/runs/{run_id}/cancel", cancel_run),
         ("GET", "/threads/{thread_id}/runs/{run_id}/steps", list_run_steps),
         ("GET", "/threads/{thread_id}/runs/{run_id}/steps/{step_id}", get_run_step),

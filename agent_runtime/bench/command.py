@@ -112,6 +112,12 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     bench.add_argument(
         "--no-pin", action="store_true", help="do not pin the hub and the bench to cores"
     )
+    bench.add_argument(
+        "--hub-python",
+        metavar="PATH",
+        help="interpreter to start the hub with (default: this one), e.g. another "
+        "checkout's venv, to compare two hubs under one bench",
+    )
     return bench  # type: ignore[no-any-return]
 
 
@@ -142,7 +148,7 @@ async def _bench(args: argparse.Namespace) -> int:
     raise_nofile()
     hub: HubProcess | None = None
     if args.url is None:
-        hub = HubProcess(agents=args.agents, cpu=None if args.no_pin else 0)
+        hub = HubProcess(agents=args.agents, cpu=None if args.no_pin else 0, python=args.hub_python)
         url = await hub.start()
         pinned = hub.pinned and not args.no_pin and pin(1)
         where = "hub pinned to core 0, bench to core 1" if pinned else "not pinned"

@@ -25,12 +25,21 @@ import re
 import resource
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuMeter", "HubProcess", "HubStartError", "MachineMeter", "pin", "raise_nofile"]
+__all__ = [
+    "CpuMeter",
+    "CpuPressure",
+    "HubProcess",
+    "HubStartError",
+    "MachineMeter",
+    "pin",
+    "raise_nofile",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +133,41 @@ class MachineMeter:
         return max(0.0, (busy - last) / self._ticks / spent)
 
 
+class CpuPressure:
+    """The fraction of wall-clock time some runnable task of the machine waited for a CPU
+    between :meth:`start` and :meth:`stop` (Linux's ``/proc/pressure/cpu``, "some"): how
+    much the machine's other work delayed everyone's, the bench and its hub included.
+    None where the kernel does not report it."""
+
+    def __init__(self) -> None:
+        self._start: tuple[int, float] | None = None
+        self.fraction: float | None = None
+
+    @staticmethod
+    def _total() -> int | None:
+        try:
+            with open("/proc/pressure/cpu") as stat:
+                line = stat.readline()
+        except OSError:
+            return None
+        for field in line.split():
+            if field.startswith("total="):
+                return int(field[6:])
+        return None
+
+    def start(self) -> None:
+        total = self._total()
+        self._start = None if total is None else (total, time.monotonic())
+
+    def stop(self) -> float | None:
+        total = self._total()
+        if self._start is not None and total is not None:
+            spent = time.monotonic() - self._start[1]
+            if spent > 0:
+                self.fraction = round(min(1.0, (total - self._start[0]) / 1e6 / spent), 3)
+        return self.fraction
+
+
 class HubProcess:
     """``agentstream serve`` in a child process, pinned to ``cpu`` (see the module docs)."""
 
@@ -135,16 +179,20 @@ class HubProcess:
         redis: tuple[str, str] | None = None,
         isolation: Mapping[str, Any] | None = None,
         start_timeout: float = _START_TIMEOUT,
+        python: str | None = None,
     ) -> None:
         """``redis``: (URL, key prefix) to run the hub as a node on Redis. ``isolation``:
         the hub's ``HubConfig.isolation`` section (say ``{"mode": "process", "workers":
         8}``); ``start_timeout``: seconds the child has to listen (a pool of worker
-        processes is started before it does)."""
+        processes is started before it does). ``python``: the interpreter to run the hub
+        with (default: this one), e.g. another checkout's, to compare two hubs under the
+        same bench."""
         self.agents = list(agents)
         self.cpu = cpu
         self.redis = redis
         self.isolation = dict(isolation) if isolation is not None else None
         self.start_timeout = start_timeout
+        self.python = python or sys.executable
         self.pinned = False
         self.url = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -157,16 +205,20 @@ class HubProcess:
 
     async def start(self) -> str:
         """Start the child and return its URL once it listens."""
-        command = [sys.executable, "-m", "agent_runtime.bench.hubproc"]
+        command = [self.python, "-m", "agent_runtime.bench.hubproc"]
         if self.cpu is not None:
             command += ["--cpu", str(self.cpu)]
         if self.redis is not None:
             command += ["--redis", *self.redis]
         if self.isolation is not None:
             command += ["--isolation", json.dumps(self.isolation)]
-        command += [str(folder) for folder in self.agents]
+        command += [str(folder.resolve()) for folder in self.agents]
+        # Another interpreter runs from a neutral folder: ``-m`` would otherwise import
+        # the package of the current folder, not that interpreter's own.
+        cwd = None if self.python == sys.executable else tempfile.gettempdir()
         self.proc = await asyncio.create_subprocess_exec(
             *command,
+            cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

@@ -53,6 +53,38 @@ def _ms(summary: dict[str, Any]) -> str:
     )
 
 
+def _breakdown_lines(breakdown: dict[str, Any] | None) -> list[str]:
+    """The time to first delta's phases: p50 and p99 of each, and where the slowest
+    runs' time went (their mean per phase)."""
+    if not breakdown or not breakdown.get("runs"):
+        return []
+    phases, tail = breakdown["phases_ms"], breakdown["slowest_runs"]
+    lines = [
+        f"  breakdown     {'phase':<12} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'slowest ' + str(tail['runs']) + ' runs, mean ms':>28}"
+    ]
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for name, figures in phases.items():
+        lines.append(
+            f"                {name:<12} {cell(figures['p50']):>9} {cell(figures['p99']):>9} "
+            f"{cell(tail['mean_ms'].get(name)):>28}"
+        )
+    answered, connected = breakdown["post_answered_ms"], breakdown["first_subscriber_connected_ms"]
+    if answered.get("n"):
+        lines.append(f"                POST answered {_ms(answered)}")
+    if connected.get("n"):
+        lines.append(f"                1st connected {_ms(connected)}")
+    if breakdown["hub_reported"] < breakdown["runs"]:
+        lines.append(
+            f"                (the hub reported its stamps for {breakdown['hub_reported']} of "
+            f"{breakdown['runs']} runs: hub-side phases are merged into the next one known)"
+        )
+    return lines
+
+
 def _requested_note(config: dict[str, Any]) -> str:
     """Says so when the hub ran another model than the one asked for (a forced model)."""
     requested = config.get("model_requested")
@@ -99,6 +131,7 @@ def text_report(summary: dict[str, Any], *, hub: str, slo_p99_ms: float | None) 
         f"latency         {_ms(summary['latency_ms'])}",
         f"spread          {_ms(summary['spread_ms'])}",
         f"first delta     {_ms(summary['time_to_first_delta_ms'])}",
+        *_breakdown_lines(summary["time_to_first_delta_ms"].get("breakdown")),
         f"errors          connection {errors['connection']}, run creation {errors['run_create']}"
         f", gaps {errors['gaps']}, duplicates {errors['duplicates']}, text mismatches "
         f"{errors['text_mismatches']}, unfinished {errors['unfinished_subscribers']}"
@@ -119,6 +152,11 @@ def text_report(summary: dict[str, Any], *, hub: str, slo_p99_ms: float | None) 
             else ""
         )
     )
+    lag = gen.get("loop_lag_ms") or {}
+    if lag.get("n"):
+        lines.append(f"  its loop lag  {_ms(lag)}")
+    if gen.get("warning"):
+        lines.append(f"  WARNING: {gen['warning']}")
     if hub_cpu is not None:
         lines.append(
             f"hub process     cpu {hub_cpu['cpu_avg']:.0%} of a core on average, "
@@ -128,6 +166,11 @@ def text_report(summary: dict[str, Any], *, hub: str, slo_p99_ms: float | None) 
     if others["cpu_avg"] is not None:
         lines.append(
             f"other processes {others['cpu_avg']:.2f} cores busy on average"
+            + (
+                f"; some task waited for a CPU {others['cpu_pressure']:.0%} of the time"
+                if others.get("cpu_pressure") is not None
+                else ""
+            )
             + (
                 ": the machine was shared, so the figures are disturbed"
                 if others["disturbed"]

@@ -34,7 +34,9 @@ from typing import Any
 
 import aiohttp
 
-from .hubproc import CpuMeter, MachineMeter
+from .breakdown import Breakdown, ClientStamps
+from .hubproc import CpuMeter, CpuPressure, MachineMeter
+from .selfcheck import LoopLag, verdict
 from .sse_client import BenchCounters, Endpoint, RunState, Subscriber, describe
 from .stats import Histogram, summary_ms
 
@@ -112,6 +114,10 @@ class Bench:
         self.latency = Histogram()
         self.spread = Histogram()
         self.first_delta: list[float] = []
+        self.breakdown = Breakdown()
+        self.loop_lag = LoopLag()
+        self._wall = 0.0
+        """``time.time()`` minus ``time.monotonic()``: the bench's stamps on the hub's clock."""
         self.run_lengths: list[float] = []
         self.models_used: dict[str, int] = {}
         """Runs per model the hub recorded on them (the run object's ``model``): a hub
@@ -124,6 +130,7 @@ class Bench:
         self._cpu = CpuMeter()
         self._hub_cpu = CpuMeter(options.hub_pid) if options.hub_pid else None
         self._machine = MachineMeter()
+        self._pressure = CpuPressure()
         self._t0 = 0.0
         self._marks: dict[str, tuple[float, int]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -133,11 +140,13 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(limit=64)
-        ) as session:
+        # One connection per run being started or verified at once: a pool smaller than
+        # the burst would queue the POSTs in the bench and count the wait as the hub's.
+        connector = aiohttp.TCPConnector(limit=max(64, 2 * self.opt.runs))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             await self._preflight()
+            self.endpoint = await _resolved(self.endpoint)
             runs_before = await self._metric("agentstream_runs_started_total")
             loop = asyncio.get_running_loop()
             self._t0 = loop.time()
@@ -145,6 +154,9 @@ class Bench:
             if self._hub_cpu is not None:
                 self._hub_cpu.sample()
             self._machine.sample()
+            self._pressure.start()
+            self._wall = time.time() - time.monotonic()
+            self.loop_lag.start()
             self._mark("start")
             loop.call_later(max(self.opt.ramp, 0.0), self._mark, "ramped")
             loop.call_later(self.opt.duration, self._stop_starting)
@@ -155,6 +167,8 @@ class Bench:
                 await asyncio.gather(*slots)
             finally:  # on an error (or a cancellation) stop every slot before leaving
                 ticker.cancel()
+                self.loop_lag.stop()
+                self._pressure.stop()
                 for slot in slots:
                     slot.cancel()
                 await asyncio.gather(*slots, return_exceptions=True)
@@ -273,7 +287,9 @@ class Bench:
                     raise BenchError("could not start any run: " + "; ".join(self.totals.examples))
                 await asyncio.sleep(0.5)
 
-    async def _create(self) -> tuple[dict[str, Any] | None, float]:
+    async def _create(self) -> tuple[dict[str, Any] | None, float, float | None]:
+        """Start a run: its object (None if it failed), when the POST was sent and when
+        it was answered (``time.monotonic()``)."""
         assert self._session is not None
         body: dict[str, Any] = {
             "assistant_id": self.opt.agent,
@@ -286,16 +302,17 @@ class Bench:
             async with self._session.post(f"{self.base}/v1/threads/runs", json=body) as response:
                 payload = await response.json(content_type=None)
                 status = response.status
+            t_answered = time.monotonic()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.totals.create_errors += 1
             self.totals.example(f"POST /v1/threads/runs: {exc!r}")
-            return None, t_post
+            return None, t_post, None
         if status != 200 or not isinstance(payload, dict) or "id" not in payload:
             self.totals.create_errors += 1
             message = payload.get("error", {}).get("message") if isinstance(payload, dict) else ""
             self.totals.example(f"POST /v1/threads/runs answered {status}: {message}")
-            return None, t_post
-        return payload, t_post
+            return None, t_post, t_answered
+        return payload, t_post, t_answered
 
     def _roles(self) -> tuple[set[int], set[int]]:
         k = self.opt.subscribers
@@ -311,7 +328,7 @@ class Bench:
         return set(candidates[:late]), set(candidates[len(candidates) - drops :] if drops else [])
 
     async def _one_run(self) -> bool:
-        payload, t_post = await self._create()
+        payload, t_post, t_answered = await self._create()
         if payload is None:
             return False
         self.totals.runs_started += 1
@@ -322,7 +339,9 @@ class Bench:
             self.models_used[used] = self.models_used.get(used, 0) + 1
         self.live_runs += 1
         try:
-            await self._follow(RunState(payload["id"], payload["thread_id"], t_post))
+            run = RunState(payload["id"], payload["thread_id"], t_post)
+            run.answered = t_answered
+            await self._follow(run)
         finally:
             self.live_runs -= 1
         return True
@@ -438,6 +457,9 @@ class Bench:
             totals.mismatches += 1
         if run.first_delta_rx is not None:
             self.first_delta.append(run.first_delta_rx - run.t_post)
+            self.breakdown.add(
+                run.first_delta_rx - run.t_post, self._client_stamps(run), await self._timings(run)
+            )
         if run.terminal_rx is not None:
             length = run.terminal_rx - run.t_post
             self.run_lengths.append(length)
@@ -446,6 +468,31 @@ class Bench:
         for event_id, last in run.last_rx.items():
             self.spread.add(last - first[event_id])
         run.release()
+
+    def _client_stamps(self, run: RunState) -> ClientStamps:
+        def wall(t: float | None) -> float | None:
+            return None if t is None else t + self._wall
+
+        return ClientStamps(
+            post_sent=run.t_post + self._wall,
+            post_answered=wall(run.answered),
+            first_connected=wall(run.first_connected),
+            first_rx=wall(run.first_delta_rx),
+        )
+
+    async def _timings(self, run: RunState) -> dict[str, float | None] | None:
+        """The hub's stamps of the run's start (None from a hub that does not keep them)."""
+        assert self._session is not None
+        url = f"{self.base}/v1/threads/{run.thread_id}/runs/{run.run_id}/timings"
+        try:
+            async with self._session.get(url) as response:
+                if response.status != 200:
+                    return None
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        stamps = body.get("stamps") if isinstance(body, dict) else None
+        return stamps if isinstance(stamps, dict) else None
 
     # -- the summary -----------------------------------------------------------------------
 
@@ -467,11 +514,10 @@ class Bench:
         totals = self.totals
         opt = self.opt
         cpu = [p["cpu"] for p in self.timeline if p["t"] <= opt.duration + 1.0] or [0.0]
+        load_generator = verdict(cpu, self.loop_lag.lag)
         hub_cpu = [p["hub_cpu"] for p in self.timeline if p["hub_cpu"] is not None]
         others = [p["others_cpu"] for p in self.timeline if p["others_cpu"] is not None]
         others_avg = sum(others) / len(others) if others else None
-        busy = [c for c in cpu if c > 0.95]
-        cpu_avg = sum(cpu) / len(cpu)
         elapsed = self._marks["end"][0]
         errors = {
             "connection": self.tally.errors,
@@ -542,18 +588,19 @@ class Bench:
                 "definition": "from sending POST /v1/threads/runs to the run's first delta "
                 "at any of its subscribers",
                 **summary_ms(self.first_delta),
+                "breakdown": self.breakdown.summary(),
             },
             "errors": errors,
-            "load_generator": {
-                "cpu_avg": round(cpu_avg, 3),
-                "cpu_max": round(max(cpu), 3),
-                "saturated": cpu_avg > 0.9 or len(busy) >= max(2, len(cpu) // 5),
-            },
+            "load_generator": load_generator,
             "other_processes": {
                 "definition": "cores the rest of the machine kept busy (all CPU time in "
                 "/proc/stat minus the bench's and its hub's)",
                 "cpu_avg": None if others_avg is None else round(others_avg, 3),
-                "disturbed": others_avg is not None and others_avg > 0.2,
+                "cpu_pressure": self._pressure.fraction,
+                "cpu_pressure_definition": "fraction of the bench's time some runnable task "
+                "of the machine waited for a CPU (/proc/pressure/cpu, 'some')",
+                "disturbed": (others_avg is not None and others_avg > 0.2)
+                or (self._pressure.fraction or 0.0) > 0.2,
             },
             "hub_process": None
             if not hub_cpu
@@ -578,6 +625,24 @@ def _endpoint(url: str) -> Endpoint:
     if parts.scheme != "http" or not parts.hostname:
         raise BenchError(f"--url must be an http:// URL of a hub (https is not supported): {url}")
     return Endpoint(parts.hostname, parts.port or 80, parts.path.rstrip("/"))
+
+
+async def _resolved(endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` with its host resolved to an address once: each subscriber's
+    connection would otherwise resolve it again (``localhost``: a thread pool round trip
+    per connection, hundreds of them queued at a burst's start)."""
+    import dataclasses
+    import socket
+
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return endpoint
+    if not infos:
+        return endpoint
+    address = str(infos[0][4][0])
+    return dataclasses.replace(endpoint, address=address)
 
 
 def _initial_estimate(model: str | None) -> float:

@@ -119,6 +119,8 @@ class Endpoint:
     host: str
     port: int
     prefix: str = ""
+    address: str | None = None
+    """``host`` resolved once (connections go there; ``Host:`` still says ``host``)."""
 
     def stream_request(self, thread_id: str, run_id: str, cursor: int | None) -> bytes:
         resume = b"" if cursor is None else b"Last-Event-ID: %d\r\n" % cursor
@@ -164,6 +166,10 @@ class RunState:
     last_rx: dict[int, float] = field(default_factory=dict)
     first_delta_rx: float | None = None
     terminal_rx: float | None = None
+    answered: float | None = None
+    """When the ``POST`` that started the run was answered (``time.monotonic()``)."""
+    first_connected: float | None = None
+    """When the first of its subscribers' responses began."""
 
     def release(self) -> None:
         """Drop the per-event records (after the run is verified)."""
@@ -224,7 +230,9 @@ class Subscriber:
         self._live_since = math.inf
         try:
             _transport, conn = await loop.create_connection(
-                lambda: _Conn(self, request), self.endpoint.host, self.endpoint.port
+                lambda: _Conn(self, request),
+                self.endpoint.address or self.endpoint.host,
+                self.endpoint.port,
             )
         except OSError as exc:
             self._failed(f"connect: {exc}")
@@ -268,6 +276,8 @@ class Subscriber:
     def _status(self, conn: _Conn, status: int) -> None:
         if status == 200:
             self._live_since = monotonic()
+            if self.run.first_connected is None:
+                self.run.first_connected = self._live_since
             self.tally.connected += 1
         elif status == 204 and self.expected > 1:  # the stream had ended at our cursor
             conn.close()

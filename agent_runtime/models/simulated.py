@@ -51,11 +51,12 @@ computed from the stream's start time, so scheduling jitter never accumulates; w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,10 +76,12 @@ from .base import CompletionRequest
 from .simulated_json import structured_text
 from .simulated_text import (
     apply_stop,
+    iter_reply_tokens,
     plan_tool_call,
     prompt_tokens,
     reply_tokens,
     simulated_text,
+    stop_sequences,
     tokenize,
 )
 
@@ -96,7 +99,8 @@ logger = logging.getLogger(__name__)
 
 SIMULATED = "simulated"
 MAX_TOKENS = 100_000
-"""Upper bound of ``tokens=``: the reply is built in memory before it streams."""
+"""Upper bound of ``tokens=``. A plain reply is made as it streams (its first token
+comes at once); a structured one, or one cut by ``stop``, is built in memory first."""
 MAX_DELAY = 60.0
 """Upper bound of ``delay=`` (seconds): no request is held before its first token longer."""
 MIN_RATE = 0.1
@@ -248,23 +252,35 @@ class SimulatedModel:
             seed = self.config.seed
         return seed
 
-    def _plan(self, request: CompletionRequest, seed: int) -> tuple[list[str], FinishReason]:
+    def _plan(self, request: CompletionRequest, seed: int) -> _Plan:
         """One choice's tokens: the reply (or the JSON its ``response_format`` asks for),
-        cut by ``stop`` then by ``max_tokens``/``max_completion_tokens``."""
-        structured = structured_text(request.extra.get("response_format"), request.messages, seed)
-        if structured is None:
-            tokens = reply_tokens(request.messages, seed, self.config.tokens)
-        else:
-            tokens = _json_tokens(structured)
-        tokens = apply_stop(tokens, request.extra.get("stop"))
+        cut by ``stop`` then by ``max_tokens``/``max_completion_tokens``.
+
+        A plain reply without ``stop`` is made token by token as it streams (its first
+        token comes without the rest being generated); a structured reply, or one that
+        ``stop`` may cut, is made whole first."""
         limit = request.max_tokens
         if limit is None:
             extra_limit = request.extra.get("max_completion_tokens")
             if isinstance(extra_limit, int) and not isinstance(extra_limit, bool):
                 limit = extra_limit
+        structured = structured_text(request.extra.get("response_format"), request.messages, seed)
+        stop = request.extra.get("stop")
+        if structured is None and not stop_sequences(stop):
+            length = max(self.config.tokens, 0)
+            lazy = iter_reply_tokens(request.messages, seed, length)
+            if limit is not None and length > max(limit, 0):
+                return _Plan(itertools.islice(lazy, max(limit, 0)), max(limit, 0), "length")
+            return _Plan(lazy, length, "stop")
+        if structured is None:
+            tokens = reply_tokens(request.messages, seed, self.config.tokens)
+        else:
+            tokens = _json_tokens(structured)
+        tokens = apply_stop(tokens, stop)
         if limit is not None and len(tokens) > max(limit, 0):
-            return tokens[: max(limit, 0)], "length"
-        return tokens, "stop"
+            tokens = tokens[: max(limit, 0)]
+            return _Plan(iter(tokens), len(tokens), "length")
+        return _Plan(iter(tokens), len(tokens), "stop")
 
     @staticmethod
     def _choices(request: CompletionRequest) -> int:
@@ -285,7 +301,7 @@ class SimulatedModel:
         tool = plan_tool_call(request, bool(self.config.tools))
         seed = self._seed(request)
         if tool is not None:
-            plans: list[tuple[list[str], FinishReason]] = [([], "tool_calls")] * n
+            plans = [_Plan(iter(()), 0, "tool_calls") for _ in range(n)]
         else:
             plans = [self._plan(request, seed + i) for i in range(n)]
         options = request.extra.get("stream_options")
@@ -338,16 +354,16 @@ class SimulatedModel:
         else:
             for i in range(n):
                 yield chunk(ChoiceDelta(role="assistant", content=""), None, i)
-            longest = max(len(tokens) for tokens, _ in plans)
+            longest = max(plan.length for plan in plans)
             for index in range(longest):
                 await _sleep_until(loop, start + index * interval)
-                for i, (tokens, _) in enumerate(plans):
-                    if index < len(tokens):
-                        yield chunk(ChoiceDelta(content=tokens[index]), None, i)
-            completion_tokens = sum(len(tokens) for tokens, _ in plans)
+                for i, plan in enumerate(plans):
+                    if index < plan.length:
+                        yield chunk(ChoiceDelta(content=next(plan.tokens)), None, i)
+            completion_tokens = sum(plan.length for plan in plans)
         await asyncio.sleep(0)
-        for i, (_, finish) in enumerate(plans):
-            yield chunk(ChoiceDelta(), finish, i)
+        for i, plan in enumerate(plans):
+            yield chunk(ChoiceDelta(), plan.finish, i)
         if include_usage:
             usage = self._usage(request, completion_tokens)
             yield ChatCompletionChunk(choices=[], **{**common, "usage": usage})
@@ -402,6 +418,16 @@ class SimulatedModel:
 
     async def aclose(self) -> None:
         """Nothing to release; present so every provider can be closed alike."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One choice's reply: its tokens (made as they are taken, or ready), how many, and
+    the finish reason."""
+
+    tokens: Iterator[str]
+    length: int
+    finish: FinishReason
 
 
 def _json_tokens(text: str) -> list[str]:

@@ -5,9 +5,10 @@ calls it makes when tools are offered. Pure: no I/O, no clock."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,12 @@ from .base import CompletionRequest
 
 __all__ = [
     "apply_stop",
+    "iter_reply_tokens",
     "plan_tool_call",
     "prompt_tokens",
     "reply_tokens",
     "simulated_text",
+    "stop_sequences",
     "tokenize",
 ]
 
@@ -261,8 +264,38 @@ def _fill(template: str, topic: str) -> str:
 
 def reply_tokens(messages: Sequence[Mapping[str, Any]], seed: int, count: int) -> list[str]:
     """Exactly ``count`` tokens of the reply to ``messages``, ending on a full stop."""
+    return list(iter_reply_tokens(messages, seed, count))
+
+
+def iter_reply_tokens(
+    messages: Sequence[Mapping[str, Any]], seed: int, count: int
+) -> Iterator[str]:
+    """The tokens of :func:`reply_tokens`, made as they are taken: the first comes
+    without the rest being generated (two are held back, to end the reply on a full
+    stop). The same words for the same messages, seed and count."""
     if count <= 0:
-        return []
+        return
+    held: list[str] = []
+    for token in itertools.islice(_raw_tokens(messages, seed), count):
+        held.append(token)
+        if len(held) > 2:
+            yield held.pop(0)
+    if count >= 2 and held[-1] not in _TERMINAL:
+        # The budget ends inside a sentence: end it there, on a full stop.
+        if held[-1] in _PAUSES:
+            held[-1] = "."
+        elif held[-2] in _TERMINAL:
+            held[-2], held[-1] = " indeed", held[-2]
+        elif held[-2] in _PAUSES:
+            held[-2], held[-1] = " indeed", "."
+        else:
+            held[-1] = "."
+    yield from held
+
+
+def _raw_tokens(messages: Sequence[Mapping[str, Any]], seed: int) -> Iterator[str]:
+    """The reply's tokens without end, one sentence tokenized at a time: the opening,
+    then the persona's sentences, reshuffled each round."""
     persona = _persona(messages)
     topic = _topic(messages)
     rng = _rng(messages, seed)
@@ -271,26 +304,12 @@ def reply_tokens(messages: Sequence[Mapping[str, Any]], seed: int, count: int) -
         topic = persona.default_topic
     else:
         opening = _fill(rng.choice(persona.openings), topic)
-    tokens = tokenize(opening)
-    while len(tokens) < count:
+    yield from tokenize(opening)
+    while True:
         body = list(persona.body)
         rng.shuffle(body)
         for sentence in body:
-            tokens.extend(tokenize(" " + _fill(sentence, topic)))
-            if len(tokens) >= count:
-                break
-    cut = tokens[:count]
-    if count >= 2 and cut[-1] not in _TERMINAL:
-        # The budget ends inside a sentence: end it there, on a full stop.
-        if cut[-1] in _PAUSES:
-            cut[-1] = "."
-        elif cut[-2] in _TERMINAL:
-            cut[-2], cut[-1] = " indeed", cut[-2]
-        elif cut[-2] in _PAUSES:
-            cut[-2], cut[-1] = " indeed", "."
-        else:
-            cut[-1] = "."
-    return cut
+            yield from tokenize(" " + _fill(sentence, topic))
 
 
 def simulated_text(
@@ -300,10 +319,15 @@ def simulated_text(
     return "".join(reply_tokens(messages, seed, tokens))
 
 
+def stop_sequences(stop: Any) -> list[str]:
+    """The stop sequences of a request's ``stop`` (a string or a list; others ignored)."""
+    sequences = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    return [s for s in sequences if isinstance(s, str) and s]
+
+
 def apply_stop(tokens: list[str], stop: Any) -> list[str]:
     """``tokens`` cut just before the first occurrence of a stop sequence, if any."""
-    sequences = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
-    sequences = [s for s in sequences if isinstance(s, str) and s]
+    sequences = stop_sequences(stop)
     if not sequences:
         return tokens
     text = "".join(tokens)

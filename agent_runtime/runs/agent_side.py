@@ -60,11 +60,13 @@ class AgentSide:
     async def complete(
         self, messages: list[dict[str, Any]] | str, model: str | None, kwargs: dict[str, Any]
     ) -> ChatCompletion:
+        self._ctx.timings.stamp("model_requested")
         return await pump.complete(self._ctx, messages, model, kwargs)
 
     async def start_stream(
         self, messages: list[dict[str, Any]] | str, model: str | None, kwargs: dict[str, Any]
     ) -> StreamHandler:
+        self._ctx.timings.stamp("model_requested")
         return await pump.start_stream(self._ctx, messages, model, kwargs)
 
     async def reply_from_stream(self, handler: StreamHandler) -> Message | None:

@@ -32,6 +32,7 @@ from ..run_log import RunLog
 from ..stream_handler import StreamHandler
 from .agent_thread import describe
 from .ports import RunHost
+from .timings import RunTimings
 
 __all__ = ["RunContext"]
 
@@ -94,6 +95,9 @@ class RunContext:
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
         """Called with every event the run publishes, in the same loop step (the
         Responses projection, :mod:`agent_runtime.responses`); must not await or raise."""
+        self.timings = RunTimings()
+        """Where its start spent its time (:mod:`.timings`)."""
+        self._delta_published = False
 
     @property
     def depth(self) -> int:
@@ -145,9 +149,13 @@ class RunContext:
 
     def publish_delta(self, message_id: str, text: str) -> int:
         """Publish a ``thread.message.delta`` carrying ``text``."""
-        return self.publish(
+        event_id = self.publish(
             protocol.MESSAGE_DELTA, protocol.delta_payload(message_id, text), text=text
         )
+        if not self._delta_published:
+            self._delta_published = True
+            self.timings.stamp("first_delta_published")
+        return event_id
 
     def publish_created(self, handler: StreamHandler) -> None:
         """Publish a streamed message's ``created`` and ``in_progress``, once."""

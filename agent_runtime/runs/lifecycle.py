@@ -53,11 +53,19 @@ class InProcess:
 
     async def run_agent(self, ctx: RunContext) -> None:
         env = Environment(AgentSide(ctx))
+        timings = ctx.timings
         if ctx.agent.style == "async":
+            timings.stamp("agent_running")
             await ctx.agent.run_async(env)
         else:
+            run_sync = ctx.agent.run_sync
+
+            def run_in_thread(env: Environment) -> None:
+                timings.stamp("agent_running")  # in the agent's thread, as it begins
+                run_sync(env)
+
             await in_daemon_thread(
-                ctx.agent.run_sync,
+                run_in_thread,
                 env,
                 ctx.run.id,
                 threads=ctx.manager.agent_threads,
@@ -78,6 +86,7 @@ async def execute(ctx: RunContext) -> None:
 
 async def _execute(ctx: RunContext) -> None:
     ctx.started = True
+    ctx.timings.stamp("task_started")
     if ctx.ending is not None:  # ended before its task began: end it now
         await finish(ctx, *ctx.ending)
         return
@@ -89,6 +98,7 @@ async def _execute(ctx: RunContext) -> None:
             # counted among the slots' runs from its creation (see .slots).
             async with ctx.manager.slot() if ctx.parent is None else NoSlot():
                 await _set_status(ctx, "in_progress", started_at=now())
+                ctx.timings.stamp("in_progress")
                 await ctx.manager.runner.run_agent(ctx)
         if ctx.outcome is not None:
             status, error = ctx.outcome

@@ -44,6 +44,7 @@ from .context import RunContext
 from .lifecycle import InProcess
 from .ports import AgentRunner, ClusterPort, Models, NoCluster
 from .slots import RunSlots
+from .timings import RunTimings, TimingsTable
 
 __all__ = ["RunManager"]
 
@@ -90,6 +91,8 @@ class RunManager:
         """Threads being deleted: no run may start on them meanwhile."""
         self.agent_threads = AgentThreads()
         """Synchronous agents' threads running agent code, and those orphaned by their run."""
+        self.timings = TimingsTable()
+        """The start stamps of the runs started here (:mod:`.timings`), the last few."""
 
     def slot(self) -> RunSlots:
         """What a top-level run holds while it executes (``max_concurrent_runs``); live
@@ -155,10 +158,14 @@ class RunManager:
         metadata: dict[str, str] | None = None,
         parent: RunContext | None = None,
         agent: Agent | None = None,
+        accepted_at: float | None = None,
     ) -> RunContext:
         """Start a run. Raises NotFound (thread, agent), Conflict (a live run).
         ``parent``: the run starting this one as its child (``env.run_agent``).
-        ``agent``: the agent itself, when it is not the catalog's (a plain-model response)."""
+        ``agent``: the agent itself, when it is not the catalog's (a plain-model response).
+        ``accepted_at``: ``time.time()`` when the request was accepted (default: now),
+        the run's first stamp (:mod:`.timings`)."""
+        timings = RunTimings(accepted_at)
         if self._closing:
             raise ServiceUnavailable("the hub is shutting down; retry on another instance")
         await self.store.get_thread(thread_id)
@@ -186,7 +193,15 @@ class RunManager:
                 )
             claimed = True
             return await self._create(
-                run_id, thread_id, agent, model, instructions, additional_messages, metadata, parent
+                run_id,
+                thread_id,
+                agent,
+                model,
+                instructions,
+                additional_messages,
+                metadata,
+                parent,
+                timings,
             )
         except BaseException:
             if self._live_by_thread.get(thread_id) == run_id:
@@ -229,6 +244,7 @@ class RunManager:
         additional_messages: Sequence[tuple[str, str]],
         metadata: dict[str, str] | None,
         parent: RunContext | None = None,
+        timings: RunTimings | None = None,
     ) -> RunContext:
         for role, content in additional_messages:
             await self.store.add_message(
@@ -259,6 +275,8 @@ class RunManager:
         )
         ctx = RunContext(self, run, agent, stream, log, deadline=loop.time() + expires_after)
         ctx.parent = parent
+        if timings is not None:
+            ctx.timings = timings
         await self.store.create_run(run)
         self._live[run.id] = ctx
         ctx.publish(protocol.RUN_CREATED, run.to_dict())
@@ -269,6 +287,8 @@ class RunManager:
             self._slots.child_started()  # ended by _forget, the task's done callback
         ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=_TASK_PREFIX + run.id)
         ctx.task.add_done_callback(lambda _t: self._forget(ctx))
+        ctx.timings.stamp("created")
+        self.timings.add(run.id, ctx.timings)
         return ctx
 
     def _forget(self, ctx: RunContext) -> None:

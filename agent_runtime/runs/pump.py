@@ -102,8 +102,11 @@ async def _pump(
 ) -> None:
     message_id = handler.message.id
     step: dict[str, Any] | None = None
+    timings = ctx.timings
     try:
         async for chunk in provider.stream(request):
+            if timings.first_chunk is None:
+                timings.stamp("first_chunk")
             text, fragments = handler.push_chunk(chunk)
             if text:
                 ctx.publish_created(handler)

@@ -75,6 +75,7 @@ async def test_a_thread_belongs_to_the_key_that_made_it(start_hub: StartHub) -> 
         ("POST", f"/v1/threads/{thread_id}/messages"),
         ("GET", f"/v1/threads/{thread_id}/runs"),
         ("GET", f"/v1/threads/{thread_id}/runs/{run_id}"),
+        ("GET", f"/v1/threads/{thread_id}/runs/{run_id}/timings"),
         ("POST", f"/v1/threads/{thread_id}/runs"),
         ("POST", f"/v1/threads/{thread_id}/runs/{run_id}/cancel"),
         ("GET", f"/v1/threads/{thread_id}/stream/{run_id}"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent_runtime.bench.breakdown import PHASES
 from agent_runtime.bench.sse_client import split_frame
 from agent_runtime.bench.stats import Histogram, summary_ms
 
@@ -64,6 +65,14 @@ def check_schema(summary: dict[str, Any]) -> None:
     point = summary["timeline"][0]
     assert set(point) >= {"t", "events_per_s", "latency_ms", "cpu", "delivered"}
     assert isinstance(summary["correct"], bool) and isinstance(summary["ok"], bool)
+    breakdown = summary["time_to_first_delta_ms"]["breakdown"]
+    assert list(breakdown["phases_ms"]) == [phase[0] for phase in PHASES]
+    assert breakdown["runs"] == summary["time_to_first_delta_ms"]["n"]
+    generator = summary["load_generator"]
+    assert isinstance(generator["bottleneck"], bool) and generator["loop_lag_ms"]["n"] > 0
+    assert (generator["warning"] is None) == (not generator["bottleneck"])
+    pressure = summary["other_processes"]["cpu_pressure"]
+    assert pressure is None or 0.0 <= pressure <= 1.0
 
 
 async def test_bench_counts_exactly_what_the_hub_published(start_hub: StartHub) -> None:
@@ -104,6 +113,13 @@ async def test_bench_counts_exactly_what_the_hub_published(start_hub: StartHub) 
         and summary["time_to_first_delta_ms"]["n"] == (runs["started"])
     )
     assert hub.registry.stats().subscribers == 0  # the bench left nothing connected
+    # The hub stamped every run's start, in order: its own phases are never negative.
+    breakdown = summary["time_to_first_delta_ms"]["breakdown"]
+    assert breakdown["hub_reported"] == breakdown["runs"] == runs["started"]
+    for name, figures in breakdown["phases_ms"].items():
+        assert figures["n"] == runs["started"], name
+        if name not in ("request", "delivery"):  # the two that compare two clocks
+            assert figures["negative"] == 0, name
 
 
 async def test_bench_reports_the_model_a_forcing_hub_used(start_hub: StartHub) -> None:

@@ -17,7 +17,7 @@ from agent_runtime.errors import AgentRuntimeError, ProviderError, RunCancelled
 from agent_runtime.objects import Message
 from agent_runtime.stream_handler import StreamHandler
 
-from ..conftest import within
+from ..conftest import eventually, within
 
 WORDS = ["Ah", ",", " my", " friend", "."]
 
@@ -185,3 +185,53 @@ async def test_interrupt_wakes_every_reader_with_run_cancelled() -> None:
         results = await asyncio.gather(*readers, return_exceptions=True)
     assert all(isinstance(r, RunCancelled) for r in results), results
     assert h.text == "partial"
+
+
+class CountingCondition(threading.Condition):
+    """A condition that counts the wake-ups it sends while a thread waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def notify(self, n: int = 1) -> None:
+        if self._waiters:  # type: ignore[attr-defined]
+            self.wakeups += 1
+        super().notify(n)
+
+
+async def test_a_thread_waiting_for_the_end_is_not_woken_by_each_chunk() -> None:
+    """``add_reply`` waits in the agent's thread for the completion's end: the chunks
+    must not wake it (a thread switch and two GIL hand-overs each, taken from the loop);
+    the end does, once."""
+    h = handler()
+    cond = CountingCondition()
+    h._cond = cond
+    result: list[str] = []
+    waiter = threading.Thread(target=lambda: result.append(h.wait()), daemon=True)
+    waiter.start()
+    try:
+        await eventually(lambda: bool(cond._waiters), what="the thread waits")  # type: ignore[attr-defined]
+        for c in provider_chunks():
+            h.push(c)
+        assert cond.wakeups == 0
+    finally:
+        h.end()
+    assert cond.wakeups == 1
+    async with within():
+        await asyncio.to_thread(waiter.join)
+    assert result == ["Ah, my friend."]
+
+
+async def test_a_thread_reading_chunks_is_woken_for_each() -> None:
+    h = handler()
+    got: list[str] = []
+
+    def read() -> None:
+        got.extend(c.choices[0].delta.content or "" for c in h if c.choices)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    await feed(h, provider_chunks())
+    await asyncio.to_thread(reader.join)
+    assert "".join(got) == "Ah, my friend."
