@@ -44,24 +44,18 @@ from .errors import (
     StorageUnavailable,
 )
 from .objects import Run, now
+from .store.redis_scripts import CLAIM
+from .store.redis_store import ClaimKeys, RedisStore
 
 if TYPE_CHECKING:
     from broker.redis_streams import RedisRegistry
 
-    from .objects import Message
+    from .objects import Message, Thread
     from .store import Store
 
 __all__ = ["Cluster", "new_node_id"]
 
 logger = logging.getLogger(__name__)
-
-_CLAIM = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] then return holder end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ' ' .. ARGV[1])
-return false
-"""
 
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -147,7 +141,7 @@ class Cluster:
         self.registry = registry
         self.store = store
         self.cancel_timeout = cancel_timeout
-        self._claim = client.register_script(_CLAIM)
+        self._claim = client.register_script(CLAIM.text)
         self._release = client.register_script(_RELEASE)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -246,6 +240,36 @@ class Cluster:
                 logger.warning("node %s: %s failed: %s", self.node_id, what, exc)
 
     # -- run ownership -----------------------------------------------------------------
+
+    async def create_run(
+        self, store: Store, run: Run, *, messages: Sequence[Message], thread: Thread | None
+    ) -> str | None:
+        """Store a new run (:meth:`Store.create_run`), recorded as live on this node with
+        its thread claimed: ``None``, or the id of the live run that already holds the
+        thread (nothing is stored or recorded).
+
+        On this deployment's :class:`RedisStore` (same Redis, same prefix) the claim is
+        made by the run's own write: one script, one round trip, atomic. On another
+        store, the claim (one script) comes first and is released if the write fails.
+        """
+        if isinstance(store, RedisStore) and self._shares(store):
+            claim = ClaimKeys(self._threads, self._live, self.node_id)
+            return await store.create_claimed_run(
+                run, messages=messages, thread=thread, claim=claim
+            )
+        holder = await self.claim(run.thread_id, run.id)
+        if holder is not None:
+            return holder
+        try:
+            await store.create_run(run, messages=messages, thread=thread)
+        except BaseException:
+            self.release_soon(run.thread_id, run.id)
+            raise
+        return None
+
+    def _shares(self, store: RedisStore) -> bool:
+        """``store`` keeps its keys in this cluster's Redis and prefix."""
+        return store.prefix == self.prefix and store.url == self.registry.settings.url
 
     async def claim(self, thread_id: str, run_id: str) -> str | None:
         """Record ``run_id`` as live on this node and claim its thread. Returns ``None``,

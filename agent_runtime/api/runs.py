@@ -25,12 +25,12 @@ from broker import (
 
 from .. import protocol
 from ..errors import InvalidRequest
-from ..objects import Message, Run, RunStep
+from ..objects import Message, Run, RunStep, Thread
 from ..protocol import GAP, delta_payload
 from ..run_log import replay_compacted
 from ..runs import RunContext
 from .keys import HUB
-from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
+from .threads import MessageIn, ThreadIn, check_content, new_thread, page_body
 from .validation import (
     MAX_INSTRUCTIONS_CHARS,
     Instructions,
@@ -82,7 +82,15 @@ class RunListQuery(BaseModel):
     before: str | None = None
 
 
-async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.StreamResponse:
+async def _start(
+    request: web.Request,
+    thread_id: str,
+    body: RunIn,
+    thread: tuple[Thread, list[Message]] | None = None,
+) -> web.StreamResponse:
+    """Start the run (with ``thread``: on that new thread, created with it, holding its
+    messages): its thread's check or creation, messages, claim and run are one store
+    write (one round trip on Redis)."""
     hub = request.app[HUB]
     extra = [(m.role, str(m.content)) for m in body.additional_messages or []]
     for index, (_role, content) in enumerate(extra):
@@ -104,6 +112,8 @@ async def _start(request: web.Request, thread_id: str, body: RunIn) -> web.Strea
         instructions=instructions,
         additional_messages=extra,
         metadata=body.metadata,
+        thread=None if thread is None else thread[0],
+        thread_messages=() if thread is None else thread[1],
     )
     if body.stream:
         query = parse_stream_query(request, framing=Framing.OPENAI)
@@ -125,16 +135,15 @@ def _check_model(request: web.Request, body: RunIn) -> None:
 async def create_run(request: web.Request) -> web.StreamResponse:
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, RunIn)
-    await request.app[HUB].store.get_thread(thread_id)
     _check_model(request, body)
-    return await _start(request, thread_id, body)
+    return await _start(request, thread_id, body)  # 404 if the thread does not exist
 
 
 async def create_thread_and_run(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ThreadAndRunIn)
     _check_model(request, body)  # 404 or 400 before creating anything
-    thread = await create_thread_from(request, body.thread or ThreadIn())
-    return await _start(request, thread.id, body)
+    thread, messages = new_thread(request, body.thread or ThreadIn())
+    return await _start(request, thread.id, body, (thread, messages))
 
 
 async def list_runs(request: web.Request) -> web.Response:

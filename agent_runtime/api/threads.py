@@ -102,8 +102,8 @@ def new_message(thread_id: str, body: MessageIn) -> Message:
     )
 
 
-async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
-    store = request.app[HUB].store
+def new_thread(request: web.Request, body: ThreadIn) -> tuple[Thread, list[Message]]:
+    """The thread ``body`` describes and its messages, checked, not stored yet."""
     thread = Thread(
         id=new_id("thread"),
         created_at=now(),
@@ -112,15 +112,13 @@ async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
     )
     for index, item in enumerate(body.messages):
         check_content(request, str(item.content), f"messages[{index}].content")
-    await store.create_thread(thread)
-    for item in body.messages:
-        await store.add_message(new_message(thread.id, item))
-    return thread
+    return thread, [new_message(thread.id, item) for item in body.messages]
 
 
 async def create_thread(request: web.Request) -> web.Response:
     body = await read_json(request, ThreadIn)
-    thread = await create_thread_from(request, body)
+    thread, messages = new_thread(request, body)
+    await request.app[HUB].store.create_thread(thread, messages)  # one write
     return json_response(thread.to_dict())
 
 

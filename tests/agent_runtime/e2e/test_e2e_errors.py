@@ -6,6 +6,7 @@ Every error is ``{"error": {"message", "type", "param", "code"}}`` with
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -223,9 +224,11 @@ class SuspendingStore(MemoryStore):
         await asyncio.sleep(0)
         return await super().get_thread(thread_id)
 
-    async def create_run(self, run: Run) -> None:
+    async def create_run(
+        self, run: Run, *, messages: Sequence[Message] = (), thread: Thread | None = None
+    ) -> None:
         await asyncio.sleep(0)
-        await super().create_run(run)
+        await super().create_run(run, messages=messages, thread=thread)
 
     async def update_run(self, run: Run) -> None:
         await asyncio.sleep(0)
