@@ -170,9 +170,7 @@ async def _ended(node: Hub, ctx: RunContext) -> None:
     )
 
 
-async def test_the_other_writes_are_one_round_trip_each(
-    node: Hub, round_trips: RoundTrips
-) -> None:
+async def test_the_other_writes_are_one_round_trip_each(node: Hub, round_trips: RoundTrips) -> None:
     store = node.store
     assert isinstance(store, RedisStore)
     thread, messages = _new_thread("warm up")
