@@ -63,6 +63,17 @@ redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: runs live. ARGV: run id, this node's id, inbox key = ARGV[3] .. owner .. ARGV[4],
+# request. The run's owner (the request pushed to its inbox unless it is this node), or
+# false: the run is live nowhere.
+_FORWARD = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return false end
+local owner = string.match(value, '^[^ ]*')
+if owner ~= ARGV[2] then redis.call('RPUSH', ARGV[3] .. owner .. ARGV[4], ARGV[5]) end
+return owner
+"""
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -143,6 +154,7 @@ class Cluster:
         self.cancel_timeout = cancel_timeout
         self._claim = client.register_script(CLAIM.text)
         self._release = client.register_script(_RELEASE)
+        self._forward = client.register_script(_FORWARD)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.reaped = 0
@@ -303,13 +315,17 @@ class Cluster:
         would (``cancelling`` published, then ``cancelled``) and answers. Raises the
         owner's error, or :class:`ServiceUnavailable` if it does not answer in time.
         """
-        owner = await self.owner_of(run_id)
-        if owner is None or owner == self.node_id:
-            return None
         reply = f"{self.prefix}reply:{uuid.uuid4().hex}"
         request = {"op": "cancel", "thread_id": thread_id, "run_id": run_id, "reply": reply}
         payload = orjson.dumps(request).decode()
-        await self.client.rpush(self._inbox(owner), payload)
+        # The owner looked up and the request put in its inbox: one script.
+        found = await self._forward(
+            keys=[self._live],
+            args=[run_id, self.node_id, f"{self.prefix}node:", ":inbox", payload],
+        )
+        owner = None if found is None else _text(found)
+        if owner is None or owner == self.node_id:
+            return None
         answer = await self.client.blpop([reply], timeout=self.cancel_timeout)
         if answer is None:
             with contextlib.suppress(RedisError, OSError):

@@ -130,9 +130,8 @@ async def get_thread(request: web.Request) -> web.Response:
 async def delete_thread(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     thread_id = request.match_info["thread_id"]
-    await hub.store.get_thread(thread_id)
     with hub.runs.deleting(thread_id):  # 409 while a run is live or starting on it
-        await hub.store.delete_thread(thread_id)
+        await hub.store.delete_thread(thread_id)  # 404 if there is no such thread
     return json_response({"id": thread_id, "object": "thread.deleted", "deleted": True})
 
 
@@ -141,9 +140,8 @@ async def create_message(request: web.Request) -> web.Response:
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, MessageIn)
     check_content(request, str(body.content))
-    await hub.store.get_thread(thread_id)
     message = new_message(thread_id, body)
-    await hub.store.add_message(message)
+    await hub.store.add_message(message)  # 404 if there is no such thread: one write
     return json_response(message.to_dict())
 
 
