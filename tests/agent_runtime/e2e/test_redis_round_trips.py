@@ -28,6 +28,7 @@ from agent_runtime.hub import Hub
 from agent_runtime.objects import Message, Thread, new_id, now
 from agent_runtime.runs import RunContext
 from agent_runtime.store import RedisStore
+from agent_runtime.store.redis_scripts import SCRIPTS
 
 from ..conftest import SLOW_MODEL, UNIT
 
@@ -185,3 +186,27 @@ async def test_the_other_writes_are_one_round_trip_each(node: Hub, round_trips: 
     )
     _none, sent = await round_trips.of(store.add_message(message))
     assert sent == [["EVALSHA"]], sent
+
+
+async def test_writes_survive_redis_forgetting_the_scripts(
+    node: Hub, round_trips: RoundTrips
+) -> None:
+    """After ``SCRIPT FLUSH`` (as after a restart of Redis) the writes refused with
+    ``NOSCRIPT`` are sent again, in order, behind the scripts' ``SCRIPT LOAD``."""
+    store = node.store
+    assert isinstance(store, RedisStore)
+    thread, messages = _new_thread("warm up")
+    await store.create_thread(thread, messages)
+    await store._client.script_flush()
+
+    first, second = (
+        Message(id=new_id("msg"), thread_id=thread.id, role="user", content=text, created_at=now())
+        for text in ("first", "second")
+    )
+    _none, sent = await round_trips.of(
+        asyncio.gather(store.add_message(first), store.add_message(second))
+    )
+    reloaded = ["SCRIPT"] * len(SCRIPTS) + ["EVALSHA", "EVALSHA"]
+    assert sent == [["EVALSHA", "EVALSHA"], reloaded], sent
+    page = await store.list_messages(thread.id, order="asc")
+    assert [m.content for m in page.data] == ["warm up", "first", "second"]
