@@ -24,10 +24,11 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 from agent_runtime.config import HubConfig
+from agent_runtime.errors import Conflict
 from agent_runtime.hub import Hub
 from agent_runtime.objects import Message, Thread, new_id, now
 from agent_runtime.runs import RunContext
-from agent_runtime.store import RedisStore
+from agent_runtime.store import MemoryStore, RedisStore
 from agent_runtime.store.redis_scripts import SCRIPTS
 
 from ..conftest import SLOW_MODEL, UNIT
@@ -210,3 +211,42 @@ async def test_writes_survive_redis_forgetting_the_scripts(
     assert sent == [["EVALSHA", "EVALSHA"], reloaded], sent
     page = await store.list_messages(thread.id, order="asc")
     assert [m.content for m in page.data] == ["warm up", "first", "second"]
+
+
+async def test_a_claim_across_nodes_is_exclusive_on_either_path(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Two nodes on one Redis start a run on the same thread at once: one starts, the
+    other gets 409 naming it; with the nodes' Redis store (the claim made by the run's
+    own script) and with a store of their own (the claim first, then the store)."""
+    shared = MemoryStore()
+    for store in (None, shared):
+        hubs = [
+            Hub(
+                HubConfig(
+                    force_model=SLOW_MODEL,
+                    shutdown_timeout=2 * UNIT,
+                    redis={"url": redis_url, "prefix": redis_prefix, "node_id": name},
+                ),
+                store=store,
+            )
+            for name in ("a", "b")
+        ]
+        try:
+            for hub in hubs:
+                await hub.start()
+            thread, messages = _new_thread("hi")
+            await hubs[0].store.create_thread(thread, messages)
+            results = await asyncio.gather(
+                *(hub.runs.create(thread.id, "async-example") for hub in hubs),
+                return_exceptions=True,
+            )
+            started = [r for r in results if isinstance(r, RunContext)]
+            refused = [r for r in results if isinstance(r, Conflict)]
+            assert len(started) == 1 and len(refused) == 1, results
+            assert started[0].run.id in str(refused[0])
+            runs = await hubs[0].store.list_runs(thread.id)
+            assert [r.id for r in runs.data] == [started[0].run.id]
+        finally:
+            for hub in hubs:
+                await hub.aclose()
