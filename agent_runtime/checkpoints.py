@@ -16,9 +16,10 @@ cursor still gets the endings. A stream rebuilt from that log keeps the run's
 numbering, so a client's cursor still works; a cursor at or past the recovered end is
 at the end (``204``).
 
-Concurrency: one loop-side task per hub writes every changed run in turn. A checkpoint
-is queued only while its run is not ending, and stores apply writes in call order, so a
-checkpoint never lands after the run's final state.
+Concurrency: one loop-side task per hub writes every changed run at each interval,
+queued :data:`CHUNK` at a time in one loop turn, each chunk awaited together. A
+checkpoint is queued only while its run is not ending, and stores apply writes in call
+order, so a checkpoint never lands after the run's final state.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ MIN_RESERVE = 1000
 """Ids left unused after a checkpoint's head before a crashed run's endings: events a
 client may have seen after the last checkpoint (at least this many, or twice as many as
 were published in the interval before it)."""
+
+CHUNK = 32
+"""Checkpoints queued together (see :meth:`Checkpointer.write_changed`)."""
 
 FIRST_EVENTS = 2
 """Every run's stream starts with ``thread.run.created`` and ``thread.run.queued``: a run
@@ -91,32 +95,39 @@ class Checkpointer:
             await self.write_changed()
 
     async def write_changed(self) -> int:
-        """Write a checkpoint of every live run that changed since its last; how many."""
-        alive: set[str] = set()
+        """Write a checkpoint of every live run that changed since its last; how many.
+
+        One task per run checks it and queues its write in the same step (so never
+        after the run started ending and queued its final state), :data:`CHUNK` runs in
+        one loop turn, awaited together: a store that batches its writes (Redis) sends
+        each chunk in one round trip, not one per live run, and other writes (a run's
+        creation) wait behind one chunk at most, not every live run's log."""
+        live = list(self._live())
+        alive = {ctx.run.id for ctx in live}
+        contexts = [ctx for ctx in live if self._changed(ctx)]
+        writes: list[asyncio.Task[int]] = []
+        for start in range(0, len(contexts), CHUNK):
+            chunk = [
+                asyncio.ensure_future(self._checkpoint(c)) for c in contexts[start : start + CHUNK]
+            ]
+            writes += chunk
+            try:
+                await asyncio.wait(chunk)
+            except asyncio.CancelledError:  # (queued writes still happen: stores shield them)
+                for task in chunk:
+                    task.cancel()
+                raise
         count = 0
         failed = 0
-        for ctx in list(self._live()):
-            run_id = ctx.run.id
-            alive.add(run_id)
-            head = ctx.head
-            # Checked right before the write is queued, in the same loop step.
-            if ctx.finishing or ctx.run.terminal or self._saved.get(run_id) == head:
-                continue
-            log = ctx.stored_log()
-            # Ids a crash may have used past this checkpoint: twice the last interval's.
-            log["reserve"] = head + max(MIN_RESERVE, 2 * (head - self._saved.get(run_id, 0)))
-            try:
-                await self.store.save_run_log(ctx.run.thread_id, run_id, log)
-            except NotFound:
-                continue
-            except Exception as exc:
+        for ctx, write in zip(contexts, writes, strict=True):
+            exc = write.exception()
+            if exc is None:
+                count += write.result()
+            elif not isinstance(exc, NotFound):
                 failed += 1
                 if not self._failing:  # once until checkpoints are written again
                     self._failing = True
-                    logger.warning("checkpoints cannot be written (run %s): %s", run_id, exc)
-                continue
-            self._saved[run_id] = head
-            count += 1
+                    logger.warning("checkpoints cannot be written (run %s): %s", ctx.run.id, exc)
         for gone in set(self._saved) - alive:
             del self._saved[gone]
         if self._failing and count and not failed:
@@ -124,6 +135,24 @@ class Checkpointer:
             logger.info("checkpoints are written again")
         self.written += count
         return count
+
+    def _changed(self, ctx: Checkpointed) -> bool:
+        """The run is not ending and has events since its last checkpoint."""
+        return not (ctx.finishing or ctx.run.terminal or self._saved.get(ctx.run.id) == ctx.head)
+
+    async def _checkpoint(self, ctx: Checkpointed) -> int:
+        """Write the run's checkpoint if it changed (1), else nothing (0)."""
+        run_id = ctx.run.id
+        head = ctx.head
+        # Checked right before the write is queued, in the same loop step.
+        if not self._changed(ctx):
+            return 0
+        log = ctx.stored_log()
+        # Ids a crash may have used past this checkpoint: twice the last interval's.
+        log["reserve"] = head + max(MIN_RESERVE, 2 * (head - self._saved.get(run_id, 0)))
+        await self.store.save_run_log(ctx.run.thread_id, run_id, log)
+        self._saved[run_id] = head
+        return 1
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

@@ -44,29 +44,34 @@ from .errors import (
     StorageUnavailable,
 )
 from .objects import Run, now
+from .store.redis_scripts import CLAIM
+from .store.redis_store import ClaimKeys, RedisStore
 
 if TYPE_CHECKING:
     from broker.redis_streams import RedisRegistry
 
-    from .objects import Message
+    from .objects import Message, Thread
     from .store import Store
 
 __all__ = ["Cluster", "new_node_id"]
 
 logger = logging.getLogger(__name__)
 
-_CLAIM = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] then return holder end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ' ' .. ARGV[1])
-return false
-"""
-
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
 redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
+"""
+
+# KEYS: runs live. ARGV: run id, this node's id, inbox key = ARGV[3] .. owner .. ARGV[4],
+# request. The run's owner (the request pushed to its inbox unless it is this node), or
+# false: the run is live nowhere.
+_FORWARD = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return false end
+local owner = string.match(value, '^[^ ]*')
+if owner ~= ARGV[2] then redis.call('RPUSH', ARGV[3] .. owner .. ARGV[4], ARGV[5]) end
+return owner
 """
 
 
@@ -147,8 +152,9 @@ class Cluster:
         self.registry = registry
         self.store = store
         self.cancel_timeout = cancel_timeout
-        self._claim = client.register_script(_CLAIM)
+        self._claim = client.register_script(CLAIM.text)
         self._release = client.register_script(_RELEASE)
+        self._forward = client.register_script(_FORWARD)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.reaped = 0
@@ -247,6 +253,36 @@ class Cluster:
 
     # -- run ownership -----------------------------------------------------------------
 
+    async def create_run(
+        self, store: Store, run: Run, *, messages: Sequence[Message], thread: Thread | None
+    ) -> str | None:
+        """Store a new run (:meth:`Store.create_run`), recorded as live on this node with
+        its thread claimed: ``None``, or the id of the live run that already holds the
+        thread (nothing is stored or recorded).
+
+        On this deployment's :class:`RedisStore` (same Redis, same prefix) the claim is
+        made by the run's own write: one script, one round trip, atomic. On another
+        store, the claim (one script) comes first and is released if the write fails.
+        """
+        if isinstance(store, RedisStore) and self._shares(store):
+            claim = ClaimKeys(self._threads, self._live, self.node_id)
+            return await store.create_claimed_run(
+                run, messages=messages, thread=thread, claim=claim
+            )
+        holder = await self.claim(run.thread_id, run.id)
+        if holder is not None:
+            return holder
+        try:
+            await store.create_run(run, messages=messages, thread=thread)
+        except BaseException:
+            self.release_soon(run.thread_id, run.id)
+            raise
+        return None
+
+    def _shares(self, store: RedisStore) -> bool:
+        """``store`` keeps its keys in this cluster's Redis and prefix."""
+        return store.prefix == self.prefix and store.url == self.registry.settings.url
+
     async def claim(self, thread_id: str, run_id: str) -> str | None:
         """Record ``run_id`` as live on this node and claim its thread. Returns ``None``,
         or the id of the live run that already holds the thread (nothing is recorded)."""
@@ -279,13 +315,17 @@ class Cluster:
         would (``cancelling`` published, then ``cancelled``) and answers. Raises the
         owner's error, or :class:`ServiceUnavailable` if it does not answer in time.
         """
-        owner = await self.owner_of(run_id)
-        if owner is None or owner == self.node_id:
-            return None
         reply = f"{self.prefix}reply:{uuid.uuid4().hex}"
         request = {"op": "cancel", "thread_id": thread_id, "run_id": run_id, "reply": reply}
         payload = orjson.dumps(request).decode()
-        await self.client.rpush(self._inbox(owner), payload)
+        # The owner looked up and the request put in its inbox: one script.
+        found = await self._forward(
+            keys=[self._live],
+            args=[run_id, self.node_id, f"{self.prefix}node:", ":inbox", payload],
+        )
+        owner = None if found is None else _text(found)
+        if owner is None or owner == self.node_id:
+            return None
         answer = await self.client.blpop([reply], timeout=self.cancel_timeout)
         if answer is None:
             with contextlib.suppress(RedisError, OSError):

@@ -51,7 +51,7 @@ from ..responses.service import LiveResponse, PlainRequest, Responses, input_wit
 from .auth import owned_thread
 from .keys import HUB
 from .metrics import METRICS_REGISTRY
-from .threads import ThreadIn, check_content, create_thread_from
+from .threads import ThreadIn, check_content, new_thread
 from .validation import Instructions, Metadata, json_response, parse_query, read_json
 
 __all__ = ["RESPONSES", "install", "install_metrics", "routes"]
@@ -152,7 +152,8 @@ async def _thread_for(request: web.Request, body: ResponseIn) -> tuple[str, bool
                 f"Conversation with id '{thread_id}' not found.", param="conversation"
             ) from None
         return thread_id, True
-    thread = await create_thread_from(request, ThreadIn())
+    thread, messages = new_thread(request, ThreadIn())
+    await request.app[HUB].store.create_thread(thread, messages)
     return thread.id, False
 
 

@@ -26,13 +26,13 @@ from broker import (
 
 from .. import protocol
 from ..errors import InvalidRequest, NotFound
-from ..objects import Message, Run, RunStep
+from ..objects import Message, Run, RunStep, Thread
 from ..protocol import GAP, delta_payload
 from ..run_log import replay_compacted
 from ..runs import RunContext
 from ..runs.timings import timings_body
 from .keys import HUB
-from .threads import MessageIn, ThreadIn, check_content, create_thread_from, page_body
+from .threads import MessageIn, ThreadIn, check_content, new_thread, page_body
 from .validation import (
     MAX_INSTRUCTIONS_CHARS,
     Instructions,
@@ -85,8 +85,15 @@ class RunListQuery(BaseModel):
 
 
 async def _start(
-    request: web.Request, thread_id: str, body: RunIn, accepted_at: float
+    request: web.Request,
+    thread_id: str,
+    body: RunIn,
+    accepted_at: float,
+    thread: tuple[Thread, list[Message]] | None = None,
 ) -> web.StreamResponse:
+    """Start the run (with ``thread``: on that new thread, created with it, holding its
+    messages): its thread's check or creation, messages, claim and run are one store
+    write (one round trip on Redis)."""
     hub = request.app[HUB]
     extra = [(m.role, str(m.content)) for m in body.additional_messages or []]
     for index, (_role, content) in enumerate(extra):
@@ -109,6 +116,8 @@ async def _start(
         additional_messages=extra,
         metadata=body.metadata,
         accepted_at=accepted_at,
+        thread=None if thread is None else thread[0],
+        thread_messages=() if thread is None else thread[1],
     )
     if body.stream:
         query = parse_stream_query(request, framing=Framing.OPENAI)
@@ -131,17 +140,16 @@ async def create_run(request: web.Request) -> web.StreamResponse:
     accepted_at = time.time()
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, RunIn)
-    await request.app[HUB].store.get_thread(thread_id)
     _check_model(request, body)
-    return await _start(request, thread_id, body, accepted_at)
+    return await _start(request, thread_id, body, accepted_at)  # 404 if no such thread
 
 
 async def create_thread_and_run(request: web.Request) -> web.StreamResponse:
     accepted_at = time.time()
     body = await read_json(request, ThreadAndRunIn)
     _check_model(request, body)  # 404 or 400 before creating anything
-    thread = await create_thread_from(request, body.thread or ThreadIn())
-    return await _start(request, thread.id, body, accepted_at)
+    thread, messages = new_thread(request, body.thread or ThreadIn())
+    return await _start(request, thread.id, body, accepted_at, (thread, messages))
 
 
 async def list_runs(request: web.Request) -> web.Response:

@@ -102,8 +102,8 @@ def new_message(thread_id: str, body: MessageIn) -> Message:
     )
 
 
-async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
-    store = request.app[HUB].store
+def new_thread(request: web.Request, body: ThreadIn) -> tuple[Thread, list[Message]]:
+    """The thread ``body`` describes and its messages, checked, not stored yet."""
     thread = Thread(
         id=new_id("thread"),
         created_at=now(),
@@ -112,15 +112,13 @@ async def create_thread_from(request: web.Request, body: ThreadIn) -> Thread:
     )
     for index, item in enumerate(body.messages):
         check_content(request, str(item.content), f"messages[{index}].content")
-    await store.create_thread(thread)
-    for item in body.messages:
-        await store.add_message(new_message(thread.id, item))
-    return thread
+    return thread, [new_message(thread.id, item) for item in body.messages]
 
 
 async def create_thread(request: web.Request) -> web.Response:
     body = await read_json(request, ThreadIn)
-    thread = await create_thread_from(request, body)
+    thread, messages = new_thread(request, body)
+    await request.app[HUB].store.create_thread(thread, messages)  # one write
     return json_response(thread.to_dict())
 
 
@@ -132,9 +130,8 @@ async def get_thread(request: web.Request) -> web.Response:
 async def delete_thread(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     thread_id = request.match_info["thread_id"]
-    await hub.store.get_thread(thread_id)
     with hub.runs.deleting(thread_id):  # 409 while a run is live or starting on it
-        await hub.store.delete_thread(thread_id)
+        await hub.store.delete_thread(thread_id)  # 404 if there is no such thread
     return json_response({"id": thread_id, "object": "thread.deleted", "deleted": True})
 
 
@@ -143,9 +140,8 @@ async def create_message(request: web.Request) -> web.Response:
     thread_id = request.match_info["thread_id"]
     body = await read_json(request, MessageIn)
     check_content(request, str(body.content))
-    await hub.store.get_thread(thread_id)
     message = new_message(thread_id, body)
-    await hub.store.add_message(message)
+    await hub.store.add_message(message)  # 404 if there is no such thread: one write
     return json_response(message.to_dict())
 
 

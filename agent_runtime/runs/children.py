@@ -155,20 +155,25 @@ async def _start(parent: RunContext, assistant_id: str, query: str) -> RunContex
     thread = Thread(
         id=new_id("thread"), created_at=now(), metadata=dict(links), owner=parent_thread.owner
     )
-    await manager.store.create_thread(thread)
-    await manager.store.add_message(
-        Message(
-            id=new_id("msg"),
-            thread_id=thread.id,
-            role="user",
-            content=query,
-            created_at=now(),
-            completed_at=now(),
-        )
+    query_message = Message(
+        id=new_id("msg"),
+        thread_id=thread.id,
+        role="user",
+        content=query,
+        created_at=now(),
+        completed_at=now(),
     )
     if parent.cancel_requested:
         raise RunCancelled("the run was cancelled")
-    return await manager.create(thread.id, assistant_id, metadata=links, parent=parent)
+    # The thread, its message and the run: one store write.
+    return await manager.create(
+        thread.id,
+        assistant_id,
+        metadata=links,
+        parent=parent,
+        thread=thread,
+        thread_messages=[query_message],
+    )
 
 
 def _details(child: RunContext) -> dict[str, Any]:

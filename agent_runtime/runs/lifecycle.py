@@ -212,8 +212,12 @@ async def _write_final(ctx: RunContext) -> None:
     manager = ctx.manager
     try:
         async with asyncio.timeout(manager.config.final_write_timeout):
-            await manager.store.update_run(run)
-            await manager.store.save_run_log(run.thread_id, run.id, log)
+            # Both queued in one loop turn: the store applies them in order, and a
+            # store that batches its writes (Redis) sends them in one round trip.
+            await asyncio.gather(
+                manager.store.update_run(run),
+                manager.store.save_run_log(run.thread_id, run.id, log),
+            )
     except (Exception, TimeoutError) as exc:
         if isinstance(exc, NotFound):
             logger.info("run %s ended after its thread was deleted", run.id)

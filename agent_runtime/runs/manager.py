@@ -34,7 +34,7 @@ from ..agents import Agent, AgentCatalog
 from ..checkpoints import Checkpointer
 from ..config import RunsConfig
 from ..errors import Conflict, InvalidRequest, LimitReached, ServiceUnavailable
-from ..objects import Message, Run, RunStep, new_id, now
+from ..objects import Message, Run, RunStep, Thread, new_id, now
 from ..repairs import Repairs
 from ..run_log import RunLog
 from ..store import Store, every_page
@@ -157,6 +157,8 @@ class RunManager:
         additional_messages: Sequence[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
         parent: RunContext | None = None,
+        thread: Thread | None = None,
+        thread_messages: Sequence[Message] = (),
         agent: Agent | None = None,
         accepted_at: float | None = None,
     ) -> RunContext:
@@ -164,11 +166,16 @@ class RunManager:
         ``parent``: the run starting this one as its child (``env.run_agent``).
         ``agent``: the agent itself, when it is not the catalog's (a plain-model response).
         ``accepted_at``: ``time.time()`` when the request was accepted (default: now),
-        the run's first stamp (:mod:`.timings`)."""
+        the run's first stamp (:mod:`.timings`).
+        ``thread``: a new thread (of id ``thread_id``) to create with the run, holding
+        ``thread_messages`` (then the additional messages).
+
+        The thread's check (or creation), the messages, the claim of the thread across
+        nodes and the run are one store write (:meth:`ClusterPort.create_run`): on Redis,
+        one script and one round trip."""
         timings = RunTimings(accepted_at)
         if self._closing:
             raise ServiceUnavailable("the hub is shutting down; retry on another instance")
-        await self.store.get_thread(thread_id)
         agent = agent or self.catalog.get(assistant_id)
         if thread_id in self._deleting:
             raise Conflict(f"Thread {thread_id} is being deleted.", param="thread_id")
@@ -185,24 +192,19 @@ class RunManager:
         cluster = self.cluster
         claimed = False
         try:
-            holder = await cluster.claim(thread_id, run_id)  # and across every node
+            messages = [*thread_messages, *_messages(thread_id, additional_messages)]
+            ctx = self._context(run_id, thread_id, agent, model, instructions, metadata, parent)
+            ctx.timings = timings
+            claimed = True  # (attempted: releasing a claim not made changes nothing)
+            holder = await cluster.create_run(self.store, ctx.run, messages=messages, thread=thread)
             if holder is not None:
+                claimed = False
                 raise Conflict(
                     f"Thread {thread_id} already has an active run {holder}.",
                     param="thread_id",
                 )
-            claimed = True
-            return await self._create(
-                run_id,
-                thread_id,
-                agent,
-                model,
-                instructions,
-                additional_messages,
-                metadata,
-                parent,
-                timings,
-            )
+            self._start(ctx)
+            return ctx
         except BaseException:
             if self._live_by_thread.get(thread_id) == run_id:
                 del self._live_by_thread[thread_id]
@@ -234,29 +236,18 @@ class RunManager:
                 retry_after=1,
             )
 
-    async def _create(
+    def _context(
         self,
         run_id: str,
         thread_id: str,
         agent: Agent,
         model: str | None,
         instructions: str | None,
-        additional_messages: Sequence[tuple[str, str]],
         metadata: dict[str, str] | None,
-        parent: RunContext | None = None,
-        timings: RunTimings | None = None,
+        parent: RunContext | None,
     ) -> RunContext:
-        for role, content in additional_messages:
-            await self.store.add_message(
-                Message(
-                    id=new_id("msg"),
-                    thread_id=thread_id,
-                    role="assistant" if role == "assistant" else "user",
-                    content=content,
-                    created_at=now(),
-                    completed_at=now(),
-                )
-            )
+        """The new run (``queued``) and its stream: created before the run is stored, so
+        a subscriber that finds the run finds its stream here."""
         loop = asyncio.get_running_loop()
         expires_after = self.config.expires_after
         run = Run(
@@ -275,21 +266,22 @@ class RunManager:
         )
         ctx = RunContext(self, run, agent, stream, log, deadline=loop.time() + expires_after)
         ctx.parent = parent
-        if timings is not None:
-            ctx.timings = timings
-        await self.store.create_run(run)
+        return ctx
+
+    def _start(self, ctx: RunContext) -> None:
+        """The run is stored: make it live, publish its first events, start its task."""
+        run = ctx.run
         self._live[run.id] = ctx
         ctx.publish(protocol.RUN_CREATED, run.to_dict())
         ctx.publish(protocol.RUN_QUEUED, run.to_dict())
         self.started += 1
         self.checkpoints.start()
-        if parent is not None:
+        if ctx.parent is not None:
             self._slots.child_started()  # ended by _forget, the task's done callback
         ctx.task = asyncio.create_task(lifecycle.execute(ctx), name=_TASK_PREFIX + run.id)
         ctx.task.add_done_callback(lambda _t: self._forget(ctx))
         ctx.timings.stamp("created")
         self.timings.add(run.id, ctx.timings)
-        return ctx
 
     def _forget(self, ctx: RunContext) -> None:
         self.finished[ctx.run.status] += 1
@@ -374,3 +366,19 @@ class RunManager:
                 logger.warning("run task %s did not end within %.1fs", task.get_name(), timeout)
         await self.checkpoints.aclose()
         await self.repairs.aclose()
+
+
+def _messages(thread_id: str, additional: Sequence[tuple[str, str]]) -> list[Message]:
+    """A run's ``additional_messages`` (role, content) as messages of its thread."""
+    stamp = now()
+    return [
+        Message(
+            id=new_id("msg"),
+            thread_id=thread_id,
+            role="assistant" if role == "assistant" else "user",
+            content=content,
+            created_at=stamp,
+            completed_at=stamp,
+        )
+        for role, content in additional
+    ]

@@ -30,7 +30,7 @@ from openai.types.chat import ChatCompletion
 
 from ..config import RunsConfig
 from ..models.base import ModelProvider
-from ..objects import Message, Run, RunStatus
+from ..objects import Message, Run, RunStatus, Thread
 from ..repairs import Repairs
 from ..store import Store
 from ..stream_handler import StreamHandler
@@ -195,8 +195,11 @@ class RunHost(Protocol[C]):
         additional_messages: Sequence[tuple[str, str]] = (),
         metadata: dict[str, str] | None = None,
         parent: C | None = None,
+        thread: Thread | None = None,
+        thread_messages: Sequence[Message] = (),
     ) -> C:
-        """Start a run (a child run of ``parent``)."""
+        """Start a run (a child run of ``parent``; on ``thread``, a new thread created
+        with the run, holding ``thread_messages``)."""
         ...
 
     def cancel_now(self, ctx: C) -> None:
@@ -207,9 +210,12 @@ class RunHost(Protocol[C]):
 class ClusterPort(Protocol):
     """Runs across the nodes of a cluster (see :mod:`agent_runtime.cluster`)."""
 
-    async def claim(self, thread_id: str, run_id: str) -> str | None:
-        """Record the run as live on this node and claim its thread: ``None``, or the id
-        of the live run that holds the thread already."""
+    async def create_run(
+        self, store: Store, run: Run, *, messages: Sequence[Message], thread: Thread | None
+    ) -> str | None:
+        """Store the new run as :meth:`Store.create_run` does, recording it as live on
+        this node and claiming its thread: ``None``, or the id of the live run that holds
+        the thread already (then nothing is stored). Raises ``NotFound`` (no thread)."""
         ...
 
     def release_soon(self, thread_id: str, run_id: str) -> None:
@@ -225,7 +231,10 @@ class ClusterPort(Protocol):
 class NoCluster:
     """One node alone: every claim succeeds, nothing to release or forward."""
 
-    async def claim(self, thread_id: str, run_id: str) -> str | None:
+    async def create_run(
+        self, store: Store, run: Run, *, messages: Sequence[Message], thread: Thread | None
+    ) -> str | None:
+        await store.create_run(run, messages=messages, thread=thread)
         return None
 
     def release_soon(self, thread_id: str, run_id: str) -> None:

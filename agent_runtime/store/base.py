@@ -7,7 +7,7 @@ or a message by passing the updated object to ``update_*``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -50,7 +50,10 @@ async def every_page(fetch: Callable[[str | None], Awaitable[Page[HasId]]]) -> l
 
 
 class Store(Protocol):
-    async def create_thread(self, thread: Thread) -> None: ...
+    async def create_thread(self, thread: Thread, messages: Sequence[Message] = ()) -> None:
+        """Create the thread with its first ``messages`` (of that thread, in order): one
+        write (one transaction, one Redis script)."""
+        ...
 
     async def get_thread(self, thread_id: str) -> Thread:
         """Raises ``NotFound``."""
@@ -77,7 +80,14 @@ class Store(Protocol):
         run_id: str | None = None,
     ) -> Page[Message]: ...
 
-    async def create_run(self, run: Run) -> None: ...
+    async def create_run(
+        self, run: Run, *, messages: Sequence[Message] = (), thread: Thread | None = None
+    ) -> None:
+        """Store a new run after its ``messages`` (added to its thread first, in order);
+        with ``thread``, that new thread is created too, holding them. All or nothing, in
+        one write (one transaction, one Redis script). Raises ``NotFound`` (no thread,
+        when ``thread`` is not given)."""
+        ...
 
     async def update_run(self, run: Run) -> None: ...
 

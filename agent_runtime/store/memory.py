@@ -73,9 +73,9 @@ class MemoryStore:
         except KeyError:
             raise NotFound(f"No thread found with id '{thread_id}'.", param="thread_id") from None
 
-    async def create_thread(self, thread: Thread) -> None:
+    async def create_thread(self, thread: Thread, messages: Sequence[Message] = ()) -> None:
         self._threads[thread.id] = copy.deepcopy(thread)
-        self._messages[thread.id] = {}
+        self._messages[thread.id] = {m.id: copy.deepcopy(m) for m in messages}
         self._runs[thread.id] = {}
         self._logs[thread.id] = {}
         self._steps[thread.id] = {}
@@ -129,7 +129,15 @@ class MemoryStore:
         page = paginate(items, order=order, limit=limit, after=after, before=before)
         return Page([copy.deepcopy(m) for m in page.data], page.has_more)
 
-    async def create_run(self, run: Run) -> None:
+    async def create_run(
+        self, run: Run, *, messages: Sequence[Message] = (), thread: Thread | None = None
+    ) -> None:
+        if thread is not None:
+            await self.create_thread(thread, messages)
+        else:
+            stored = self._thread_messages(run.thread_id)
+            for message in messages:
+                stored[message.id] = copy.deepcopy(message)
         self._thread_runs(run.thread_id)[run.id] = copy.deepcopy(run)
 
     async def update_run(self, run: Run) -> None:

@@ -12,7 +12,10 @@ Key layout (every key starts with ``prefix``)
 Atomicity and order
 -------------------
 Every write is one Lua script (checks and changes together: a message is never added to a
-thread being deleted, adding a message again replaces it in place). Writes of one store
+thread being deleted, adding a message again replaces it in place), sent by digest
+(``EVALSHA``; see :mod:`.redis_scripts`). A run's creation is one script: the thread
+checked (or created, with its messages), the run's messages, the thread claimed for the
+run across nodes (:meth:`RedisStore.create_claimed_run`) and the run. Writes of one store
 object go out in the order they were called: they are queued, and one writer task sends
 everything queued during a loop turn as one pipeline on one connection (so many runs'
 writes share a round trip, and two updates of a run are never reordered by the
@@ -28,76 +31,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..errors import NotFound, ServiceUnavailable
 from ..objects import Message, Run, RunStep, Thread
 from .base import Order, Page
 from .memory import paginate
+from .redis_scripts import (
+    ADOPT,
+    CREATE_RUN,
+    CREATE_THREAD,
+    DELETE_THREAD,
+    PUT,
+    PUT_LOG,
+    PUT_STEP,
+    REPLACE,
+    SCRIPTS,
+    Script,
+)
 
-__all__ = ["RedisStore"]
+__all__ = ["ClaimKeys", "RedisStore"]
 
 T = TypeVar("T", Message, Run)
-
-# KEYS: thread, index, hash, seq. ARGV: id, json. 0: no thread.
-_PUT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), ARGV[1])
-end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return 1
-"""
-
-# As _PUT, but -1 when the object does not exist yet.
-_REPLACE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: thread, logs hash. ARGV: run id, json. 0: no thread.
-_PUT_LOG = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-
-# As _PUT, for a run step. KEYS: as _PUT, then the runs hash. ARGV: id, json, run id.
-# 0: no thread; -1: no run.
-_PUT_STEP = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then return -1 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), ARGV[1])
-end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return 1
-"""
-
-_DELETE_THREAD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('DEL', unpack(KEYS))
-return 1
-"""
-
-
-# KEYS: thread. ARGV: owner. 1: the thread had no owner and now has this one.
-_ADOPT = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local thread = cjson.decode(raw)
-if thread.owner ~= nil and thread.owner ~= cjson.null then return 0 end
-thread.owner = ARGV[1]
-redis.call('SET', KEYS[1], cjson.encode(thread))
-return 1
-"""
 
 _SCAN_BATCH = 1000
 
@@ -112,6 +72,24 @@ def _run_missing(run_id: str) -> NotFound:
 
 def _dump(obj: Any) -> bytes:
     return orjson.dumps(dataclasses.asdict(obj))
+
+
+class ClaimKeys(NamedTuple):
+    """A cluster's claim of a thread for a new run, made in the run's own write (see
+    :meth:`RedisStore.create_claimed_run` and :mod:`agent_runtime.cluster`)."""
+
+    threads: str
+    """Hash: thread id → its live run's id."""
+    runs: str
+    """Hash: run id → ``"{node id} {thread id}"``."""
+    node_id: str
+
+
+class _Write(NamedTuple):
+    script: Script
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[Any]
 
 
 class RedisStore:
@@ -129,7 +107,9 @@ class RedisStore:
                 url, max_connections=max_connections, timeout=20, protocol=2
             )
         )
-        self._queue: list[tuple[Callable[[Any], object], asyncio.Future[Any]]] = []
+        self._queue: list[_Write] = []
+        self._loaded = False
+        """Redis has the scripts (``SCRIPT LOAD`` sent and answered)."""
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -148,8 +128,8 @@ class RedisStore:
         base = f"{self.prefix}thread:{thread_id}"
         return [base, f"{base}:{kind}", f"{base}:{kind}h", f"{base}:seq"]
 
-    def _write(self, add: Callable[[Any], object]) -> asyncio.Future[Any]:
-        """Queue one write (``add`` puts its command on a pipeline); its result later.
+    def _write(self, script: Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one write (a script); its result later.
 
         Every write queued during a loop turn goes out in one pipeline, in call order, on
         one connection, so writes apply in the order they were called and many runs'
@@ -158,7 +138,7 @@ class RedisStore:
         if self._closed:
             raise ServiceUnavailable("the store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((add, future))
+        self._queue.append(_Write(script, keys, args, future))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(
                 self._drain(), name="redis store writer"
@@ -169,31 +149,56 @@ class RedisStore:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for add, _future in batch:
-                            add(pipe)
-                        results = await pipe.execute(raise_on_error=False)
-                except (RedisError, OSError) as exc:
-                    results = [exc] * len(batch)
-                for (_add, future), result in zip(batch, results, strict=True):
-                    if future.done():
+                results = await self._send(batch)
+                for write, result in zip(batch, results, strict=True):
+                    if write.future.done():
                         continue
                     if isinstance(result, (RedisError, OSError)):
-                        future.set_exception(
+                        write.future.set_exception(
                             ServiceUnavailable(f"the store (Redis at {self.url}) failed: {result}")
                         )
                     else:
-                        future.set_result(result)
+                        write.future.set_result(result)
         finally:
             self._writer = None
 
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> int:
-        # EVAL, not EVALSHA: Redis caches the compiled script by its digest either way, and
-        # EVAL needs no "load the script first" round trip before a pipeline, nor a retry
-        # after Redis restarted and forgot it.
-        future = self._write(lambda pipe: pipe.eval(script, len(keys), *keys, *args))
-        return int(await asyncio.shield(future))
+    async def _send(self, batch: list[_Write]) -> list[Any]:
+        """One pipeline of ``EVALSHA``: the scripts' ``SCRIPT LOAD`` ahead of it until
+        Redis has them (the first pipeline, and after a ``NOSCRIPT``: then the writes
+        refused are sent again, once, in order; see :mod:`.redis_scripts`)."""
+        results: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for _attempt in range(2):
+            load = not self._loaded
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    if load:
+                        for script in SCRIPTS:
+                            pipe.script_load(script.text)
+                    for i in todo:
+                        write = batch[i]
+                        pipe.evalsha(write.script.sha, len(write.keys), *write.keys, *write.args)
+                    replies = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                for i in todo:
+                    results[i] = exc
+                return results
+            if load:
+                loads, replies = replies[: len(SCRIPTS)], replies[len(SCRIPTS) :]
+                self._loaded = not any(isinstance(r, Exception) for r in loads)
+            for i, reply in zip(todo, replies, strict=True):
+                results[i] = reply
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo:
+                break
+            self._loaded = False  # Redis forgot the scripts: load them, resend those
+        return results
+
+    async def _script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return await asyncio.shield(self._write(script, keys, args))
+
+    async def _run(self, script: Script, keys: list[str], args: list[Any]) -> int:
+        return int(await self._script(script, keys, args))
 
     async def _read(self, *commands: tuple[str, tuple[Any, ...]]) -> list[Any]:
         try:
@@ -206,10 +211,13 @@ class RedisStore:
 
     # -- threads ---------------------------------------------------------------------
 
-    async def create_thread(self, thread: Thread) -> None:
-        key = f"{self.prefix}thread:{thread.id}"
-        data = _dump(thread)
-        await asyncio.shield(self._write(lambda pipe: pipe.set(key, data)))
+    async def create_thread(self, thread: Thread, messages: Sequence[Message] = ()) -> None:
+        """The thread and its messages: one script."""
+        keys = self._keys(thread.id, "m")
+        args: list[Any] = [_dump(thread)]
+        for message in messages:
+            args += [message.id, _dump(message)]
+        await self._run(CREATE_THREAD, keys, args)
 
     async def get_thread(self, thread_id: str) -> Thread:
         (raw,) = await self._read(("get", (f"{self.prefix}thread:{thread_id}",)))
@@ -245,7 +253,7 @@ class RedisStore:
         """Each thread is adopted by one script, which checks it is still ownerless; all
         are queued at once, so they go out in pipelines."""
         keys = await self._unowned_thread_keys()
-        done = await asyncio.gather(*(self._run(_ADOPT, [key], [owner]) for key in keys))
+        done = await asyncio.gather(*(self._run(ADOPT, [key], [owner]) for key in keys))
         return sum(done)
 
     async def delete_thread(self, thread_id: str) -> None:
@@ -253,19 +261,19 @@ class RedisStore:
         keys = [base, f"{base}:m", f"{base}:mh", f"{base}:r", f"{base}:rh", f"{base}:seq"]
         keys.append(f"{base}:log")
         keys += [f"{base}:s", f"{base}:sh"]
-        if not await self._run(_DELETE_THREAD, keys, []):
+        if not await self._run(DELETE_THREAD, keys, []):
             raise _thread_missing(thread_id)
 
     # -- messages --------------------------------------------------------------------
 
     async def add_message(self, message: Message) -> None:
         keys = self._keys(message.thread_id, "m")
-        if not await self._run(_PUT, keys, [message.id, _dump(message)]):
+        if not await self._run(PUT, keys, [message.id, _dump(message)]):
             raise _thread_missing(message.thread_id)
 
     async def update_message(self, message: Message) -> None:
         keys = self._keys(message.thread_id, "m")
-        done = await self._run(_REPLACE, keys, [message.id, _dump(message)])
+        done = await self._run(REPLACE, keys, [message.id, _dump(message)])
         if done == 0:
             raise _thread_missing(message.thread_id)
         if done < 0:
@@ -310,12 +318,50 @@ class RedisStore:
 
     # -- runs ------------------------------------------------------------------------
 
-    async def create_run(self, run: Run) -> None:
-        await self.update_run(run)
+    async def create_run(
+        self, run: Run, *, messages: Sequence[Message] = (), thread: Thread | None = None
+    ) -> None:
+        """The run, its messages and its new thread (if any): one script."""
+        await self.create_claimed_run(run, messages=messages, thread=thread)
+
+    async def create_claimed_run(
+        self,
+        run: Run,
+        *,
+        messages: Sequence[Message] = (),
+        thread: Thread | None = None,
+        claim: ClaimKeys | None = None,
+    ) -> str | None:
+        """As :meth:`create_run`, and with ``claim``, the thread claimed for the run
+        across nodes in the same script: ``None``, or the id of the live run holding the
+        thread (then nothing is written). One round trip (shared with the other writes
+        queued in the same loop turn). Raises ``NotFound`` (no thread)."""
+        thread_key, m_index, m_table, seq = self._keys(run.thread_id, "m")
+        _thread, r_index, r_table, _seq = self._keys(run.thread_id, "r")
+        keys = [thread_key, m_index, m_table, seq, r_index, r_table]
+        node = ""
+        if claim is not None:
+            keys += [claim.threads, claim.runs]
+            node = claim.node_id
+        args: list[Any] = [
+            b"" if thread is None else _dump(thread),
+            run.id,
+            _dump(run),
+            node,
+            run.thread_id,
+        ]
+        for message in messages:
+            args += [message.id, _dump(message)]
+        done = await self._script(CREATE_RUN, keys, args)
+        if isinstance(done, bytes):
+            return done.decode()
+        if not done:
+            raise _thread_missing(run.thread_id)
+        return None
 
     async def update_run(self, run: Run) -> None:
         keys = self._keys(run.thread_id, "r")
-        if not await self._run(_PUT, keys, [run.id, _dump(run)]):
+        if not await self._run(PUT, keys, [run.id, _dump(run)]):
             raise _thread_missing(run.thread_id)
 
     async def get_run(self, thread_id: str, run_id: str) -> Run:
@@ -335,7 +381,7 @@ class RedisStore:
 
     async def save_run_log(self, thread_id: str, run_id: str, log: dict[str, Any]) -> None:
         base = f"{self.prefix}thread:{thread_id}"
-        if not await self._run(_PUT_LOG, [base, f"{base}:log"], [run_id, orjson.dumps(log)]):
+        if not await self._run(PUT_LOG, [base, f"{base}:log"], [run_id, orjson.dumps(log)]):
             raise _thread_missing(thread_id)
 
     async def get_run_log(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
@@ -349,7 +395,7 @@ class RedisStore:
 
     async def put_step(self, step: RunStep) -> None:
         keys = [*self._keys(step.thread_id, "s"), self._keys(step.thread_id, "r")[2]]
-        done = await self._run(_PUT_STEP, keys, [step.id, _dump(step), step.run_id])
+        done = await self._run(PUT_STEP, keys, [step.id, _dump(step), step.run_id])
         if done == 0:
             raise _thread_missing(step.thread_id)
         if done < 0:

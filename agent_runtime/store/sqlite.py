@@ -43,7 +43,7 @@ import concurrent.futures
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -81,6 +81,17 @@ def _unusable(directory: Path, exc: OSError | sqlite3.Error) -> DataDirError:
     """``exc`` (from creating, locking or opening the database) as one line."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return DataDirError(f"cannot use data directory {directory}: {reason}")
+
+
+def _insert_thread(
+    conn: sqlite3.Connection, thread_id: str, values: Sequence[Any], messages: list[Any]
+) -> None:
+    """A new thread holding ``messages`` (rows); within the caller's transaction."""
+    # A thread created again starts empty, as in MemoryStore.
+    conn.execute("DELETE FROM threads WHERE id = ?", (thread_id,))
+    conn.execute(INSERT_THREAD, values)
+    for row in messages:
+        conn.execute(UPSERT_MESSAGE, row)
 
 
 class SQLiteStore:
@@ -215,14 +226,13 @@ class SQLiteStore:
 
     # -- threads ---------------------------------------------------------------------
 
-    async def create_thread(self, thread: Thread) -> None:
+    async def create_thread(self, thread: Thread, messages: Sequence[Message] = ()) -> None:
         values = encode_row(thread, THREAD_COLUMNS)
+        rows = [encode_row(m, MESSAGE_COLUMNS) for m in messages]
 
         def job(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                # A thread created again starts empty, as in MemoryStore.
-                conn.execute("DELETE FROM threads WHERE id = ?", (thread.id,))
-                conn.execute(INSERT_THREAD, values)
+                _insert_thread(conn, thread.id, values, rows)
 
         await self._run(job)
 
@@ -344,8 +354,26 @@ class SQLiteStore:
 
         await self._run(job)
 
-    async def create_run(self, run: Run) -> None:
-        await self._upsert_run(run)
+    async def create_run(
+        self, run: Run, *, messages: Sequence[Message] = (), thread: Thread | None = None
+    ) -> None:
+        """The new thread (if any), the messages and the run: one transaction."""
+        run_values = encode_row(run, RUN_COLUMNS)
+        rows = [encode_row(m, MESSAGE_COLUMNS) for m in messages]
+        thread_values = None if thread is None else encode_row(thread, THREAD_COLUMNS)
+        thread_id = run.thread_id
+
+        def job(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                if thread_values is None:
+                    require_thread(conn, thread_id)
+                    for row in rows:
+                        conn.execute(UPSERT_MESSAGE, row)
+                else:
+                    _insert_thread(conn, thread_id, thread_values, rows)
+                conn.execute(UPSERT_RUN, run_values)
+
+        await self._run(job)
 
     async def update_run(self, run: Run) -> None:
         """Stores the run, whether or not it was created before (as MemoryStore does)."""

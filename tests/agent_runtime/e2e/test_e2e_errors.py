@@ -6,6 +6,7 @@ Every error is ``{"error": {"message", "type", "param", "code"}}`` with
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -16,7 +17,7 @@ from agent_runtime.objects import Message, Run, Thread, new_id, now
 from agent_runtime.runs import RunContext
 from agent_runtime.store import MemoryStore, RedisStore
 
-from ..conftest import SLOW_MODEL, UNIT, HubClient, Reply, StartHub, check_run
+from ..conftest import SLOW_MODEL, UNIT, HubClient, Reply, StartHub, check_run, within
 
 MISSING_THREAD = "thread_" + "0" * 24
 MISSING_RUN = "run_" + "0" * 24
@@ -171,6 +172,10 @@ async def test_deleting_a_thread_with_a_live_run_is_409(start_hub: StartHub) -> 
     thread_id, run_id = await hub.start("async-example")
     check_error(await hub.request("DELETE", f"/v1/threads/{thread_id}"), 409)
 
+    async with hub.reader(thread_id, run_id) as reader, within(2):
+        # Running (a run cancelled while still queued never starts, and the check below
+        # expects its whole life).
+        await reader.until(lambda e: e.name == "thread.run.in_progress")
     await hub.request("POST", f"/v1/threads/{thread_id}/runs/{run_id}/cancel")
     check_run(await hub.events(thread_id, run_id, units=1), "thread.run.cancelled")
     deleted = await hub.request("DELETE", f"/v1/threads/{thread_id}")
@@ -223,9 +228,11 @@ class SuspendingStore(MemoryStore):
         await asyncio.sleep(0)
         return await super().get_thread(thread_id)
 
-    async def create_run(self, run: Run) -> None:
+    async def create_run(
+        self, run: Run, *, messages: Sequence[Message] = (), thread: Thread | None = None
+    ) -> None:
         await asyncio.sleep(0)
-        await super().create_run(run)
+        await super().create_run(run, messages=messages, thread=thread)
 
     async def update_run(self, run: Run) -> None:
         await asyncio.sleep(0)
