@@ -159,6 +159,9 @@ class Cluster:
         self._closed = False
         self.reaped = 0
         """Runs of dead nodes this node has failed (for metrics and tests)."""
+        self.on_orphan_failed: list[Callable[[Run], Awaitable[None]]] = []
+        """Awaited, in order, with each run of a dead node this node has just failed (its
+        terminal event appended): what else that run fed ends too. Errors are logged."""
 
     # -- keys --------------------------------------------------------------------------
 
@@ -437,4 +440,9 @@ class Cluster:
             if event_id is not None:
                 run.last_event_id = event_id
                 await self.store.update_run(run)
+            for hook in self.on_orphan_failed:
+                try:
+                    await hook(run)
+                except Exception:
+                    logger.exception("run %s: ending what it fed failed", run_id)
         await self._release_now(thread_id, run_id)

@@ -23,6 +23,7 @@ from .errors import (
     LimitExceeded,
     StreamClosed,
     StreamExists,
+    StreamMoved,
     StreamNotFound,
 )
 from .events import Event, Framing
@@ -59,6 +60,7 @@ __all__ = [
     "Stream",
     "StreamClosed",
     "StreamExists",
+    "StreamMoved",
     "StreamNotFound",
     "StreamQuery",
     "at_end_response",

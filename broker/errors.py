@@ -47,5 +47,15 @@ class LimitExceeded(BrokerError):
         self.limit = limit
 
 
+class StreamMoved(BrokerError):
+    """A conditional append found the stream elsewhere than expected: ``last`` is the id
+    of the last event it holds (see ``RedisRegistry.append_final``'s ``expect_after``)."""
+
+    def __init__(self, key: str, last: int) -> None:
+        super().__init__(f"stream {key!r} holds events up to {last}")
+        self.key = key
+        self.last = last
+
+
 class BackendUnavailable(BrokerError):
     """The shared backend (Redis) cannot be reached; retrying later may succeed."""

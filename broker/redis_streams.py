@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .config import BrokerConfig, RedisSettings
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, StreamMoved
 from .events import Event
 from .redis_io import _END, Outbox
 from .redis_mirrors import UNWATCHED, Entries, Mirror, MirrorReader
@@ -69,7 +69,8 @@ __all__ = ["RedisRegistry", "RedisSettings"]
 logger = logging.getLogger(__name__)
 
 # Append one event and the end marker after whatever the stream holds, unless it has
-# ended already: used to end the stream of a node that died (see append_final).
+# ended already (-1) or, when ARGV[5] is not empty, its last event is not ARGV[5]
+# (-2 - its last event id): used to end the stream of a node that died (see append_final).
 _APPEND_FINAL = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local n = 0
@@ -80,6 +81,7 @@ if #last > 0 then
   end
   n = tonumber(string.match(last[1][1], '-(%d+)$'))
 end
+if ARGV[5] ~= '' and tonumber(ARGV[5]) ~= n then return -2 - n end
 n = n + 1
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '0-' .. n, 'n', ARGV[1], 'd', ARGV[2])
 redis.call('XADD', KEYS[1], '0-' .. (n + 1), 'end', '1')
@@ -224,18 +226,40 @@ class RedisRegistry(Registry):
                 mirror.reader.remove(mirror)
             mirror.done.set()
 
-    async def append_final(self, key: str, name: str, payload: Any) -> int | None:
+    async def append_final(
+        self, key: str, name: str, payload: Any, *, expect_after: int | None = None
+    ) -> int | None:
         """End a stream another node was publishing (it died): append ``name`` and the
         end marker after what Redis holds. Returns the event's id, or ``None`` if the
-        stream had already ended. Atomic (one script)."""
+        stream had already ended. Atomic (one script).
+
+        ``expect_after``: append only if the stream's last event id in Redis is exactly
+        that (0: no event), else raise :class:`StreamMoved` carrying the id it has, and
+        append nothing; for a payload that names its own position (the caller reads
+        :meth:`tail`, builds the payload for the next id, and retries on ``StreamMoved``).
+        """
         data = orjson.dumps(payload)
         retention = max(1, int(self.config.retention * 1000))  # ms
+        expect = "" if expect_after is None else str(expect_after)
         result = await self._append_final(
             keys=[self.redis_key(key)],
-            args=[name, data, self.config.max_events_per_stream, retention],
+            args=[name, data, self.config.max_events_per_stream, retention, expect],
         )
         n = int(result)
+        if n <= -2:
+            raise StreamMoved(key, -2 - n)
         return None if n < 0 else n
+
+    async def tail(self, key: str) -> tuple[int, bool]:
+        """What Redis holds of stream ``key``: ``(the id of its last event, whether it has
+        ended)``; ``(0, False)`` for a stream with no event (or no key). One read."""
+        last = await self._client.xrevrange(self.redis_key(key), "+", "-", count=1)
+        if not last:
+            return 0, False
+        raw_id, fields = cast("tuple[bytes, dict[bytes, bytes]]", last[0])
+        if _END in fields:
+            return _entry_id(raw_id) - 1, True  # the marker takes the id after the last
+        return _entry_id(raw_id), False
 
     # -- reading -------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker import LimitExceeded, Stream
+from broker import LimitExceeded, Stream, StreamMoved
 from broker.buffer import Gap
 
 from .. import protocol
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["LiveResponse", "PlainRequest", "Responses", "model_agent"]
 
 logger = logging.getLogger(__name__)
+
+_END_ATTEMPTS = 5
+"""Tries at ending the stream of a response whose node died (see Responses.end_orphan)."""
 
 MODEL_AGENT_NAME = "model"
 """The ``assistant_id`` of a plain-model response's run."""
@@ -113,6 +116,8 @@ class Responses:
         """Responses created since start (for metrics)."""
         self._tasks: set[asyncio.Task[None]] = set()
         hub.runs.runner = _Runner(hub.runs.runner, self)
+        if hub.cluster is not None:
+            hub.cluster.on_orphan_failed.append(self.end_orphan)
 
     # -- creating ------------------------------------------------------------------------
 
@@ -206,6 +211,41 @@ class Responses:
             await self.hub.store.save_run_log(live.thread_id, live.id, record)
         except Exception:  # the run's own record stays; a read rebuilds from it
             logger.exception("response %s: its record could not be stored", live.id)
+
+    async def end_orphan(self, run: Run) -> None:
+        """``run``'s node died and this node has failed it (see
+        :attr:`~agent_runtime.cluster.Cluster.on_orphan_failed`): if it is a response, end
+        the response's stream with ``response.failed`` (the response rebuilt from the
+        failed run), numbered after what Redis holds of the stream, and store the final
+        record. The append is conditional on that last event (so the numbers stay
+        consecutive): re-read and retried a few times if the stream moved meanwhile.
+        Nothing is appended to a stream that has ended already."""
+        cluster = self.hub.cluster
+        if cluster is None:
+            return
+        rid = response_id(run.thread_id, run.id)
+        try:
+            record = await self.record(run.thread_id, rid)
+        except NotFound:
+            return  # a plain run, not a response
+        response = await self.rebuilt(run, dict(record["response"]))
+        registry = cluster.registry
+        last, ended = await registry.tail(rid)
+        for _ in range(_END_ATTEMPTS):
+            if ended:
+                return
+            event = {"type": "response.failed", "sequence_number": last, "response": response}
+            try:
+                head = await registry.append_final(rid, "response.failed", event, expect_after=last)
+            except StreamMoved as moved:
+                last = moved.last
+                continue
+            if head is None:
+                return
+            final = {**record, "response": response, "head": head}
+            await self.hub.store.save_run_log(run.thread_id, rid, final)
+            return
+        logger.error("response %s: its stream kept moving; it was not ended", rid)
 
     async def run_plain(self, ctx: RunContext, plain: PlainRequest) -> None:
         """A plain-model response's run: one streamed completion, added as the reply."""

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from broker import BackendUnavailable, Event, InvalidCursor, StreamExists
+from broker import BackendUnavailable, Event, InvalidCursor, StreamExists, StreamMoved
 from broker.config import BrokerConfig
 from broker.redis_io import Link, pack
 from broker.redis_streams import RedisRegistry, RedisSettings
@@ -223,6 +223,33 @@ async def test_append_final_ends_a_stream_whose_publisher_died(node: MakeNode) -
     assert mirror.closed
     ttl = await b.client.ttl(b.redis_key("k"))
     assert 0 < ttl <= 300
+
+
+async def test_append_final_after_an_expected_event_and_tail(node: MakeNode) -> None:
+    a, b = await node(), await node()
+    assert await b.tail("k") == (0, False)  # no such stream yet
+    stream = a.create("k")
+    publish(stream, 3)
+    assert await a.flushed()
+    mirror = await b.open("k")
+    assert mirror is not None
+    assert await b.tail("k") == (3, False)
+    # Expecting another last event: nothing appended; the error says where the stream is.
+    for wrong in (0, 2, 4):
+        with pytest.raises(StreamMoved) as raised:
+            await b.append_final("k", "final", {"at": wrong}, expect_after=wrong)
+        assert raised.value.last == 3 and raised.value.key == "k"
+    assert await b.tail("k") == (3, False)
+    assert await b.append_final("k", "final", {"at": 3}, expect_after=3) == 4
+    assert await b.tail("k") == (4, True)
+    assert await b.append_final("k", "final", {"at": 4}, expect_after=4) is None  # ended
+    async with within():
+        events = await collect(mirror, 2)
+    assert [(e.id, e.name, e.payload()) for e in events] == [
+        (3, "tick", events[0].payload()),
+        (4, "final", {"at": 3}),
+    ]
+    assert mirror.closed
 
 
 async def test_replayed_writes_and_writes_after_a_foreign_end_add_nothing(

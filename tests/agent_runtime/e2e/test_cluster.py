@@ -8,6 +8,8 @@
 * Node A killed (SIGKILL) mid-run: once its lease expires, B fails the run: B's
   subscriber receives ``thread.run.failed`` naming the dead node, the run and its
   unfinished message are updated, and the thread takes new runs again.
+* Node A killed mid-response: B fails its run and ends the response's stream with
+  ``response.failed``, numbered right after the events A had written.
 * Node A stopped (SIGTERM) mid-run: the run ends ``failed`` and B's subscriber sees it.
 """
 
@@ -28,7 +30,7 @@ from agent_runtime.hub import Hub
 
 from ..conftest import TERMINAL_EVENTS, UNIT, ClientState, check_run
 from ..provider_stub import ServeProcess, call
-from ..sse import Ev, SSEReader, parse_events
+from ..sse import DONE, Ev, SSEReader, parse_events
 
 FAST = "simulated:tokens=12,rate=0"
 SLOW = "simulated:tokens=5000,rate=100"
@@ -43,8 +45,14 @@ def lease() -> float:
 
 
 @pytest.fixture
+def node_args() -> tuple[str, ...]:
+    """More ``serve`` arguments of both nodes (a test parametrizes ``node_args``)."""
+    return ()
+
+
+@pytest.fixture
 async def nodes(
-    redis_url: str, redis_prefix: str, lease: float
+    redis_url: str, redis_prefix: str, lease: float, node_args: tuple[str, ...]
 ) -> AsyncIterator[list[ServeProcess]]:
     """Nodes A and B, started, on one Redis and one key prefix."""
     made = [
@@ -61,6 +69,7 @@ async def nodes(
             "0.002",
             "--shutdown-grace",
             "0",
+            *node_args,
         )
         for name in ("node-a", "node-b")
     ]
@@ -232,6 +241,40 @@ async def test_node_a_killed_mid_run_is_failed_by_node_b(
     status, body = await whole(session, b, thread_id, again["id"])
     check_run(parse_events(body))
     assert "node node-a stopped" in node_b.output and "marked failed" in node_b.output
+
+
+@pytest.mark.parametrize("node_args", [("--model", SLOW)])
+async def test_node_a_killed_mid_response_ends_its_stream_on_b(
+    nodes: list[ServeProcess], session: aiohttp.ClientSession
+) -> None:
+    node_a, node_b = nodes
+    a, b = node_a.url, node_b.url
+    body = {"model": "agent:streaming-example", "input": "What is piety?", "background": True}
+    created = await call(session, "POST", f"{a}/v1/responses", body)
+    path = f"/v1/responses/{created['id']}"
+    async with session.get(f"{b}{path}?stream=true") as on_b:
+        assert on_b.status == 200
+        reader = SSEReader(on_b, framing="openai")
+        async with asyncio.timeout(10 * UNIT):
+            for _ in range(3):
+                await reader.until(lambda e: e.name == "response.output_text.delta")
+        node_a.send(signal.SIGKILL)
+        assert await node_a.wait(5 * UNIT) == -signal.SIGKILL
+        # The lease runs out, node B fails the run and ends the response's stream.
+        async with asyncio.timeout(LEASE * 4 + 10 * UNIT):
+            await reader.rest()
+    events = [e for e in reader.events if e.name != DONE]
+    assert events[-1].name == "response.failed", [e.name for e in events[-4:]]
+    numbers = [e.data["sequence_number"] for e in events]
+    assert numbers == list(range(len(events))), numbers
+    failed = events[-1].data["response"]
+    assert failed["id"] == created["id"] and failed["status"] == "failed"
+    assert failed["error"]["message"].startswith("node node-a stopped"), failed["error"]
+    got = await call(session, "GET", f"{b}{path}")
+    assert got["status"] == "failed" and got["error"] == failed["error"]
+    async with asyncio.timeout(10 * UNIT):
+        async with session.get(f"{b}{path}?stream=true&starting_after={numbers[-1]}") as tail:
+            assert tail.status == 204
 
 
 async def test_node_a_stopped_mid_run_ends_it_for_subscribers_on_b(
