@@ -144,6 +144,8 @@ def hub_once(python: str, delay: float, cpus: tuple[int, int]) -> dict[str, Any]
         other_cores = other.cores()
         load.close()
         hub.close()
+    if con["connected"] != SUBSCRIBERS or got["ended"] != SUBSCRIBERS or status != "completed":
+        log(f"    ! connected {con['connected']}, ended {got['ended']}, run {status}")
     delivered = after["agentstream_events_delivered"] - before["agentstream_events_delivered"]
     writes = after["agentstream_subscriber_writes"] - before["agentstream_subscriber_writes"]
     secs = got["secs"] or float("nan")

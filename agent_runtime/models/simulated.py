@@ -44,8 +44,8 @@ a few characters, paced like tokens. ``tool_choice="none"`` never calls a tool.
 Concurrency and cancellation: a :class:`SimulatedModel` holds no mutable state, so any
 number of streams may run on it at once. Pacing uses ``asyncio.sleep`` against deadlines
 computed from the stream's start time, so scheduling jitter never accumulates; with
-``rate=0`` it still yields to the event loop between bursts of :data:`RATE0_BURST` text
-tokens (what a fast model's network read delivers at once). Cancelling the consuming task
+``rate=0`` it still yields to the event loop between bursts of :data:`RATE0_BURST` tokens
+(what a fast model's network read delivers at once). Cancelling the consuming task
 (or closing the generator) stops the stream at once; there is nothing to clean up.
 """
 
@@ -105,8 +105,9 @@ MAX_RATE = 1_000_000.0
 """Bounds of a non-zero ``rate=`` (tokens per second): at most 10 s between two tokens."""
 MAX_SEED = 2**32 - 1
 RATE0_BURST = 64
-"""With ``rate=0``, text tokens come in bursts of this many per loop turn, as a fast model's
-chunks do from one network read (so the hub publishes them together, one flush each)."""
+"""With ``rate=0``, tokens (text, or tool call fragments) come in bursts of this many per
+loop turn, as a fast model's chunks do from one network read (so the hub publishes them
+together, one flush each)."""
 MAX_CHOICES = 128
 """Upper bound of ``n`` (choices per completion), as OpenAI's."""
 _JSON_PIECE = 4
@@ -332,7 +333,8 @@ class SimulatedModel:
                 yield chunk(delta, None, i)
             fragments = tool.fragments()
             for index, fragment in enumerate(fragments):
-                await _sleep_until(loop, start + (index + 1) * interval)
+                if interval or index % RATE0_BURST == 0:
+                    await _sleep_until(loop, start + (index + 1) * interval)
                 piece = ChoiceDeltaToolCall(
                     index=0, function=ChoiceDeltaToolCallFunction(arguments=fragment)
                 )
