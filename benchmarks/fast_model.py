@@ -38,7 +38,7 @@ from typing import Any
 
 from .common import free_port, raise_nofile
 from .fanout import PROFILES, w_saturation
-from .procs import ROOT, Load, OtherCpu, cpu_seconds, log, with_procs
+from .procs import ROOT, Load, OtherCpu, cpu_seconds, log, wait_quiet, with_procs
 
 AGENTS = ROOT / "benchmarks" / "agents"
 SUBSCRIBERS = 1000
@@ -72,6 +72,10 @@ class Hub:
     """``agentstream serve`` from ``python``'s virtualenv, pinned to ``cpu``."""
 
     def __init__(self, python: str, cpu: int) -> None:
+        python, _, source = python.partition(",")
+        env = dict(os.environ)
+        if source:  # a variant of the code, run with that virtualenv's packages
+            env["PYTHONPATH"] = os.path.abspath(source)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.tmp = tempfile.TemporaryDirectory(prefix="fast-model-")
@@ -79,7 +83,7 @@ class Hub:
         cmd = ["taskset", "-c", str(cpu), exe, "serve", "--port", str(self.port)]
         cmd += ["--agents", str(AGENTS), "--data-dir", self.tmp.name, "--no-access-log"]
         cmd += ["--log-level", "WARNING", "--max-connections", "4000"]
-        self.proc = subprocess.Popen(cmd, cwd=self.tmp.name)
+        self.proc = subprocess.Popen(cmd, cwd=self.tmp.name, env=env)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -174,11 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         "--hubs",
         nargs="*",
         default=[f"after={sys.executable}"],
-        help="NAME=PYTHON: hubs to measure, each from PYTHON's virtualenv",
+        help="NAME=PYTHON[,SRC]: hubs to measure, each from PYTHON's virtualenv "
+        "(with SRC first on its PYTHONPATH: a variant of the code)",
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--delay", type=float, default=3.0, help="seconds before the first token")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECS",
+        help="before each measurement, wait up to SECS for other processes to leave the CPUs",
+    )
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     args = ap.parse_args(argv)
@@ -190,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeats):
         order = names if rep % 2 == 0 else names[::-1]
         for name in order:
+            if args.wait_quiet:
+                wait_quiet(args.wait_quiet)
             if name.startswith("hub:"):
                 got = hub_once(hubs[name[4:]], args.delay, cpus)
             else:
