@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "(with SRC first on its PYTHONPATH: a variant of the code)",
     )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--delay", type=float, default=3.0, help="seconds before the first token")
+    ap.add_argument("--delay", type=float, default=6.0, help="seconds before the first token")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument(
         "--wait-quiet",
