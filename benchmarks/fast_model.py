@@ -37,8 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from .common import free_port, raise_nofile
-from .fanout import PROFILES, w_saturation
-from .procs import ROOT, Load, OtherCpu, cpu_seconds, log, wait_quiet, with_procs
+from .fanout import PROFILES
+from .procs import (
+    ROOT,
+    Load,
+    OtherCpu,
+    Pair,
+    connect_subs,
+    cpu_seconds,
+    log,
+    wait_quiet,
+    with_procs,
+)
 
 AGENTS = ROOT / "benchmarks" / "agents"
 SUBSCRIBERS = 1000
@@ -168,8 +178,33 @@ def hub_once(python: str, delay: float, cpus: tuple[int, int]) -> dict[str, Any]
 
 
 def saturation_once(kind: str, cpus: tuple[int, int]) -> dict[str, Any]:
-    conf = dict(PROFILES["full"]["saturation"])
-    return with_procs(kind, lambda p: w_saturation(p, conf), cpus)
+    """The fan-out benchmark's ``saturation`` workload (as ``fanout.w_saturation``), with
+    the server's CPU per 1,000 delivered events over the measured window."""
+    c = dict(PROFILES["full"]["saturation"])
+
+    def run(p: Pair) -> dict[str, Any]:
+        p.server.ctl.call(op="setup", keys=["s0"])
+        connect_subs(p, [["s0", c["subs"]]], mode="count", sample_reads=64)
+        p.server.ctl.send(
+            op="saturate",
+            key="s0",
+            duration=c["warm"] + c["measure"],
+            batch=c["batch"],
+            size=c["size"],
+        )
+        time.sleep(c["warm"])
+        p.load.call(op="mark")
+        cpu0 = cpu_seconds([p.server.proc.pid])
+        time.sleep(c["measure"])
+        snap = p.load.call(op="snap")
+        cpu = cpu_seconds([p.server.proc.pid]) - cpu0
+        p.server.ctl.recv()
+        return {
+            "delivered_per_s": snap["rate"],
+            "cpu_us_per_1000": 1e9 * cpu / snap["frames"] if snap["frames"] else 0.0,
+        }
+
+    return with_procs(kind, run, cpus)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'server':14} {'events/s':>12} {'x naive':>8} {'x broker':>9}  extra")
     for n in names:
-        extra = ""
+        r = runs[n]
         if n.startswith("hub:"):
-            r = runs[n]
             ew = statistics.median(x["events_per_write"] for x in r)
             cpu = statistics.median(x["hub_cpu_us_per_1000"] for x in r)
-            extra = f"events/write {ew:.1f}, hub CPU {cpu:.0f} us per 1,000 delivered"
+            extra = f"events/write {ew:.1f}, CPU {cpu:.0f} us per 1,000 delivered"
+        else:
+            cpu = statistics.median(x["cpu_us_per_1000"] for x in r)
+            extra = f"CPU {cpu:.0f} us per 1,000 delivered"
         print(f"{n:14} {med[n]:>12,.0f} {med[n] / naive:>7.1f}x {med[n] / broker:>8.2f}x  {extra}")
     others = [r["other_cpu"] for n in names for r in runs[n]]
     print(
