@@ -65,6 +65,9 @@ class Agent:
         self.stall_rcvbuf = 0
         self.chaos_tasks: list[asyncio.Task[None]] = []
         self.chaos_on = False
+        self.t_first: float | None = None
+        self.t_last = 0.0
+        """Monotonic times of the first and last frames counted since ``mark``."""
 
 
 AGENT = Agent()
@@ -120,10 +123,11 @@ class Conn(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         extra = b"" if self._cursor is None else b"Last-Event-ID: %d\r\n" % self._cursor
+        key = self.sub.key
+        path = key if key.startswith("/") else "/streams/" + key  # a full path: a hub's run
         transport.write(
-            b"GET /streams/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-            b"Cache-Control: no-cache\r\nConnection: close\r\n%s\r\n"
-            % (self.sub.key.encode(), extra)
+            b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nConnection: close\r\n%s\r\n" % (path.encode(), extra)
         )
 
     def _headers(self, data: bytes) -> bytes | None:
@@ -171,6 +175,10 @@ class Conn(asyncio.BufferedProtocol):
             agent.total += n
             self.sub.received += n
             agent.reads += 1
+            if agent.measuring and n:
+                agent.t_last = time.monotonic()
+                if agent.t_first is None:
+                    agent.t_first = agent.t_last
             if agent.measuring and agent.reads % agent.sample_reads == 0:
                 m = FRAME_RE.search(data)
                 if m is not None:
@@ -301,7 +309,28 @@ async def cmd_mark() -> dict[str, Any]:
     a.first.clear()
     a.last.clear()
     a._mark = (time.monotonic(), a.total)  # type: ignore[attr-defined]
+    a.t_first = None
     return {"ok": True}
+
+
+async def cmd_drain(timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until every subscriber's stream has ended (or ``timeout``); the frames counted
+    since ``mark`` and the seconds between the first and the last of them."""
+    a = AGENT
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(not s.done for s in a.subs) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    a.measuring = False
+    _t0, n0 = a._mark  # type: ignore[attr-defined]
+    secs = a.t_last - a.t_first if a.t_first is not None else 0.0
+    return {
+        "frames": a.total - n0,
+        "secs": secs,
+        "ended": sum(1 for s in a.subs if s.done),
+        "subscribers": len(a.subs),
+        "errors": a.errors[:5],
+    }
 
 
 async def cmd_snap() -> dict[str, Any]:
@@ -412,6 +441,7 @@ COMMANDS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "snap": cmd_snap,
     "chaos": cmd_chaos,
     "finish": cmd_finish,
+    "drain": cmd_drain,
     "close": cmd_close,
 }
 

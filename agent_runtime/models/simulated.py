@@ -44,7 +44,8 @@ a few characters, paced like tokens. ``tool_choice="none"`` never calls a tool.
 Concurrency and cancellation: a :class:`SimulatedModel` holds no mutable state, so any
 number of streams may run on it at once. Pacing uses ``asyncio.sleep`` against deadlines
 computed from the stream's start time, so scheduling jitter never accumulates; with
-``rate=0`` it still yields to the event loop between chunks. Cancelling the consuming task
+``rate=0`` it still yields to the event loop between bursts of :data:`RATE0_BURST` tokens
+(what a fast model's network read delivers at once). Cancelling the consuming task
 (or closing the generator) stops the stream at once; there is nothing to clean up.
 """
 
@@ -107,6 +108,10 @@ MIN_RATE = 0.1
 MAX_RATE = 1_000_000.0
 """Bounds of a non-zero ``rate=`` (tokens per second): at most 10 s between two tokens."""
 MAX_SEED = 2**32 - 1
+RATE0_BURST = 64
+"""With ``rate=0``, tokens (text, or tool call fragments) come in bursts of this many per
+loop turn, as a fast model's chunks do from one network read (so the hub publishes them
+together, one flush each)."""
 MAX_CHOICES = 128
 """Upper bound of ``n`` (choices per completion), as OpenAI's."""
 _JSON_PIECE = 4
@@ -344,7 +349,8 @@ class SimulatedModel:
                 yield chunk(delta, None, i)
             fragments = tool.fragments()
             for index, fragment in enumerate(fragments):
-                await _sleep_until(loop, start + (index + 1) * interval)
+                if interval or index % RATE0_BURST == 0:
+                    await _sleep_until(loop, start + (index + 1) * interval)
                 piece = ChoiceDeltaToolCall(
                     index=0, function=ChoiceDeltaToolCallFunction(arguments=fragment)
                 )
@@ -356,7 +362,8 @@ class SimulatedModel:
                 yield chunk(ChoiceDelta(role="assistant", content=""), None, i)
             longest = max(plan.length for plan in plans)
             for index in range(longest):
-                await _sleep_until(loop, start + index * interval)
+                if interval or index % RATE0_BURST == 0:
+                    await _sleep_until(loop, start + index * interval)
                 for i, plan in enumerate(plans):
                     if index < plan.length:
                         yield chunk(ChoiceDelta(content=next(plan.tokens)), None, i)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_runtime.models.simulated import simulated_text
+from agent_runtime.models.simulated import RATE0_BURST, simulated_text
 
 from ..conftest import (
     PACED_MODEL,
@@ -79,7 +79,8 @@ async def read_run(hub: HubClient, agent: str) -> tuple[str, list[Ev]]:
 @pytest.mark.parametrize(
     ("agent", "model"),
     [
-        ("two-streams", "simulated:tokens=20,rate=0"),  # both start in one loop step
+        # Both start in one loop step; at rate=0 each streams bursts of RATE0_BURST tokens.
+        ("two-streams", f"simulated:tokens={4 * RATE0_BURST},rate=0"),
         ("two-streams", PACED_MODEL),
         # A synchronous agent starts its second completion a thread round trip later: at
         # rate=0 the first may be over by then, so only a paced model must interleave.

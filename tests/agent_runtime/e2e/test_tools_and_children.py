@@ -642,6 +642,8 @@ async def run(env):
     await env.astream_text("Checking the weather first.")
     handler = await env.acompletion(await env.alist_messages(), stream=True, tools=TOOLS,
                                     tool_choice="required")
+    async for _chunk in handler:  # the tool call ends before the run does
+        pass
     await env.aadd_reply(await env.acompletion("What is courage?", stream=True))
     await env.arun_agent("b-child", "What is virtue?", relay=True)
 """,
