@@ -29,18 +29,20 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from .breakdown import Breakdown, ClientStamps
+from .endpoint import BenchError, endpoint_of, resolved
 from .hubproc import CpuMeter, CpuPressure, MachineMeter
 from .selfcheck import LoopLag, verdict
-from .sse_client import BenchCounters, Endpoint, RunState, Subscriber, describe
+from .sse_client import BenchCounters, RunState, Subscriber, describe
 from .stats import Histogram, summary_ms
+from .totals import Totals
 
-__all__ = ["LATENCY_DEFINITION", "Bench", "BenchOptions"]
+__all__ = ["LATENCY_DEFINITION", "Bench", "BenchError", "BenchOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,43 +76,16 @@ class BenchOptions:
     progress: Callable[[dict[str, Any]], None] | None = None
 
 
-@dataclass
-class _Totals:
-    runs_started: int = 0
-    runs_verified: int = 0
-    create_errors: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
-    published: int = 0
-    expected: int = 0
-    delivered: int = 0
-    covered: int = 0
-    duplicates: int = 0
-    missing: int = 0
-    protocol_gaps: int = 0
-    corrupt: int = 0
-    mismatches: int = 0
-    unfinished: int = 0
-    subscribers: int = 0
-    late: int = 0
-    dropping: int = 0
-    reconnects: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def example(self, text: str) -> None:
-        if len(self.examples) < 10:
-            self.examples.append(text)
-
-
 class Bench:
     """One bench against the hub at ``options.url``; :meth:`run` returns the summary."""
 
     def __init__(self, options: BenchOptions) -> None:
         self.opt = options
-        self.endpoint = _endpoint(options.url)
+        self.endpoint = endpoint_of(options.url)
         self.base = options.url.rstrip("/")
         self.rng = random.Random(options.seed)
         self.tally = BenchCounters()
-        self.totals = _Totals()
+        self.totals = Totals()
         self.latency = Histogram()
         self.spread = Histogram()
         self.first_delta: list[float] = []
@@ -146,7 +121,7 @@ class Bench:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             await self._preflight()
-            self.endpoint = await _resolved(self.endpoint)
+            self.endpoint = await resolved(self.endpoint)
             runs_before = await self._metric("agentstream_runs_started_total")
             loop = asyncio.get_running_loop()
             self._t0 = loop.time()
@@ -519,26 +494,6 @@ class Bench:
         others = [p["others_cpu"] for p in self.timeline if p["others_cpu"] is not None]
         others_avg = sum(others) / len(others) if others else None
         elapsed = self._marks["end"][0]
-        errors = {
-            "connection": self.tally.errors,
-            "run_create": totals.create_errors,
-            "gaps": totals.missing,
-            "duplicates": totals.duplicates,
-            "text_mismatches": totals.mismatches,
-            "unfinished_subscribers": totals.unfinished,
-            "corrupt_frames": totals.corrupt,
-            "protocol_gaps_recovered": totals.protocol_gaps,
-            "examples": (totals.examples + self.tally.error_examples)[:10],
-        }
-        correct = not (
-            totals.missing
-            or totals.duplicates
-            or totals.mismatches
-            or totals.unfinished
-            or totals.corrupt
-            or totals.create_errors
-            or totals.delivered + totals.covered != totals.expected
-        )
         return {
             "schema": "agentstream.bench/1",
             "config": {
@@ -590,7 +545,7 @@ class Bench:
                 **summary_ms(self.first_delta),
                 "breakdown": self.breakdown.summary(),
             },
-            "errors": errors,
+            "errors": totals.errors(self.tally.errors, self.tally.error_examples),
             "load_generator": load_generator,
             "other_processes": {
                 "definition": "cores the rest of the machine kept busy (all CPU time in "
@@ -609,40 +564,9 @@ class Bench:
                 "cpu_avg": round(sum(hub_cpu) / len(hub_cpu), 3),
                 "cpu_max": round(max(hub_cpu), 3),
             },
-            "correct": correct,
+            "correct": totals.correct,
             "timeline": self.timeline,
         }
-
-
-class BenchError(Exception):
-    """The bench cannot run (unreachable hub, unknown agent, no run starts)."""
-
-
-def _endpoint(url: str) -> Endpoint:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise BenchError(f"--url must be an http:// URL of a hub (https is not supported): {url}")
-    return Endpoint(parts.hostname, parts.port or 80, parts.path.rstrip("/"))
-
-
-async def _resolved(endpoint: Endpoint) -> Endpoint:
-    """``endpoint`` with its host resolved to an address once: each subscriber's
-    connection would otherwise resolve it again (``localhost``: a thread pool round trip
-    per connection, hundreds of them queued at a burst's start)."""
-    import dataclasses
-    import socket
-
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-    except OSError:
-        return endpoint
-    if not infos:
-        return endpoint
-    address = str(infos[0][4][0])
-    return dataclasses.replace(endpoint, address=address)
 
 
 def _initial_estimate(model: str | None) -> float:

@@ -161,6 +161,10 @@ async def test_second_run_on_a_thread_with_a_live_run_is_409(start_hub: StartHub
     )
     check_error(streamed, 409)  # refused before any byte of a stream
 
+    async with hub.reader(thread_id, run_id) as reader, within(2):
+        # Running (a run cancelled while still queued never starts, and the check below
+        # expects its whole life).
+        await reader.until(lambda e: e.name == "thread.run.in_progress")
     cancelled = await hub.request("POST", f"/v1/threads/{thread_id}/runs/{run_id}/cancel")
     assert cancelled.status == 200
     events = await hub.events(thread_id, run_id)

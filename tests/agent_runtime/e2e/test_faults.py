@@ -304,7 +304,7 @@ async def test_stalled_provider_fails_the_run_within_its_timeout(
 
 
 @pytest.mark.parametrize("where", ["stall", "stall-after"])
-async def test_cancel_while_the_provider_stalls_ends_cancelled_within_a_unit(
+async def test_cancel_while_the_provider_stalls_ends_cancelled_promptly(
     start_hub: StartHub,
     monkeypatch: pytest.MonkeyPatch,
     fault_agents: Path,
@@ -323,15 +323,16 @@ async def test_cancel_while_the_provider_stalls_ends_cancelled_within_a_unit(
             started = time.monotonic()
             reply = await hub.request("POST", f"/v1/threads/{thread_id}/runs/{run_id}/cancel")
             assert reply.status == 200, reply.body
-            async with within(1):
+            async with within(5):
                 await reader.rest()
             lasted = time.monotonic() - started
-        async with within(1):
+        async with within(5):
             await stub.abandoned.wait()  # the provider's connection was closed
     finally:
         await provider.aclose()
 
-    assert lasted < UNIT
+    # Well before the provider's 60 s timeout (a loaded machine took 1.3 s).
+    assert lasted < 5 * UNIT
     trace = check_run(reader.events, "thread.run.cancelled")
     (streamed,) = trace.messages
     assert streamed.final.data["incomplete_details"] == {"reason": "run_cancelled"}
@@ -507,7 +508,7 @@ async def test_agent_exiting_fails_its_run_and_the_hub_lives_on(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("agent", ["sync-looper", "async-example"])
-async def test_cancel_mid_stream_ends_cancelled_within_a_unit(
+async def test_cancel_mid_stream_ends_cancelled_promptly(
     start_hub: StartHub, fault_agents: Path, agent: str
 ) -> None:
     hub = await start_hub(agents=with_examples(fault_agents), model=SLOW_MODEL)
@@ -519,11 +520,12 @@ async def test_cancel_mid_stream_ends_cancelled_within_a_unit(
         started = time.monotonic()
         reply = await hub.request("POST", f"/v1/threads/{thread_id}/runs/{run_id}/cancel")
         assert reply.status == 200 and reply.json()["status"] == "cancelling", reply.body
-        async with within(1):
+        async with within(5):
             await reader.rest()
         lasted = time.monotonic() - started
 
-    assert lasted < UNIT
+    # Well before the model's 50 s of tokens end (a loaded machine may take over a second).
+    assert lasted < 5 * UNIT
     trace = check_run(reader.events, "thread.run.cancelled")
     (streamed,) = trace.messages
     assert streamed.final.data["incomplete_details"] == {"reason": "run_cancelled"}
