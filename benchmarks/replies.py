@@ -159,11 +159,20 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _absolute(spec: str) -> str:
+    """``python[@tree]`` with a relative Python path made absolute (the hub starts in a
+    directory of its own)."""
+    python, at, tree = spec.partition("@")
+    if os.sep in python:
+        python = os.path.abspath(python)
+    return python + at + tree
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--trees",
-        default=f"before=/work/wt/before/.venv/bin/python,after={sys.executable}",
+        default=f"this={sys.executable}",
         help="label=python[@tree],... : each tree's Python and the tree whose code it runs "
         "(default: the tree holding the venv)",
     )
@@ -189,7 +198,10 @@ def main() -> None:
         saved = json.loads(Path(args.report).read_text())
         report(saved["runs"], saved["settings"])
         return
-    trees = dict(item.split("=", 1) for item in args.trees.split(","))
+    trees = {
+        label: _absolute(spec)
+        for label, spec in (item.split("=", 1) for item in args.trees.split(","))
+    }
     configs = args.configs.split(",")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {t: [] for t in trees} for c in configs}
     for repeat in range(args.repeats):
