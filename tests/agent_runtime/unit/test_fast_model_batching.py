@@ -15,18 +15,13 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
 
 from agent_runtime import protocol
-from agent_runtime.agents import AgentCatalog, bundled_examples_dir, discover_agents
-from agent_runtime.config import RunsConfig
 from agent_runtime.models.base import CompletionRequest
-from agent_runtime.models.router import ModelRouter
 from agent_runtime.models.simulated import RATE0_BURST, SimulatedModel
-from agent_runtime.objects import Message, Thread, new_id, now
 from agent_runtime.runs import RunManager
 from agent_runtime.runs.pump import start_stream
-from agent_runtime.store import MemoryStore
-from broker import BrokerConfig, Registry
 
 from ..conftest import within
+from .managers import a_thread, run_manager
 
 TOKENS = 300
 
@@ -100,24 +95,8 @@ async def test_a_paced_model_still_yields_before_every_token() -> None:
 
 @pytest.fixture
 async def manager() -> AsyncIterator[RunManager]:
-    runs = RunManager(
-        store=MemoryStore(),
-        registry=Registry(BrokerConfig()),
-        catalog=AgentCatalog(discover_agents([bundled_examples_dir()])),
-        models=ModelRouter(default_model=f"simulated:tokens={TOKENS},rate=0"),
-        config=RunsConfig(checkpoint_interval=0),
-    )
-    yield runs
-    await runs.aclose(timeout=1)
-
-
-async def a_thread(manager: RunManager) -> str:
-    thread = Thread(id=new_id("thread"), created_at=now())
-    await manager.store.create_thread(thread)
-    await manager.store.add_message(
-        Message(id=new_id("msg"), thread_id=thread.id, role="user", content="hi", created_at=now())
-    )
-    return thread.id
+    async with run_manager(f"simulated:tokens={TOKENS},rate=0") as runs:
+        yield runs
 
 
 async def test_a_fast_models_deltas_reach_a_subscriber_in_few_writes_exactly_once(

@@ -10,43 +10,21 @@ from typing import Any
 import pytest
 
 from agent_runtime import protocol
-from agent_runtime.agents import AgentCatalog, bundled_examples_dir, discover_agents
-from agent_runtime.config import RunsConfig
 from agent_runtime.errors import AgentRuntimeError, InvalidRequest, StorageUnavailable
-from agent_runtime.models.router import ModelRouter
-from agent_runtime.objects import Message, Thread, new_id, now
 from agent_runtime.runs import RunManager
 from agent_runtime.runs.agent_thread import AgentExit, describe, exit_outcome
 from agent_runtime.runs.context import RunContext
 from agent_runtime.runs.lifecycle import finish
 from agent_runtime.runs.pump import chat_messages
-from agent_runtime.store import MemoryStore
-from broker import BrokerConfig, Registry
 
 from ..conftest import within
+from .managers import a_thread, run_manager
 
 
 @pytest.fixture
 async def manager() -> AsyncIterator[RunManager]:
-    store = MemoryStore()
-    runs = RunManager(
-        store=store,
-        registry=Registry(BrokerConfig()),
-        catalog=AgentCatalog(discover_agents([bundled_examples_dir()])),
-        models=ModelRouter(default_model="simulated:tokens=5,rate=0"),
-        config=RunsConfig(checkpoint_interval=0),
-    )
-    yield runs
-    await runs.aclose(timeout=1)
-
-
-async def a_thread(manager: RunManager) -> str:
-    thread = Thread(id=new_id("thread"), created_at=now())
-    await manager.store.create_thread(thread)
-    await manager.store.add_message(
-        Message(id=new_id("msg"), thread_id=thread.id, role="user", content="hi", created_at=now())
-    )
-    return thread.id
+    async with run_manager("simulated:tokens=5,rate=0") as runs:
+        yield runs
 
 
 def recorded(ctx: RunContext) -> list[tuple[str, Any]]:
