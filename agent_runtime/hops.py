@@ -9,7 +9,9 @@ of runs, a worker's notes) cost one wakeup and one loop turn per batch, not one 
 
 Concurrency: :meth:`LoopInbox.call` and :func:`submit` are thread-safe and never block
 on the loop (they take a short lock). Calls run on the loop in the order they were put.
-Cancellation is that of ``run_coroutine_threadsafe``: cancelling the returned
+Each coroutine runs as a task in a copy of its caller's context (its run's logging
+context), as with ``run_coroutine_threadsafe``. Cancellation is that of
+``run_coroutine_threadsafe``: cancelling the returned
 ``concurrent.futures.Future`` cancels the task running the coroutine (on the loop); a
 future cancelled before the loop took it never starts its coroutine. A call that raises
 is logged and does not stop the others.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import threading
 import weakref
@@ -43,7 +46,7 @@ class LoopInbox:
     __slots__ = ("_loop", "_lock", "_items", "_scheduled", "drains", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # (the table of inboxes lets go of a dropped loop)
         self._lock = threading.Lock()
         self._items: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self._scheduled = False
@@ -59,7 +62,10 @@ class LoopInbox:
                 return
             self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._drain)
+            loop = self._loop()
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed
             with self._lock:
                 self._scheduled = False
@@ -95,8 +101,9 @@ def submit(
     """Run ``coro`` on ``loop`` (called from another thread); its future (see the module
     docstring for batching and cancellation)."""
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    context = contextvars.copy_context()  # the caller's (its run's logging context)
     try:
-        inbox(loop).call(_start, coro, future, loop)
+        inbox(loop).call(_start, coro, future, loop, context)
     except RuntimeError:
         coro.close()
         raise
@@ -107,12 +114,13 @@ def _start(
     coro: Coroutine[Any, Any, T],
     future: concurrent.futures.Future[T],
     loop: asyncio.AbstractEventLoop,
+    context: contextvars.Context,
 ) -> None:
     if future.cancelled():
         coro.close()
         return
     try:
-        task = loop.create_task(coro)
+        task = loop.create_task(coro, context=context)
     except BaseException as exc:
         coro.close()
         if future.set_running_or_notify_cancel():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from broker import BackendUnavailable, Registry
 from broker.redis_streams import RedisRegistry
@@ -112,6 +112,9 @@ class Hub:
             is_agent_file=self._is_agent_file,
         )
         """Stalls of the event loop (started by :meth:`start`, stopped by :meth:`aclose`)."""
+        self.after_runs: list[Callable[[], Awaitable[None]]] = []
+        """Awaited by :meth:`aclose` once every run has ended, before the store closes:
+        services that write when a run ends (the Responses' final records) finish here."""
         self._closed = False
         self._started = False
 
@@ -198,6 +201,11 @@ class Hub:
         )
         if self.workers is not None:  # every run has ended: no agent is left to stop
             await self.workers.aclose()
+        for finish in self.after_runs:
+            try:
+                await finish()
+            except Exception:
+                logger.exception("finishing after the runs ended failed")
         deadline = loop.time() + self.config.shutdown_timeout
         # 2. Let subscribers read to the end (bounded), 3. then drop what is left.
         idle = await self.registry.wait_idle(max(0.0, deadline - loop.time()))

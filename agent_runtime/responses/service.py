@@ -116,6 +116,7 @@ class Responses:
         """Responses created since start (for metrics)."""
         self._tasks: set[asyncio.Task[None]] = set()
         hub.runs.runner = _Runner(hub.runs.runner, self)
+        hub.after_runs.append(self.aclose)  # the final records, before the store closes
         if hub.cluster is not None:
             hub.cluster.on_orphan_failed.append(self.end_orphan)
 

@@ -85,7 +85,8 @@ async def reply_text(ctx: RunContext, text: str) -> Message:
         if not ctx.stream.closed:  # (a run that ended meanwhile shows nothing more)
             _publish_reply(ctx, streaming, message, protocol.MESSAGE_INCOMPLETE)
         raise
-    _publish_reply(ctx, streaming, message, protocol.MESSAGE_COMPLETED)
+    if not ctx.stream.closed:  # (stored; a run that ended meanwhile shows nothing more)
+        _publish_reply(ctx, streaming, message, protocol.MESSAGE_COMPLETED)
     return message
 
 

@@ -5,11 +5,13 @@ with ``event:`` lines whose data carry ``type`` and ``sequence_number``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..conftest import FAST_MODEL, QUESTION, StartHub
+from ..conftest import FAST_MODEL, QUESTION, SLOW_MODEL, StartHub, within
+from ..sse import SSEReader
 
 
 def refused(reply: Any, status: int, param: str | None) -> None:
@@ -80,3 +82,33 @@ async def test_the_wire_format(start_hub: StartHub) -> None:
         assert fields["event"] == data["type"]
         assert data["sequence_number"] == number and fields["id"] == str(number + 1)
     assert reply.body.endswith(b"event: done\ndata: [DONE]\n\n")
+
+
+async def test_a_response_live_at_shutdown_is_stored_ended(
+    start_hub: StartHub, tmp_path: Path
+) -> None:
+    """The hub's shutdown ends the response's run, then writes the response's final
+    record (its end and its head) before the store closes: after a restart its stream
+    is served whole from the store, and a cursor at its end gets 204."""
+    settings: dict[str, Any] = {"store": "sqlite", "data_dir": tmp_path, "model": SLOW_MODEL}
+    hub = await start_hub(**settings)
+    created = await hub.request(
+        "POST",
+        "/v1/responses",
+        json_body={"model": "agent:streaming-example", "input": QUESTION, "background": True},
+    )
+    rid = created.json()["id"]
+    url = f"{hub.url}/v1/responses/{rid}?stream=true"
+    async with hub.session.get(url) as response, within(5):
+        await SSEReader(response, "openai").until(lambda e: e.name == "response.output_text.delta")
+    await hub.server.aclose()
+
+    again = await start_hub(**settings)
+    body = (await again.request("GET", f"/v1/responses/{rid}?stream=true")).body
+    lines = body.decode().splitlines()
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert events[-1]["type"] == "response.failed", events[-1]
+    assert events[-1]["response"]["status"] == "failed"  # ended by the shutdown
+    last = events[-1]["sequence_number"]
+    at_end = await again.request("GET", f"/v1/responses/{rid}?stream=true&starting_after={last}")
+    assert at_end.status == 204, at_end.body[:300]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import gc
 import threading
+import weakref
 
 import pytest
 
@@ -123,3 +126,37 @@ def test_a_closed_loop_refuses_the_call() -> None:
     with pytest.raises(RuntimeError):
         hops.submit(coro, loop)
     assert coro.cr_frame is None  # closed, so no "never awaited" warning
+
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_each_call_runs_in_its_callers_context_even_when_batched() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def who() -> str:
+        return WHO.get()
+
+    futures: dict[int, concurrent.futures.Future[str]] = {}
+    lock = threading.Lock()
+
+    def submit(i: int) -> None:
+        WHO.set(f"thread {i}")  # as a run's logging context is set in its agent thread
+        future = hops.submit(who(), loop)
+        with lock:
+            futures[i] = future
+
+    in_threads(8, submit)  # the loop is not running meanwhile: one batch
+    async with within(2):
+        got = {i: await asyncio.wrap_future(f) for i, f in futures.items()}
+    assert got == {i: f"thread {i}" for i in range(8)}
+
+
+def test_a_loop_that_is_dropped_leaves_the_table_of_inboxes() -> None:
+    loop = asyncio.new_event_loop()
+    hops.inbox(loop)
+    ref = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert ref() is None
