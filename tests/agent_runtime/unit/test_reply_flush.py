@@ -151,6 +151,27 @@ async def test_a_text_reply_is_stored_then_published_in_one_write(
     assert created["status"] == "in_progress" and created["content"] == []
     stored = await store.get_message(ctx.run.thread_id, message.id)
     assert stored.status == "completed" and stored.content == "Know thyself"
+    await end_run(ctx)
+
+
+SHOWN_INCOMPLETE = [
+    protocol.MESSAGE_CREATED,
+    protocol.MESSAGE_IN_PROGRESS,
+    protocol.MESSAGE_DELTA,
+    protocol.MESSAGE_INCOMPLETE,
+]
+"""What a reply whose store write failed shows: its whole life, ended incomplete."""
+
+
+async def names_flushed(subscriber: Subscriber) -> list[str]:
+    """The names of the events written to ``subscriber``, once the next flush came."""
+    async with within(5):
+        while not subscriber.writes:  # noqa: ASYNC110 - the next flush
+            await asyncio.sleep(0)
+    return [n for write in subscriber.writes for n, _ in write]
+
+
+async def end_run(ctx: RunContext) -> None:
     ctx.end("cancelled")
     async with within(5):
         await ctx.done.wait()
@@ -167,21 +188,10 @@ async def test_a_reply_the_store_refuses_is_shown_incomplete_never_completed(
             await replies.reply_text(ctx, "Lost words")
     finally:
         store.fail = False
-    async with within(5):
-        while not subscriber.writes:  # noqa: ASYNC110 - the next flush
-            await asyncio.sleep(0)
-    names = [n for write in subscriber.writes for n, _ in write]
-    assert names == [
-        protocol.MESSAGE_CREATED,
-        protocol.MESSAGE_IN_PROGRESS,
-        protocol.MESSAGE_DELTA,
-        protocol.MESSAGE_INCOMPLETE,
-    ]
+    assert await names_flushed(subscriber) == SHOWN_INCOMPLETE
     assert len(subscriber.writes) == 1
     assert len(manager.repairs) == 1  # queued for when the store takes writes again
-    ctx.end("cancelled")
-    async with within(5):
-        await ctx.done.wait()
+    await end_run(ctx)
 
 
 async def test_a_reply_cancelled_during_its_store_write_is_shown_incomplete(
@@ -197,17 +207,6 @@ async def test_a_reply_cancelled_during_its_store_write_is_shown_incomplete(
     with pytest.raises(asyncio.CancelledError):
         await reply
     store.gate.set()
-    async with within(5):
-        while not subscriber.writes:  # noqa: ASYNC110 - the next flush
-            await asyncio.sleep(0)
-    names = [n for write in subscriber.writes for n, _ in write]
-    assert names == [
-        protocol.MESSAGE_CREATED,
-        protocol.MESSAGE_IN_PROGRESS,
-        protocol.MESSAGE_DELTA,
-        protocol.MESSAGE_INCOMPLETE,
-    ]
+    assert await names_flushed(subscriber) == SHOWN_INCOMPLETE
     assert len(manager.repairs) == 1  # to be stored incomplete, as it was shown
-    ctx.end("cancelled")
-    async with within(5):
-        await ctx.done.wait()
+    await end_run(ctx)
