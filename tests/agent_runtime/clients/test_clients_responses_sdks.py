@@ -109,15 +109,20 @@ async def test_function_call_items_stream(start_hub: StartHub) -> None:
     assert "topic" in call.arguments
 
 
-async def test_langchain_use_responses_api(start_hub: StartHub) -> None:
-    hub = await start_hub(model=FAST_MODEL)
-    llm = langchain_openai.ChatOpenAI(
-        model="agent:streaming-example",
-        base_url=hub.url + "/v1",
+def responses_llm(url: str, model: str) -> langchain_openai.ChatOpenAI:
+    """LangChain's chat model on the hub's Responses API (``use_responses_api``)."""
+    return langchain_openai.ChatOpenAI(
+        model=model,
+        base_url=url + "/v1",
         api_key="unused",
         max_retries=0,
         use_responses_api=True,
     )
+
+
+async def test_langchain_use_responses_api(start_hub: StartHub) -> None:
+    hub = await start_hub(model=FAST_MODEL)
+    llm = responses_llm(hub.url, "agent:streaming-example")
     try:
         async with within(10):
             reply = await llm.ainvoke(QUESTION)
@@ -168,13 +173,7 @@ async def test_structured_output_through_text_format(start_hub: StartHub) -> Non
     Agents SDK's ``output_type`` and LangChain's structured output parse the answer."""
     hub = await start_hub(model=FAST_MODEL)
     client = AsyncOpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
-    llm = langchain_openai.ChatOpenAI(
-        model="simulated",
-        base_url=hub.url + "/v1",
-        api_key="unused",
-        max_retries=0,
-        use_responses_api=True,
-    )
+    llm = responses_llm(hub.url, "simulated")
     try:
         async with within(10):
             agent = responses_agent(client, "simulated", output_type=Trip)
