@@ -14,7 +14,6 @@ a response that does not exist. Creating one never retries itself (errors carry
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import suppress
 from typing import Any, Literal
 
 from aiohttp import web
@@ -32,8 +31,9 @@ from broker import (
     serve_stream,
 )
 
-from ..errors import AgentRuntimeError, InvalidRequest, NotFound
+from ..errors import InvalidRequest, NotFound
 from ..hub import Hub
+from ..objects import Thread
 from ..responses.fold import TERMINAL_STATUSES, terminal_event_for
 from ..responses.objects import (
     AGENT_PREFIX,
@@ -136,12 +136,13 @@ async def _owned(request: web.Request, rid: str) -> tuple[str, str]:
     return thread_id, run_id
 
 
-async def _thread_for(request: web.Request, body: ResponseIn) -> tuple[str, bool]:
-    """The thread the response runs on, and whether it continues one."""
+async def _thread_for(request: web.Request, body: ResponseIn) -> tuple[str, Thread | None]:
+    """The thread the response runs on, and ``None`` if it continues one, else the new
+    thread (not stored yet: the run's creation stores it, in the same write)."""
     if body.previous_response_id is not None:
         thread_id, _run_id = await _owned(request, body.previous_response_id)
         await request.app[RESPONSES].record(thread_id, body.previous_response_id)
-        return thread_id, True
+        return thread_id, None
     if body.conversation is not None:
         conversation = body.conversation
         thread_id = str(conversation.get("id") if isinstance(conversation, dict) else conversation)
@@ -151,10 +152,9 @@ async def _thread_for(request: web.Request, body: ResponseIn) -> tuple[str, bool
             raise NotFound(
                 f"Conversation with id '{thread_id}' not found.", param="conversation"
             ) from None
-        return thread_id, True
-    thread, messages = new_thread(request, ThreadIn())
-    await request.app[HUB].store.create_thread(thread, messages)
-    return thread.id, False
+        return thread_id, None
+    thread, _messages = new_thread(request, ThreadIn())
+    return thread.id, thread
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -189,13 +189,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         else:
             system.append(text)
     instructions = "\n\n".join(filter(None, [body.instructions, *system])) or None
-    thread_id, continued = await _thread_for(request, body)
+    thread_id, thread = await _thread_for(request, body)
     plain: PlainRequest | None = None
     if agent_name is None:
         history: list[dict[str, Any]] = []
         if body.previous_response_id is not None:  # OpenAI's chain: inputs and outputs
             history = await service.chain(thread_id, body.previous_response_id)
-        elif continued:
+        elif thread is None:  # a conversation continued
             messages_so_far = await hub.runs.thread_messages(thread_id)
             history = [message_item(m.role, m.content) for m in messages_so_far]
         plain = PlainRequest(
@@ -204,23 +204,18 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     base = base_response(
         response_id="", thread_id=thread_id, created_at=0, model=body.model, body=data
     )
-    try:
-        live = await service.start(
-            thread_id=thread_id,
-            agent=agent,
-            model=run_model,
-            instructions=instructions,
-            messages=messages,
-            metadata=body.metadata,
-            base=base,
-            items=input_with_ids(items),
-            plain=plain,
-        )
-    except AgentRuntimeError:  # no run was started (a limit, a conflict, shutdown…)
-        if not continued:  # the thread made for this response holds nothing: drop it
-            with suppress(AgentRuntimeError):
-                await hub.store.delete_thread(thread_id)
-        raise
+    live = await service.start(  # a new thread is stored with the run, or not at all
+        thread_id=thread_id,
+        thread=thread,
+        agent=agent,
+        model=run_model,
+        instructions=instructions,
+        messages=messages,
+        metadata=body.metadata,
+        base=base,
+        items=input_with_ids(items),
+        plain=plain,
+    )
     if body.stream:
         query = StreamQuery(None, "starting_after", Framing.OPENAI, False)
         return await serve_stream(

@@ -31,7 +31,7 @@ from .. import protocol
 from ..agents import Agent, AgentMetadata
 from ..environment import Environment
 from ..errors import NotFound
-from ..objects import Run, new_id
+from ..objects import Run, Thread, new_id
 from ..runs import RunContext
 from ..runs.agent_side import AgentSide
 from ..runs.ports import AgentRunner
@@ -126,6 +126,7 @@ class Responses:
         self,
         *,
         thread_id: str,
+        thread: Thread | None = None,
         agent: Agent,
         model: str | None,
         instructions: str | None,
@@ -137,7 +138,8 @@ class Responses:
     ) -> LiveResponse:
         """Start the run and the response's stream. ``base``: the response object as
         created (its id is filled in here). Raises as ``RunManager.create`` does, and
-        ``LimitExceeded`` when the broker takes no more streams (the run is cancelled)."""
+        ``LimitExceeded`` when the broker takes no more streams (the run is cancelled).
+        ``thread``: a new thread (of id ``thread_id``), stored with the run in one write."""
         runs = self.hub.runs
         ctx: RunContext = await runs.create(
             thread_id,
@@ -147,6 +149,7 @@ class Responses:
             instructions=instructions,
             additional_messages=messages,
             metadata=metadata,
+            thread=thread,
         )
         # No await from here until the observer is set: no run event can be missed.
         rid = response_id(thread_id, ctx.run.id)
